@@ -1,0 +1,20 @@
+// Shared by every kernel (prepended by src/gpu/kernels.rs): the per-pass uniform that the host
+// writes once per submission. Everything else a kernel needs is fixed when the model loads.
+
+struct Pass {
+    m: u32,            // token rows in this pass
+    n_past: u32,       // KV slots already filled before this pass (the new rows go after them)
+    causal: u32,       // 1: row i sees rows j <= i of this pass; 0: row i sees rows in masks[i]
+    lm_row0: u32,      // first row whose logits the LM head computes
+    lm_rows: u32,      // how many rows the LM head computes
+    seed: u32,         // sampler seed
+    draw: u32,         // sampler draw counter (one per sampled token)
+    top_k: u32,        // 0 = off
+    temperature: f32,  // <= 0: greedy
+    top_p: f32,        // >= 1: off
+    sample_row: u32,   // which LM-head row the sampler reads
+    out_index: u32,    // where the sampler writes its token in `sampled`
+};
+
+// Scores below this are masked out.
+const MASKED: f32 = -3.0e38;

@@ -1,0 +1,46 @@
+// x[row] = embedding of tokens[row], read from the embedding matrix in the Q8 or F16 K-major
+// layout of matmul.wgsl (the same buffers serve as the tied LM head). The matrix may be split in
+// column parts; each part's dispatch fills the rows whose token falls in its range.
+
+override FORMAT: u32 = 0u;
+
+struct EmbedParams {
+    k: u32,      // embedding width
+    n: u32,      // tokens in this part
+    n_base: u32, // first token id in this part
+    _p: u32,
+};
+
+@group(0) @binding(0) var<uniform> pass_: Pass;
+@group(0) @binding(1) var<uniform> p: EmbedParams;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read> w: array<u32>;
+@group(0) @binding(4) var<storage, read> scale: array<f32>;
+@group(0) @binding(5) var<storage, read> offset: array<f32>;
+@group(0) @binding(6) var<storage, read_write> x: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let kq = gid.x;
+    let row = gid.y;
+    let k4 = p.k / 4u;
+    if (kq >= k4 || row >= pass_.m) {
+        return;
+    }
+    let t = tokens[row];
+    if (t < p.n_base || t >= p.n_base + p.n) {
+        return;
+    }
+    let n = t - p.n_base;
+    // u32 index of column n within the vec4<u32> rows of the K-major layout
+    let col = (n / 4u) * 4u + n % 4u;
+    if (FORMAT == 0u) {
+        let q = vec4<f32>(unpack4xI8(w[kq * p.n + col]));
+        let b = (kq / 8u) * p.n + col;
+        x[row * k4 + kq] = q * scale[b] + vec4<f32>(offset[b]);
+    } else {
+        let lo = unpack2x16float(w[(2u * kq) * p.n + col]);
+        let hi = unpack2x16float(w[(2u * kq + 1u) * p.n + col]);
+        x[row * k4 + kq] = vec4<f32>(lo, hi);
+    }
+}

@@ -1,0 +1,157 @@
+// y = W x for M rows of x, with W in augur's K-major layouts (src/model/weights.rs, src/gpu/upload.rs):
+//   FORMAT 0 (Q8):  w[(k/4) * N/4 + n/4] holds columns n..n+3, each as 4 i8 along k..k+3;
+//                   scale/offset[(k/32) * N/4 + n/4] hold the 32-block's scale and offset per column.
+//   FORMAT 1 (F16): w[(k/2) * N/4 + n/4] holds columns n..n+3, each as 2 f16 (k, k+1).
+// Each invocation computes 4 adjacent columns for up to 4 rows, reading each weight once for all
+// of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
+//
+// Batch invariance: a row's result never depends on M or on which rows share its invocation:
+// every row runs the same sequence of operations, and a row's loop never looks at other rows.
+//
+// Options (override constants): PRENORM applies RMSNorm (weight `norm`) to x on the fly;
+// BIAS adds `bias`; EPILOGUE 0 stores, 1 adds into y (residual), 2 applies SwiGLU to pairs of
+// column groups (gate, up) and writes one group.
+
+override FORMAT: u32 = 0u;
+override PRENORM: bool = false;
+override BIAS: bool = false;
+override EPILOGUE: u32 = 0u;
+
+struct MatParams {
+    k: u32,          // inputs
+    n: u32,          // columns in this part of W
+    y_stride: u32,   // y row length in vec4s
+    y_col0: u32,     // first y column (in vec4s) this part writes
+    lm_rows: u32,    // 1: rows come from pass.lm_row0 / lm_rows (LM head); 0: rows 0..pass.m
+    eps: f32,
+    _p0: u32,
+    _p1: u32,
+};
+
+@group(0) @binding(0) var<uniform> pass_: Pass;
+@group(0) @binding(1) var<uniform> p: MatParams;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> scale: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> offset: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> norm: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> y: array<vec4<f32>>;
+
+const R: u32 = 4u; // rows per invocation
+
+// One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
+fn group_dot(g: u32, row0: u32, rows: u32, inv: array<f32, 4>) -> array<vec4<f32>, 4> {
+    let k4 = p.k / 4u;
+    let n4 = p.n / 4u;
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var b = 0u; b < p.k / 32u; b++) {
+        var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        var xs = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+        for (var j = 0u; j < 8u; j++) {
+            let kq = b * 8u + j;
+            var c0: vec4<f32>;
+            var c1: vec4<f32>;
+            var c2: vec4<f32>;
+            var c3: vec4<f32>;
+            if (FORMAT == 0u) {
+                let q = w[kq * n4 + g];
+                c0 = vec4<f32>(unpack4xI8(q.x));
+                c1 = vec4<f32>(unpack4xI8(q.y));
+                c2 = vec4<f32>(unpack4xI8(q.z));
+                c3 = vec4<f32>(unpack4xI8(q.w));
+            } else {
+                let lo = w[(2u * kq) * n4 + g];
+                let hi = w[(2u * kq + 1u) * n4 + g];
+                c0 = vec4<f32>(unpack2x16float(lo.x), unpack2x16float(hi.x));
+                c1 = vec4<f32>(unpack2x16float(lo.y), unpack2x16float(hi.y));
+                c2 = vec4<f32>(unpack2x16float(lo.z), unpack2x16float(hi.z));
+                c3 = vec4<f32>(unpack2x16float(lo.w), unpack2x16float(hi.w));
+            }
+            for (var r = 0u; r < R; r++) {
+                if (r < rows) {
+                    var xv = x[(row0 + r) * k4 + kq];
+                    if (PRENORM) {
+                        xv = xv * inv[r] * norm[kq];
+                    }
+                    part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
+                    xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
+                }
+            }
+        }
+        if (FORMAT == 0u) {
+            let s = scale[b * n4 + g];
+            let o = offset[b * n4 + g];
+            for (var r = 0u; r < R; r++) {
+                acc[r] += s * part[r] + o * xs[r];
+            }
+        } else {
+            for (var r = 0u; r < R; r++) {
+                acc[r] += part[r];
+            }
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var row_first = 0u;
+    var m = pass_.m;
+    if (p.lm_rows == 1u) {
+        row_first = pass_.lm_row0;
+        m = pass_.lm_rows;
+    }
+    let rblock = gid.y * R;
+    if (rblock >= m) {
+        return;
+    }
+    let rows = min(R, m - rblock);
+    let row0 = row_first + rblock;
+    let g = gid.x;
+    let groups = select(p.n / 4u, p.n / 8u, EPILOGUE == 2u);
+    if (g >= groups) {
+        return;
+    }
+    // RMSNorm scale per row (every invocation recomputes it: cheaper than another dispatch).
+    var inv = array<f32, 4>(1.0, 1.0, 1.0, 1.0);
+    if (PRENORM) {
+        let k4 = p.k / 4u;
+        for (var r = 0u; r < R; r++) {
+            if (r < rows) {
+                var ss = 0.0;
+                for (var i = 0u; i < k4; i++) {
+                    let v = x[(row0 + r) * k4 + i];
+                    ss += dot(v, v);
+                }
+                inv[r] = inverseSqrt(ss / f32(p.k) + p.eps);
+            }
+        }
+    }
+    if (EPILOGUE == 2u) {
+        let gate = group_dot(2u * g, row0, rows, inv);
+        let up = group_dot(2u * g + 1u, row0, rows, inv);
+        for (var r = 0u; r < R; r++) {
+            if (r < rows) {
+                let a = gate[r];
+                y[(rblock + r) * p.y_stride + p.y_col0 + g] = a / (vec4<f32>(1.0) + exp(-a)) * up[r];
+            }
+        }
+        return;
+    }
+    let acc = group_dot(g, row0, rows, inv);
+    for (var r = 0u; r < R; r++) {
+        if (r < rows) {
+            var v = acc[r];
+            if (BIAS) {
+                v += bias[g];
+            }
+            let at = (rblock + r) * p.y_stride + p.y_col0 + g;
+            if (EPILOGUE == 1u) {
+                y[at] = y[at] + v;
+            } else {
+                y[at] = v;
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The WGSL kernels (shaders/*.wgsl) and their pipelines, created once when a model loads.
+//! Every kernel file is prefixed with shaders/common.wgsl (the per-pass uniform).
+
+use super::{Bind, Gpu, Pipeline};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
+pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
+pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+pub const SAMPLE: &str = include_str!("../../shaders/sample.wgsl");
+
+/// All kernel sources, for validation tests.
+pub const ALL: [(&str, &str); 5] = [("matmul", MATMUL), ("embed", EMBED), ("rope_kv", ROPE_KV), ("attention", ATTENTION), ("sample", SAMPLE)];
+
+pub fn source(body: &str) -> String {
+    format!("{COMMON}\n{body}")
+}
+
+/// Weight format of a matrix on the GPU (see matmul.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Q8 = 0,
+    F16 = 1,
+}
+
+/// What a matmul does with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    Store = 0,
+    Add = 1,
+    SwiGlu = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulKind {
+    pub format: Format,
+    pub prenorm: bool,
+    pub bias: bool,
+    pub epilogue: Epilogue,
+}
+
+pub const MATMUL_BINDS: [Bind; 9] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+pub const EMBED_BINDS: [Bind; 7] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+pub const ROPE_BINDS: [Bind; 7] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
+pub const ATTN_BINDS: [Bind; 8] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
+pub const SAMPLE_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
+
+/// Pipelines, made on first use and kept for the life of the device.
+#[derive(Default)]
+pub struct Kernels {
+    cache: Mutex<HashMap<String, std::sync::Arc<Pipeline>>>,
+}
+
+impl Kernels {
+    fn get(&self, gpu: &Gpu, key: String, make: impl FnOnce() -> Pipeline) -> std::sync::Arc<Pipeline> {
+        let mut c = self.cache.lock().unwrap();
+        if let Some(p) = c.get(&key) {
+            return p.clone();
+        }
+        let _ = gpu;
+        let p = std::sync::Arc::new(make());
+        c.insert(key, p.clone());
+        p
+    }
+
+    pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("{k:?}"), || {
+            let consts = [
+                ("FORMAT", k.format as u32 as f64),
+                ("PRENORM", k.prenorm as u32 as f64),
+                ("BIAS", k.bias as u32 as f64),
+                ("EPILOGUE", k.epilogue as u32 as f64),
+            ];
+            gpu.pipeline(&format!("matmul {k:?}"), &source(MATMUL), "main", &MATMUL_BINDS, &consts)
+        })
+    }
+
+    pub fn embed(&self, gpu: &Gpu, f: Format) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("embed {f:?}"), || gpu.pipeline("embed", &source(EMBED), "main", &EMBED_BINDS, &[("FORMAT", f as u32 as f64)]))
+    }
+
+    pub fn rope_kv(&self, gpu: &Gpu, neox: bool) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("rope {neox}"), || gpu.pipeline("rope_kv", &source(ROPE_KV), "main", &ROPE_BINDS, &[("NEOX", neox as u32 as f64)]))
+    }
+
+    pub fn attn_scores(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "scores".into(), || gpu.pipeline("attn scores", &source(ATTENTION), "scores_main", &ATTN_BINDS, &[]))
+    }
+
+    pub fn attn_softmax_v(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "softmax_v".into(), || gpu.pipeline("attn softmax_v", &source(ATTENTION), "softmax_v_main", &ATTN_BINDS, &[]))
+    }
+
+    pub fn sample(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "sample".into(), || gpu.pipeline("sample", &source(SAMPLE), "main", &SAMPLE_BINDS, &[]))
+    }
+}
+
+/// The per-pass uniform (shaders/common.wgsl `Pass`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PassUniform {
+    pub m: u32,
+    pub n_past: u32,
+    pub causal: u32,
+    pub lm_row0: u32,
+    pub lm_rows: u32,
+    pub seed: u32,
+    pub draw: u32,
+    pub top_k: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub sample_row: u32,
+    pub out_index: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MatParams {
+    pub k: u32,
+    pub n: u32,
+    pub y_stride: u32,
+    pub y_col0: u32,
+    pub lm_rows: u32,
+    pub eps: f32,
+    pub _p: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct EmbedParams {
+    pub k: u32,
+    pub n: u32,
+    pub n_base: u32,
+    pub _p: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RopeParams {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub _p: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AttnParams {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub max_slots: u32,
+    pub scale: f32,
+    pub _p: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SampleParams {
+    pub vocab: u32,
+    pub row_stride: u32,
+    pub _p: [u32; 2],
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every kernel parses and validates with naga (no device needed).
+    #[test]
+    fn kernels_validate_with_naga() {
+        for (name, body) in super::ALL {
+            let src = super::source(body);
+            let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+    }
+}

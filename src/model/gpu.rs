@@ -1,0 +1,379 @@
+//! The transformer on the GPU: weights uploaded once in the kernels' layouts, every buffer and
+//! bind group made at load time, and a forward pass that is only a list of dispatches.
+//!
+//! Per layer (7 dispatches):
+//!   qkv = W_qkv · rmsnorm(x) (+ bias)       matmul, PRENORM
+//!   rope(q, k); k, v -> KV cache            rope_kv
+//!   scores = q · K / sqrt(d) (masked)       attention scores
+//!   att = softmax(scores) · V               attention softmax_v
+//!   x += W_o · att                          matmul, Add
+//!   h = swiglu(W_gate_up · rmsnorm(x))      matmul, PRENORM, SwiGlu
+//!   x += W_down · h                         matmul, Add
+//! then logits = W_out · rmsnorm(x) for the rows asked for, and the sampler.
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::*;
+use crate::gpu::{Gpu, Pipeline};
+use crate::model::LoadedModel;
+use crate::model::config::{Config, RopeStyle};
+use crate::model::cpu::rope_table;
+use crate::model::weights::{MatData, Matrix};
+use std::sync::Arc;
+
+/// One column range of a matrix, small enough for one storage binding.
+struct MatPart {
+    w: wgpu::Buffer,
+    scale: wgpu::Buffer,
+    offset: wgpu::Buffer,
+    n: usize,
+    n_base: usize,
+}
+
+pub struct GpuMatrix {
+    k: usize,
+    n: usize,
+    format: Format,
+    parts: Vec<MatPart>,
+}
+
+impl GpuMatrix {
+    /// Lays a matrix out K-major (see matmul.wgsl) and uploads it, split by columns so that no
+    /// binding exceeds the device limit.
+    pub fn upload(gpu: &Gpu, m: &Matrix, label: &str) -> GpuMatrix {
+        let (k, n) = (m.k, m.n);
+        let bytes_per_col = match m.data {
+            MatData::Q8 { .. } => k as u64,
+            MatData::F16(_) => 2 * k as u64,
+        };
+        let max_cols = ((gpu.max_binding / bytes_per_col) as usize / 64 * 64).max(8);
+        let mut parts = Vec::new();
+        let mut n_base = 0;
+        while n_base < n {
+            let pn = (n - n_base).min(max_cols);
+            let cols = n_base..n_base + pn;
+            let (w, scale, offset) = match &m.data {
+                MatData::Q8 { q, scale, offset } => {
+                    let mut w = vec![0u32; k / 4 * pn];
+                    for (ci, c) in cols.clone().enumerate() {
+                        for kq in 0..k / 4 {
+                            let b = &q[c * k + 4 * kq..c * k + 4 * kq + 4];
+                            w[kq * pn + ci] = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                        }
+                    }
+                    let mut s = vec![0f32; k / 32 * pn];
+                    let mut o = vec![0f32; k / 32 * pn];
+                    for (ci, c) in cols.clone().enumerate() {
+                        for b in 0..k / 32 {
+                            s[b * pn + ci] = scale[c * k / 32 + b];
+                            o[b * pn + ci] = offset[c * k / 32 + b];
+                        }
+                    }
+                    (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &o))
+                }
+                MatData::F16(h) => {
+                    let mut w = vec![0u32; k / 2 * pn];
+                    for (ci, c) in cols.clone().enumerate() {
+                        for kp in 0..k / 2 {
+                            let lo = h[c * k + 2 * kp].to_bits() as u32;
+                            let hi = h[c * k + 2 * kp + 1].to_bits() as u32;
+                            w[kp * pn + ci] = lo | (hi << 16);
+                        }
+                    }
+                    (gpu.storage(label, &w), gpu.storage(label, &[0u32; 4]), gpu.storage(label, &[0u32; 4]))
+                }
+            };
+            parts.push(MatPart { w, scale, offset, n: pn, n_base });
+            n_base += pn;
+        }
+        let format = if m.is_q8() { Format::Q8 } else { Format::F16 };
+        GpuMatrix { k, n, format, parts }
+    }
+}
+
+/// One matmul call site: pipeline, bind groups and dispatch width per part.
+struct MatmulSite {
+    pipeline: Arc<Pipeline>,
+    groups: Vec<(wgpu::BindGroup, u32)>,
+    _params: Vec<wgpu::Buffer>,
+}
+
+struct Dispatch {
+    pipeline: Arc<Pipeline>,
+    bind: wgpu::BindGroup,
+}
+
+struct LayerSites {
+    qkv: MatmulSite,
+    rope: Dispatch,
+    scores: Dispatch,
+    softmax_v: Dispatch,
+    attn_out: MatmulSite,
+    gate_up: MatmulSite,
+    down: MatmulSite,
+}
+
+/// What one forward pass does: `m` token rows starting at KV slot `n_past`.
+#[derive(Debug, Clone, Default)]
+pub struct PassSpec {
+    pub m: usize,
+    pub n_past: usize,
+    /// None: causal within the pass. Some: per-row visibility bitmask over the pass's rows, and
+    /// per-row positions (token trees).
+    pub tree: Option<(Vec<[u32; 2]>, Vec<u32>)>,
+    /// Rows whose logits the LM head computes (empty: none).
+    pub logits_rows: std::ops::Range<usize>,
+    pub sample: Option<SampleSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SampleSpec {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed: u32,
+    pub draw: u32,
+    /// Row of the LM-head output to sample from (relative to `logits_rows.start`).
+    pub row: u32,
+    /// Slot in the `sampled` buffer.
+    pub out_index: u32,
+}
+
+pub const SAMPLED_SLOTS: usize = 256;
+
+pub struct GpuModel {
+    pub gpu: Arc<Gpu>,
+    pub cfg: Config,
+    pub max_ctx: usize,
+    pub max_batch: usize,
+    kernels: Kernels,
+    pass_buf: wgpu::Buffer,
+    pub tokens: wgpu::Buffer,
+    positions: wgpu::Buffer,
+    masks: wgpu::Buffer,
+    pub logits: wgpu::Buffer,
+    pub sampled: wgpu::Buffer,
+    embed: Vec<Dispatch>,
+    layers: Vec<LayerSites>,
+    lm_head: MatmulSite,
+    sampler: Dispatch,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+fn ceil(a: usize, b: usize) -> u32 {
+    a.div_ceil(b) as u32
+}
+
+impl GpuModel {
+    pub fn new(gpu: Arc<Gpu>, model: &LoadedModel, max_ctx: usize, max_batch: usize) -> Result<GpuModel> {
+        let c = model.config.clone();
+        let w = &model.weights;
+        if max_batch == 0 || max_batch > 64 || max_ctx == 0 {
+            return Err(Error::msg(format!("batch size must be 1..=64 and the context positive (got {max_batch}, {max_ctx})")));
+        }
+        let g = &*gpu;
+        let kernels = Kernels::default();
+        let f4 = 4u64;
+        let (d, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
+        let qkv_w = qd + 2 * kvd;
+        let kv_bytes = (max_ctx * kvd) as u64 * f4;
+        if kv_bytes > g.max_binding {
+            return Err(Error::msg(format!("a context of {max_ctx} tokens needs KV buffers larger than this device allows; use a smaller --ctx")));
+        }
+        let pass_buf = g.uniform("pass", &PassUniform::default());
+        let tokens = g.storage_zeroed("tokens", (max_batch * 4) as u64);
+        let positions = g.storage_zeroed("positions", (max_batch * 4) as u64);
+        let masks = g.storage_zeroed("masks", (max_batch * 8) as u64);
+        let x = g.storage_zeroed("x", (max_batch * d) as u64 * f4);
+        let qkv = g.storage_zeroed("qkv", (max_batch * qkv_w) as u64 * f4);
+        let att = g.storage_zeroed("att", (max_batch * qd) as u64 * f4);
+        let hidden = g.storage_zeroed("hidden", (max_batch * c.ffn_dim) as u64 * f4);
+        let logits = g.storage_zeroed("logits", (max_batch * c.vocab) as u64 * f4);
+        let scores = g.storage_zeroed("scores", (max_batch * c.n_heads * max_ctx) as u64 * f4);
+        let sampled = g.storage_zeroed("sampled", (SAMPLED_SLOTS * 4) as u64);
+        let rope = g.storage(
+            "rope table",
+            &rope_table(&c, max_ctx).iter().flat_map(|cs| [cs[0], cs[1]]).collect::<Vec<f32>>(),
+        );
+        let dummy = g.storage("dummy", &[0f32; 4]);
+        let mut keep = Vec::new();
+
+        let matmul_site = |m: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, norm: Option<&[f32]>, bias: Option<&[f32]>, ep: Epilogue, lm: bool, y_stride: usize| -> MatmulSite {
+            let kind = MatmulKind { format: m.format, prenorm: norm.is_some(), bias: bias.is_some(), epilogue: ep };
+            let pipeline = kernels.matmul(g, kind);
+            let norm_b = norm.map(|v| g.storage("norm", v));
+            let bias_b = bias.map(|v| g.storage("bias", v));
+            let mut groups = Vec::new();
+            let mut params = Vec::new();
+            for part in &m.parts {
+                let cols_per_out = if ep == Epilogue::SwiGlu { 8 } else { 4 };
+                let prm = MatParams {
+                    k: m.k as u32,
+                    n: part.n as u32,
+                    y_stride: (y_stride / 4) as u32,
+                    y_col0: (part.n_base / cols_per_out) as u32,
+                    lm_rows: lm as u32,
+                    eps: c.rms_eps,
+                    _p: [0; 2],
+                };
+                let pb = g.uniform("matmul params", &prm);
+                let bind = g.bind(&pipeline, &[&pass_buf, &pb, x, &part.w, &part.scale, &part.offset, norm_b.as_ref().unwrap_or(&dummy), bias_b.as_ref().unwrap_or(&dummy), y]);
+                groups.push((bind, ceil(part.n / cols_per_out, 64)));
+                params.push(pb);
+            }
+            params.extend(norm_b);
+            params.extend(bias_b);
+            MatmulSite { pipeline, groups, _params: params }
+        };
+
+        // embedding (also the tied LM head)
+        let embed_m = GpuMatrix::upload(g, &w.embed, "embed");
+        let mut embed = Vec::new();
+        {
+            let p = kernels.embed(g, embed_m.format);
+            for part in &embed_m.parts {
+                let prm = g.uniform("embed params", &EmbedParams { k: d as u32, n: part.n as u32, n_base: part.n_base as u32, _p: 0 });
+                let bind = g.bind(&p, &[&pass_buf, &prm, &tokens, &part.w, &part.scale, &part.offset, &x]);
+                keep.push(prm);
+                embed.push(Dispatch { pipeline: p.clone(), bind });
+            }
+        }
+        let rope_p = kernels.rope_kv(g, c.rope == RopeStyle::Neox);
+        let rope_prm = g.uniform("rope params", &RopeParams { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, _p: 0 });
+        let attn_prm = g.uniform(
+            "attn params",
+            &AttnParams { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, max_slots: max_ctx as u32, scale: 1.0 / (c.head_dim as f32).sqrt(), _p: [0; 3] },
+        );
+        let scores_p = kernels.attn_scores(g);
+        let softmax_p = kernels.attn_softmax_v(g);
+        let mut layers = Vec::new();
+        for (li, l) in w.layers.iter().enumerate() {
+            let k_cache = g.storage_zeroed(&format!("k cache {li}"), kv_bytes);
+            let v_cache = g.storage_zeroed(&format!("v cache {li}"), kv_bytes);
+            let qkv_m = GpuMatrix::upload(g, &l.qkv, "qkv");
+            let out_m = GpuMatrix::upload(g, &l.attn_out, "attn_out");
+            let gu_m = GpuMatrix::upload(g, &l.gate_up, "gate_up");
+            let down_m = GpuMatrix::upload(g, &l.down, "down");
+            let sites = LayerSites {
+                qkv: matmul_site(&qkv_m, &x, &qkv, Some(&l.attn_norm), l.qkv_bias.as_deref(), Epilogue::Store, false, qkv_w),
+                rope: Dispatch { pipeline: rope_p.clone(), bind: g.bind(&rope_p, &[&pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache]) },
+                scores: Dispatch { pipeline: scores_p.clone(), bind: g.bind(&scores_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]) },
+                softmax_v: Dispatch { pipeline: softmax_p.clone(), bind: g.bind(&softmax_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]) },
+                attn_out: matmul_site(&out_m, &att, &x, None, None, Epilogue::Add, false, d),
+                gate_up: matmul_site(&gu_m, &x, &hidden, Some(&l.ffn_norm), None, Epilogue::SwiGlu, false, c.ffn_dim),
+                down: matmul_site(&down_m, &hidden, &x, None, None, Epilogue::Add, false, d),
+            };
+            layers.push(sites);
+            keep.extend([k_cache, v_cache]);
+            for m in [qkv_m, out_m, gu_m, down_m] {
+                for p in m.parts {
+                    keep.extend([p.w, p.scale, p.offset]);
+                }
+            }
+        }
+        let out_m = match &w.output {
+            Some(o) => GpuMatrix::upload(g, o, "output"),
+            None => embed_m,
+        };
+        let lm_head = matmul_site(&out_m, &x, &logits, Some(&w.out_norm), None, Epilogue::Store, true, c.vocab);
+        let sample_p = kernels.sample(g);
+        let sample_prm = g.uniform("sample params", &SampleParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
+        let sampler = Dispatch { pipeline: sample_p.clone(), bind: g.bind(&sample_p, &[&pass_buf, &sample_prm, &logits, &tokens, &sampled]) };
+        for p in out_m.parts {
+            keep.extend([p.w, p.scale, p.offset]);
+        }
+        keep.extend([rope_prm, attn_prm, sample_prm, x, qkv, att, hidden, scores, rope, dummy]);
+        Ok(GpuModel { gpu, cfg: c, max_ctx, max_batch, kernels, pass_buf, tokens, positions, masks, logits, sampled, embed, layers, lm_head, sampler, _keep: keep })
+    }
+
+    /// Writes the input tokens of the next pass (rows 0..tokens.len()).
+    pub fn set_tokens(&self, tokens: &[u32]) {
+        self.gpu.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+    }
+
+    /// Writes the pass uniform (and tree data) for the next submission and records the pass's
+    /// dispatches into `enc`. One pass per submission: the uniform is per submission.
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec) -> Result<()> {
+        let m = spec.m;
+        if m == 0 || m > self.max_batch {
+            return Err(Error::msg(format!("a pass holds 1..={} tokens, got {m}", self.max_batch)));
+        }
+        if spec.n_past + m > self.max_ctx {
+            return Err(Error::msg(format!("context full: {} tokens do not fit in {} (use a larger --ctx)", spec.n_past + m, self.max_ctx)));
+        }
+        let lm_rows = spec.logits_rows.len();
+        let s = spec.sample.unwrap_or_default();
+        let u = PassUniform {
+            m: m as u32,
+            n_past: spec.n_past as u32,
+            causal: spec.tree.is_none() as u32,
+            lm_row0: spec.logits_rows.start as u32,
+            lm_rows: lm_rows as u32,
+            seed: s.seed,
+            draw: s.draw,
+            top_k: s.top_k,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            sample_row: s.row,
+            out_index: s.out_index,
+        };
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
+        if let Some((masks, positions)) = &spec.tree {
+            q.write_buffer(&self.masks, 0, bytemuck::cast_slice(masks));
+            q.write_buffer(&self.positions, 0, bytemuck::cast_slice(positions));
+        }
+        let c = &self.cfg;
+        let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+        let rows = ceil(m, 4);
+        let run = |cp: &mut wgpu::ComputePass, d: &Dispatch, x: u32, y: u32, z: u32| {
+            cp.set_pipeline(&d.pipeline.pipeline);
+            cp.set_bind_group(0, &d.bind, &[]);
+            cp.dispatch_workgroups(x, y, z);
+        };
+        let mm = |cp: &mut wgpu::ComputePass, s: &MatmulSite, rows: u32| {
+            cp.set_pipeline(&s.pipeline.pipeline);
+            for (b, gx) in &s.groups {
+                cp.set_bind_group(0, b, &[]);
+                cp.dispatch_workgroups(*gx, rows, 1);
+            }
+        };
+        for e in &self.embed {
+            run(&mut cp, e, ceil(c.dim / 4, 64), m as u32, 1);
+        }
+        let slots = spec.n_past + m;
+        let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
+        for l in &self.layers {
+            mm(&mut cp, &l.qkv, rows);
+            run(&mut cp, &l.rope, ceil(pairs, 64), m as u32, 1);
+            run(&mut cp, &l.scores, ceil(slots, 64), c.n_heads as u32, m as u32);
+            run(&mut cp, &l.softmax_v, ceil(c.q_dim() / 4, 64), m as u32, 1);
+            mm(&mut cp, &l.attn_out, rows);
+            mm(&mut cp, &l.gate_up, rows);
+            mm(&mut cp, &l.down, rows);
+        }
+        if lm_rows > 0 {
+            mm(&mut cp, &self.lm_head, ceil(lm_rows, 4));
+            if spec.sample.is_some() {
+                run(&mut cp, &self.sampler, 1, 1, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one pass and waits for it (tests and prefill; decoding uses `encode` directly).
+    pub fn run(&self, spec: &PassSpec) -> Result<()> {
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.encode(&mut enc, spec)?;
+        self.gpu.queue.submit([enc.finish()]);
+        self.gpu.wait()
+    }
+
+    /// Logits of LM-head rows 0..rows of the last pass (tests; not for the hot path).
+    pub fn read_logits(&self, rows: usize) -> Vec<f32> {
+        self.gpu.read_f32(&self.logits, rows * self.cfg.vocab)
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+}
