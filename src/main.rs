@@ -1,37 +1,207 @@
-use augur::model::gpu::{GpuModel, PassSpec, SampleSpec};
-fn main() {
-    let path = std::env::args().nth(1).unwrap();
-    let m = augur::model::LoadedModel::load(std::path::Path::new(&path)).unwrap();
-    let prompt = std::env::args().nth(2).unwrap_or("Once upon a time,".into());
-    let ids = m.tokenizer.encode(&prompt).unwrap();
-    let gpu = augur::gpu::Gpu::shared(&Default::default()).unwrap();
-    println!("{}", gpu.describe());
-    let t = std::time::Instant::now();
-    let gm = GpuModel::new(gpu.clone(), &m, 512, 16).unwrap();
-    println!("upload {:?}", t.elapsed());
-    gm.set_tokens(&ids);
-    let spec = PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: ids.len()-1..ids.len(), sample: Some(SampleSpec{ out_index: 0, ..Default::default()}) };
-    let t = std::time::Instant::now();
-    gm.run(&spec).unwrap();
-    println!("prefill {:?}", t.elapsed());
-    let lg = gm.read_logits(1);
-    let mut cpu = augur::model::cpu::CpuModel::new(&m.config, &m.weights, 256);
-    let mut cl = vec![];
-    for &t in &ids { cl = cpu.step(t); }
-    let num: f32 = lg.iter().zip(&cl).map(|(a,b)| (a-b)*(a-b)).sum::<f32>().sqrt();
-    let den: f32 = cl.iter().map(|b| b*b).sum::<f32>().sqrt();
-    println!("rel l2 {} argmax {} {}", num/den, augur::model::cpu::argmax(&lg), augur::model::cpu::argmax(&cl));
-    let mut out = vec![];
-    let mut n_past = ids.len();
-    let t = std::time::Instant::now();
-    for i in 0..32 {
-        let spec = PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: Some(SampleSpec{ out_index: i, ..Default::default()}) };
-        gm.run(&spec).unwrap();
-        n_past += 1;
+//! The `augur` command line.
+
+use augur::engine::{Engine, EngineOptions, GenerateParams};
+use augur::gpu::GpuOptions;
+use augur::{Error, Result, bench, pull};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+
+#[derive(Parser)]
+#[command(name = "augur", version, about = "Fast local LLM inference on any GPU wgpu reaches")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download, assemble and verify a model from the catalog (models/catalog.json)
+    Pull {
+        /// Model id: smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b
+        id: String,
+        /// Download again even if cached
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate text, streaming it as it is produced
+    Run(GenArgs),
+    /// Generate text and print it at the end (or as JSON with --json)
+    Generate {
+        #[command(flatten)]
+        gen_args: GenArgs,
+        /// Print one JSON object with the text, tokens and timings
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure prefill and decode speed, per-kernel times and the cost of M-token passes
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Timed runs (after one warm-up)
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Prompt length for the prefill measurement
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        /// Tokens generated per decode run
+        #[arg(long, default_value_t = 32)]
+        gen_tokens: usize,
+    },
+    /// List the GPU adapters wgpu can see
+    Devices,
+    /// List the catalog and what is cached
+    Models,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A catalog id (pulled on first use) or a path to a .gguf file
+    model: String,
+    /// Context length (KV cache size) in tokens
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
+    /// Do not use optional GPU features (timestamp queries)
+    #[arg(long)]
+    no_gpu_features: bool,
+    /// Use the first adapter whose name contains this
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt
+    prompt: String,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 = off
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// 1 = off
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in the model's chat template
+    #[arg(long)]
+    chat: bool,
+}
+
+impl ModelArgs {
+    fn engine(&self) -> Result<Engine> {
+        let path = pull::resolve_model(&self.model, true)?;
+        let opts = EngineOptions {
+            max_ctx: self.ctx,
+            gpu: GpuOptions { no_optional_features: self.no_gpu_features, adapter: self.adapter.clone() },
+            ..Default::default()
+        };
+        Engine::load(&path, &opts)
     }
-    let dt = t.elapsed();
-    let s: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&gm.sampled, 4*33));
-    out.extend_from_slice(&s[..33]);
-    println!("decode {:?} per tok {:?}", dt, dt/32);
-    println!("{:?}\n{}", out, m.tokenizer.decode(&out));
+}
+
+impl GenArgs {
+    fn params(&self) -> GenerateParams {
+        GenerateParams {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            chat: self.chat,
+            stop_at_eos: true,
+        }
+    }
+}
+
+fn main() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // quiets a Mesa layer warning on stderr
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("augur: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Pull { id, force } => {
+            let e = pull::find(&id).ok_or_else(|| {
+                let ids: Vec<String> = pull::catalog().into_iter().map(|e| e.id).collect();
+                Error::msg(format!("unknown model id '{id}' (known: {})", ids.join(", ")))
+            })?;
+            let path = pull::pull(&e, force, true)?;
+            println!("{}", path.display());
+        }
+        Cmd::Run(a) => {
+            let mut engine = a.model.engine()?;
+            let mut stdout = std::io::stdout();
+            let out = engine.generate(&a.prompt, &a.params(), |t| {
+                let _ = stdout.write_all(t.as_bytes());
+                let _ = stdout.flush();
+                true
+            })?;
+            println!();
+            let s = &out.stats;
+            eprintln!(
+                "augur: {} prompt tokens ({:.1} tok/s), {} generated ({:.1} tok/s), stop: {}",
+                s.prompt_tokens,
+                s.prefill_tok_s(),
+                s.generated_tokens,
+                s.decode_tok_s(),
+                s.finish_reason
+            );
+        }
+        Cmd::Generate { gen_args: a, json } => {
+            let mut engine = a.model.engine()?;
+            let out = engine.generate(&a.prompt, &a.params(), |_| true)?;
+            if json {
+                let s = &out.stats;
+                let v = serde_json::json!({
+                    "text": out.text,
+                    "tokens": out.tokens,
+                    "prompt_tokens": s.prompt_tokens,
+                    "generated_tokens": s.generated_tokens,
+                    "prefill_ms": s.prefill_ms,
+                    "decode_ms": s.decode_ms,
+                    "prefill_tok_s": s.prefill_tok_s(),
+                    "decode_tok_s": s.decode_tok_s(),
+                    "finish_reason": s.finish_reason,
+                    "model": engine.source,
+                    "device": engine.gpu().describe(),
+                });
+                println!("{v}");
+            } else {
+                println!("{}", out.text);
+            }
+        }
+        Cmd::Bench { model, runs, prompt_tokens, gen_tokens } => {
+            let mut engine = model.engine()?;
+            bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
+        }
+        Cmd::Devices => {
+            let list = augur::gpu::list_adapters();
+            if list.is_empty() {
+                return Err(Error::NoAdapter("wgpu found no adapter".into()));
+            }
+            for a in list {
+                println!("{} | {:?} | {:?} | {} {}", a.name, a.backend, a.device_type, a.driver, a.driver_info);
+            }
+        }
+        Cmd::Models => {
+            for e in pull::catalog() {
+                let p = pull::cached_path(&e);
+                let state = if p.exists() { p.display().to_string() } else { "not downloaded".into() };
+                println!("{:<20} {:<45} {}", e.id, e.name, state);
+            }
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! themselves need nothing beyond core WebGPU, so the same engine runs on Metal, DX12 and Vulkan.
 
 pub mod kernels;
+pub mod profile;
 
 use crate::error::{Error, Result};
 use std::sync::{Arc, OnceLock};

@@ -13,6 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::kernels::*;
+use crate::gpu::profile::Profiler;
 use crate::gpu::{Gpu, Pipeline};
 use crate::model::LoadedModel;
 use crate::model::config::{Config, RopeStyle};
@@ -100,6 +101,14 @@ struct MatmulSite {
 struct Dispatch {
     pipeline: Arc<Pipeline>,
     bind: wgpu::BindGroup,
+}
+
+/// One dispatch of a planned pass.
+struct Planned<'a> {
+    label: &'static str,
+    pipeline: &'a Pipeline,
+    bind: &'a wgpu::BindGroup,
+    size: [u32; 3],
 }
 
 struct LayerSites {
@@ -292,7 +301,7 @@ impl GpuModel {
 
     /// Writes the pass uniform (and tree data) for the next submission and records the pass's
     /// dispatches into `enc`. One pass per submission: the uniform is per submission.
-    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec) -> Result<()> {
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec, prof: Option<&mut Profiler>) -> Result<()> {
         let m = spec.m;
         if m == 0 || m > self.max_batch {
             return Err(Error::msg(format!("a pass holds 1..={} tokens, got {m}", self.max_batch)));
@@ -322,48 +331,68 @@ impl GpuModel {
             q.write_buffer(&self.masks, 0, bytemuck::cast_slice(masks));
             q.write_buffer(&self.positions, 0, bytemuck::cast_slice(positions));
         }
-        let c = &self.cfg;
-        let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-        let rows = ceil(m, 4);
-        let run = |cp: &mut wgpu::ComputePass, d: &Dispatch, x: u32, y: u32, z: u32| {
-            cp.set_pipeline(&d.pipeline.pipeline);
-            cp.set_bind_group(0, &d.bind, &[]);
-            cp.dispatch_workgroups(x, y, z);
-        };
-        let mm = |cp: &mut wgpu::ComputePass, s: &MatmulSite, rows: u32| {
-            cp.set_pipeline(&s.pipeline.pipeline);
-            for (b, gx) in &s.groups {
-                cp.set_bind_group(0, b, &[]);
-                cp.dispatch_workgroups(*gx, rows, 1);
+        let plan = self.plan(spec);
+        match prof {
+            None => {
+                let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+                for d in &plan {
+                    cp.set_pipeline(&d.pipeline.pipeline);
+                    cp.set_bind_group(0, d.bind, &[]);
+                    cp.dispatch_workgroups(d.size[0], d.size[1], d.size[2]);
+                }
             }
-        };
-        for e in &self.embed {
-            run(&mut cp, e, ceil(c.dim / 4, 64), m as u32, 1);
-        }
-        let slots = spec.n_past + m;
-        let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
-        for l in &self.layers {
-            mm(&mut cp, &l.qkv, rows);
-            run(&mut cp, &l.rope, ceil(pairs, 64), m as u32, 1);
-            run(&mut cp, &l.scores, ceil(slots, 64), c.n_heads as u32, m as u32);
-            run(&mut cp, &l.softmax_v, ceil(c.q_dim() / 4, 64), m as u32, 1);
-            mm(&mut cp, &l.attn_out, rows);
-            mm(&mut cp, &l.gate_up, rows);
-            mm(&mut cp, &l.down, rows);
-        }
-        if lm_rows > 0 {
-            mm(&mut cp, &self.lm_head, ceil(lm_rows, 4));
-            if spec.sample.is_some() {
-                run(&mut cp, &self.sampler, 1, 1, 1);
+            Some(p) => {
+                for d in &plan {
+                    let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.label), timestamp_writes: p.writes(d.label) });
+                    cp.set_pipeline(&d.pipeline.pipeline);
+                    cp.set_bind_group(0, d.bind, &[]);
+                    cp.dispatch_workgroups(d.size[0], d.size[1], d.size[2]);
+                }
             }
         }
         Ok(())
     }
 
+    /// The dispatches of one pass, in order.
+    fn plan<'a>(&'a self, spec: &PassSpec) -> Vec<Planned<'a>> {
+        let c = &self.cfg;
+        let m = spec.m;
+        let rows = ceil(m, 4);
+        let mut plan = Vec::with_capacity(8 * c.n_layers + 4);
+        let one = |plan: &mut Vec<Planned<'a>>, label: &'static str, d: &'a Dispatch, size: [u32; 3]| plan.push(Planned { label, pipeline: &*d.pipeline, bind: &d.bind, size });
+        let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: u32| {
+            for (b, gx) in &s.groups {
+                plan.push(Planned { label, pipeline: &*s.pipeline, bind: b, size: [*gx, rows, 1] });
+            }
+        };
+        for e in &self.embed {
+            one(&mut plan, "embed", e, [ceil(c.dim / 4, 64), m as u32, 1]);
+        }
+        let slots = spec.n_past + m;
+        let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
+        for l in &self.layers {
+            mm(&mut plan, "matmul qkv", &l.qkv, rows);
+            one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
+            one(&mut plan, "attn scores", &l.scores, [ceil(slots, 64), c.n_heads as u32, m as u32]);
+            one(&mut plan, "attn softmax_v", &l.softmax_v, [ceil(c.q_dim() / 4, 64), m as u32, 1]);
+            mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
+            mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
+            mm(&mut plan, "matmul down", &l.down, rows);
+        }
+        let lm_rows = spec.logits_rows.len();
+        if lm_rows > 0 {
+            mm(&mut plan, "matmul lm_head", &self.lm_head, ceil(lm_rows, 4));
+            if spec.sample.is_some() {
+                one(&mut plan, "sample", &self.sampler, [1, 1, 1]);
+            }
+        }
+        plan
+    }
+
     /// Runs one pass and waits for it (tests and prefill; decoding uses `encode` directly).
     pub fn run(&self, spec: &PassSpec) -> Result<()> {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        self.encode(&mut enc, spec)?;
+        self.encode(&mut enc, spec, None)?;
         self.gpu.queue.submit([enc.finish()]);
         self.gpu.wait()
     }
