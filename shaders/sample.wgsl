@@ -2,7 +2,7 @@
 // Greedy (temperature <= 0): argmax, lowest index on ties. Otherwise: softmax at temperature,
 // keep the top_k largest (threshold found by bisection), then the smallest top set whose mass
 // reaches top_p (bisection again), then draw u from a counter-based hash of (seed, draw) and
-// walk the kept tokens in index order. The CPU twin is `spec::sampler::sample_cpu`.
+// walk the kept tokens in index order. The CPU twin is `sampler::sample_cpu` (src/sampler.rs).
 // The token goes to tokens[0] (next pass input) and sampled[out_index] (read back by the host).
 
 const WG: u32 = 64u;

@@ -25,12 +25,21 @@ pub fn prompt_of(engine: &Engine, n: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: usize) -> Result<()> {
+pub fn run(
+    engine: &mut Engine,
+    runs: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<()> {
     let gpu = engine.gpu().clone();
     println!("device: {}", gpu.describe());
     println!("model:  {}", engine.source);
     let prompt = prompt_of(engine, prompt_tokens)?;
-    let params = GenerateParams { max_tokens: gen_tokens, stop_at_eos: false, ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: gen_tokens,
+        stop_at_eos: false,
+        ..Default::default()
+    };
     engine.generate_tokens(&prompt, &params, &CancelToken::default(), |_| true)?; // warm-up (shader compilation)
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -49,7 +58,13 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     let model = &engine.model;
     let n_past = prompt_tokens.min(model.max_ctx.saturating_sub(17));
     let time_pass = |m: usize, reps: usize| -> Result<f64> {
-        let spec = PassSpec { m, n_past, tree: None, logits_rows: 0..m, sample: None };
+        let spec = PassSpec {
+            m,
+            n_past,
+            tree: None,
+            logits_rows: 0..m,
+            sample: None,
+        };
         model.set_tokens(&prompt[..m.min(prompt.len())]);
         model.run(&spec)?;
         let mut t = Vec::new();
@@ -88,14 +103,25 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
         rt.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let (rm, rmin, _) = median_min_max(&mut rt);
-    println!("\nfixed cost of one submitted round (submit, wait, read 4 bytes): median {rm:.3} ms, min {rmin:.3} ms");
+    println!(
+        "\nfixed cost of one submitted round (submit, wait, read 4 bytes): median {rm:.3} ms, min {rmin:.3} ms"
+    );
 
     // per-kernel GPU time
     match Profiler::new(&gpu, 1024) {
         None => println!("\nper-kernel times: this device has no timestamp queries"),
         Some(mut prof) => {
-            for (name, m) in [("decode step (M=1)", 1usize), ("prefill pass", prompt_tokens.min(model.max_batch))] {
-                let spec = PassSpec { m, n_past: if m == 1 { n_past } else { 0 }, tree: None, logits_rows: m - 1..m, sample: None };
+            for (name, m) in [
+                ("decode step (M=1)", 1usize),
+                ("prefill pass", prompt_tokens.min(model.max_batch)),
+            ] {
+                let spec = PassSpec {
+                    m,
+                    n_past: if m == 1 { n_past } else { 0 },
+                    tree: None,
+                    logits_rows: m - 1..m,
+                    sample: None,
+                };
                 model.set_tokens(&prompt[..m]);
                 let mut enc = gpu.device.create_command_encoder(&Default::default());
                 model.encode(&mut enc, &spec, Some(&mut prof))?;
@@ -104,7 +130,9 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
                 gpu.wait()?;
                 let t = prof.read(&gpu);
                 let total: f64 = t.values().sum();
-                println!("\nper-kernel GPU time, {name}, total {total:.2} ms (each dispatch timed in its own pass):");
+                println!(
+                    "\nper-kernel GPU time, {name}, total {total:.2} ms (each dispatch timed in its own pass):"
+                );
                 println!("| kernel | ms | share |\n|---|---|---|");
                 let mut rows: Vec<_> = t.into_iter().collect();
                 rows.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());

@@ -34,7 +34,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_ctx: 2048, max_batch: 64, gpu: GpuOptions::default() }
+        EngineOptions {
+            max_ctx: 2048,
+            max_batch: 64,
+            gpu: GpuOptions::default(),
+        }
     }
 }
 
@@ -56,7 +60,15 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 128, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, chat: false, stop_at_eos: true }
+        GenerateParams {
+            max_tokens: 128,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            chat: false,
+            stop_at_eos: true,
+        }
     }
 }
 
@@ -134,14 +146,25 @@ impl Engine {
     }
 
     pub fn with_gpu(gpu: Arc<Gpu>, loaded: LoadedModel, opts: &EngineOptions) -> Result<Engine> {
-        let model = GpuModel::new(gpu.clone(), &loaded, opts.max_ctx, opts.max_batch)?;
+        let model = GpuModel::new(
+            gpu.clone(),
+            &loaded.config,
+            &loaded.weights,
+            opts.max_ctx,
+            opts.max_batch,
+        )?;
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token readback"),
             size: 16,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Engine { tokenizer: Arc::new(loaded.tokenizer), model, source: loaded.source, staging })
+        Ok(Engine {
+            tokenizer: Arc::new(loaded.tokenizer),
+            model,
+            source: loaded.source,
+            staging,
+        })
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -150,12 +173,21 @@ impl Engine {
 
     /// Tokenises a prompt (applying the chat template when asked).
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        let text = if chat { self.tokenizer.chat_prompt(prompt) } else { prompt.to_string() };
+        let text = if chat {
+            self.tokenizer.chat_prompt(prompt)
+        } else {
+            prompt.to_string()
+        };
         self.tokenizer.encode(&text)
     }
 
     /// Generates text, calling `on_text` with each new piece; it returns false to stop.
-    pub fn generate(&mut self, prompt: &str, params: &GenerateParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Output> {
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Output> {
         let ids = self.encode_prompt(prompt, params.chat)?;
         let mut dec = StreamDecoder::new();
         let tokenizer = self.tokenizer.clone();
@@ -168,17 +200,31 @@ impl Engine {
 
     /// Generates from token ids. `on_token` sees every generated token (stop tokens excluded) and
     /// returns false to stop.
-    pub fn generate_tokens(&mut self, prompt: &[u32], params: &GenerateParams, cancel: &CancelToken, mut on_token: impl FnMut(u32) -> bool) -> Result<Output> {
+    pub fn generate_tokens(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Output> {
         params.check()?;
         let max_ctx = self.model.max_ctx;
         if prompt.is_empty() {
-            return Err(Error::msg("the prompt is empty; give at least one token of text"));
+            return Err(Error::msg(
+                "the prompt is empty; give at least one token of text",
+            ));
         }
         if prompt.len() >= max_ctx {
-            return Err(Error::msg(format!("the prompt has {} tokens but the context holds {max_ctx}; shorten it or raise --ctx", prompt.len())));
+            return Err(Error::msg(format!(
+                "the prompt has {} tokens but the context holds {max_ctx}; shorten it or raise --ctx",
+                prompt.len()
+            )));
         }
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.model.cfg.vocab) {
-            return Err(Error::msg(format!("token id {bad} is outside the vocabulary ({})", self.model.cfg.vocab)));
+            return Err(Error::msg(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.model.cfg.vocab
+            )));
         }
         let t0 = Instant::now();
         let mut sample = SampleSpec {
@@ -201,7 +247,11 @@ impl Engine {
                 m: chunk.len(),
                 n_past,
                 tree: None,
-                logits_rows: if last { chunk.len() - 1..chunk.len() } else { 0..0 },
+                logits_rows: if last {
+                    chunk.len() - 1..chunk.len()
+                } else {
+                    0..0
+                },
                 sample: last.then_some(sample),
             };
             if last {
@@ -230,7 +280,13 @@ impl Engine {
             }
             sample.draw += 1;
             // the sampler left `next` in tokens[0]: no host write needed
-            let spec = PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: Some(sample) };
+            let spec = PassSpec {
+                m: 1,
+                n_past,
+                tree: None,
+                logits_rows: 0..1,
+                sample: Some(sample),
+            };
             next = self.step(&spec)?;
             n_past += 1;
         }
@@ -242,7 +298,11 @@ impl Engine {
             finish_reason: finish.to_string(),
         };
         let text = self.tokenizer.decode(&tokens);
-        Ok(Output { text, tokens, stats })
+        Ok(Output {
+            text,
+            tokens,
+            stats,
+        })
     }
 
     /// One pass in one submission; reads back only the sampled token id.

@@ -15,7 +15,9 @@ pub enum Error {
     },
     #[error("{path}: not a valid GGUF file: {why} (re-download it with `augur pull`)")]
     BadGguf { path: String, why: String },
-    #[error("no GPU adapter found ({0}); install a Vulkan driver, e.g. `bash scripts/setup-lavapipe.sh` for Mesa's lavapipe")]
+    #[error(
+        "no GPU adapter found ({0}); install a Vulkan driver, e.g. `bash scripts/setup-lavapipe.sh` for Mesa's lavapipe"
+    )]
     NoAdapter(String),
     #[error("GPU error: {0}")]
     Gpu(String),
@@ -28,7 +30,10 @@ impl Error {
         Error::Msg(s.into())
     }
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 
 pub mod bench;
 pub mod engine;
-pub mod pull;
 pub mod error;
 pub mod gpu;
 pub mod model;
+pub mod pull;
+pub mod sampler;
 
 pub use error::{Error, Result};

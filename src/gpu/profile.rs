@@ -19,7 +19,11 @@ impl Profiler {
             return None;
         }
         let n = max_dispatches * 2;
-        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: n });
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: n,
+        });
         let size = n as u64 * 8;
         let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("profile resolve"),
@@ -33,7 +37,13 @@ impl Profiler {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Some(Profiler { set, resolve, staging, capacity: max_dispatches, labels: Vec::new() })
+        Some(Profiler {
+            set,
+            resolve,
+            staging,
+            capacity: max_dispatches,
+            labels: Vec::new(),
+        })
     }
 
     /// Timestamp writes for the next dispatch, or None when full.
@@ -43,7 +53,11 @@ impl Profiler {
             return None;
         }
         self.labels.push(label);
-        Some(wgpu::ComputePassTimestampWrites { query_set: &self.set, beginning_of_pass_write_index: Some(2 * i), end_of_pass_write_index: Some(2 * i + 1) })
+        Some(wgpu::ComputePassTimestampWrites {
+            query_set: &self.set,
+            beginning_of_pass_write_index: Some(2 * i),
+            end_of_pass_write_index: Some(2 * i + 1),
+        })
     }
 
     /// Resolves the queries of the last submission (call after `encode`, then submit, then `read`).

@@ -15,10 +15,9 @@ use crate::error::{Error, Result};
 use crate::gpu::kernels::*;
 use crate::gpu::profile::Profiler;
 use crate::gpu::{Gpu, Pipeline};
-use crate::model::LoadedModel;
 use crate::model::config::{Config, RopeStyle};
 use crate::model::cpu::rope_table;
-use crate::model::weights::{MatData, Matrix};
+use crate::model::weights::{MatData, Matrix, Weights};
 use std::sync::Arc;
 
 /// One column range of a matrix, small enough for one storage binding.
@@ -32,7 +31,6 @@ struct MatPart {
 
 pub struct GpuMatrix {
     k: usize,
-    n: usize,
     format: Format,
     parts: Vec<MatPart>,
 }
@@ -58,7 +56,9 @@ impl GpuMatrix {
                     for (ci, c) in cols.clone().enumerate() {
                         for kq in 0..k / 4 {
                             let b = &q[c * k + 4 * kq..c * k + 4 * kq + 4];
-                            w[kq * pn + ci] = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                            w[kq * pn + ci] = u32::from_le_bytes([
+                                b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8,
+                            ]);
                         }
                     }
                     let mut s = vec![0f32; k / 32 * pn];
@@ -69,7 +69,11 @@ impl GpuMatrix {
                             o[b * pn + ci] = offset[c * k / 32 + b];
                         }
                     }
-                    (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &o))
+                    (
+                        gpu.storage(label, &w),
+                        gpu.storage(label, &s),
+                        gpu.storage(label, &o),
+                    )
                 }
                 MatData::F16(h) => {
                     let mut w = vec![0u32; k / 2 * pn];
@@ -80,14 +84,24 @@ impl GpuMatrix {
                             w[kp * pn + ci] = lo | (hi << 16);
                         }
                     }
-                    (gpu.storage(label, &w), gpu.storage(label, &[0u32; 4]), gpu.storage(label, &[0u32; 4]))
+                    (
+                        gpu.storage(label, &w),
+                        gpu.storage(label, &[0u32; 4]),
+                        gpu.storage(label, &[0u32; 4]),
+                    )
                 }
             };
-            parts.push(MatPart { w, scale, offset, n: pn, n_base });
+            parts.push(MatPart {
+                w,
+                scale,
+                offset,
+                n: pn,
+                n_base,
+            });
             n_base += pn;
         }
         let format = if m.is_q8() { Format::Q8 } else { Format::F16 };
-        GpuMatrix { k, n, format, parts }
+        GpuMatrix { k, format, parts }
     }
 }
 
@@ -173,11 +187,18 @@ fn ceil(a: usize, b: usize) -> u32 {
 }
 
 impl GpuModel {
-    pub fn new(gpu: Arc<Gpu>, model: &LoadedModel, max_ctx: usize, max_batch: usize) -> Result<GpuModel> {
-        let c = model.config.clone();
-        let w = &model.weights;
+    pub fn new(
+        gpu: Arc<Gpu>,
+        cfg: &Config,
+        w: &Weights,
+        max_ctx: usize,
+        max_batch: usize,
+    ) -> Result<GpuModel> {
+        let c = cfg.clone();
         if max_batch == 0 || max_batch > 64 || max_ctx == 0 {
-            return Err(Error::msg(format!("batch size must be 1..=64 and the context positive (got {max_batch}, {max_ctx})")));
+            return Err(Error::msg(format!(
+                "batch size must be 1..=64 and the context positive (got {max_batch}, {max_ctx})"
+            )));
         }
         let g = &*gpu;
         let kernels = Kernels::default();
@@ -186,7 +207,9 @@ impl GpuModel {
         let qkv_w = qd + 2 * kvd;
         let kv_bytes = (max_ctx * kvd) as u64 * f4;
         if kv_bytes > g.max_binding {
-            return Err(Error::msg(format!("a context of {max_ctx} tokens needs KV buffers larger than this device allows; use a smaller --ctx")));
+            return Err(Error::msg(format!(
+                "a context of {max_ctx} tokens needs KV buffers larger than this device allows; use a smaller --ctx"
+            )));
         }
         let pass_buf = g.uniform("pass", &PassUniform::default());
         let tokens = g.storage_zeroed("tokens", (max_batch * 4) as u64);
@@ -201,13 +224,29 @@ impl GpuModel {
         let sampled = g.storage_zeroed("sampled", (SAMPLED_SLOTS * 4) as u64);
         let rope = g.storage(
             "rope table",
-            &rope_table(&c, max_ctx).iter().flat_map(|cs| [cs[0], cs[1]]).collect::<Vec<f32>>(),
+            &rope_table(&c, max_ctx)
+                .iter()
+                .flat_map(|cs| [cs[0], cs[1]])
+                .collect::<Vec<f32>>(),
         );
         let dummy = g.storage("dummy", &[0f32; 4]);
         let mut keep = Vec::new();
 
-        let matmul_site = |m: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, norm: Option<&[f32]>, bias: Option<&[f32]>, ep: Epilogue, lm: bool, y_stride: usize| -> MatmulSite {
-            let kind = MatmulKind { format: m.format, prenorm: norm.is_some(), bias: bias.is_some(), epilogue: ep };
+        let matmul_site = |m: &GpuMatrix,
+                           x: &wgpu::Buffer,
+                           y: &wgpu::Buffer,
+                           norm: Option<&[f32]>,
+                           bias: Option<&[f32]>,
+                           ep: Epilogue,
+                           lm: bool,
+                           y_stride: usize|
+         -> MatmulSite {
+            let kind = MatmulKind {
+                format: m.format,
+                prenorm: norm.is_some(),
+                bias: bias.is_some(),
+                epilogue: ep,
+            };
             let pipeline = kernels.matmul(g, kind);
             let norm_b = norm.map(|v| g.storage("norm", v));
             let bias_b = bias.map(|v| g.storage("bias", v));
@@ -225,13 +264,30 @@ impl GpuModel {
                     _p: [0; 2],
                 };
                 let pb = g.uniform("matmul params", &prm);
-                let bind = g.bind(&pipeline, &[&pass_buf, &pb, x, &part.w, &part.scale, &part.offset, norm_b.as_ref().unwrap_or(&dummy), bias_b.as_ref().unwrap_or(&dummy), y]);
+                let bind = g.bind(
+                    &pipeline,
+                    &[
+                        &pass_buf,
+                        &pb,
+                        x,
+                        &part.w,
+                        &part.scale,
+                        &part.offset,
+                        norm_b.as_ref().unwrap_or(&dummy),
+                        bias_b.as_ref().unwrap_or(&dummy),
+                        y,
+                    ],
+                );
                 groups.push((bind, ceil(part.n / cols_per_out, 64)));
                 params.push(pb);
             }
             params.extend(norm_b);
             params.extend(bias_b);
-            MatmulSite { pipeline, groups, _params: params }
+            MatmulSite {
+                pipeline,
+                groups,
+                _params: params,
+            }
         };
 
         // embedding (also the tied LM head)
@@ -240,17 +296,54 @@ impl GpuModel {
         {
             let p = kernels.embed(g, embed_m.format);
             for part in &embed_m.parts {
-                let prm = g.uniform("embed params", &EmbedParams { k: d as u32, n: part.n as u32, n_base: part.n_base as u32, _p: 0 });
-                let bind = g.bind(&p, &[&pass_buf, &prm, &tokens, &part.w, &part.scale, &part.offset, &x]);
+                let prm = g.uniform(
+                    "embed params",
+                    &EmbedParams {
+                        k: d as u32,
+                        n: part.n as u32,
+                        n_base: part.n_base as u32,
+                        _p: 0,
+                    },
+                );
+                let bind = g.bind(
+                    &p,
+                    &[
+                        &pass_buf,
+                        &prm,
+                        &tokens,
+                        &part.w,
+                        &part.scale,
+                        &part.offset,
+                        &x,
+                    ],
+                );
                 keep.push(prm);
-                embed.push(Dispatch { pipeline: p.clone(), bind });
+                embed.push(Dispatch {
+                    pipeline: p.clone(),
+                    bind,
+                });
             }
         }
         let rope_p = kernels.rope_kv(g, c.rope == RopeStyle::Neox);
-        let rope_prm = g.uniform("rope params", &RopeParams { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, _p: 0 });
+        let rope_prm = g.uniform(
+            "rope params",
+            &RopeParams {
+                n_heads: c.n_heads as u32,
+                n_kv_heads: c.n_kv_heads as u32,
+                head_dim: c.head_dim as u32,
+                _p: 0,
+            },
+        );
         let attn_prm = g.uniform(
             "attn params",
-            &AttnParams { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, max_slots: max_ctx as u32, scale: 1.0 / (c.head_dim as f32).sqrt(), _p: [0; 3] },
+            &AttnParams {
+                n_heads: c.n_heads as u32,
+                n_kv_heads: c.n_kv_heads as u32,
+                head_dim: c.head_dim as u32,
+                max_slots: max_ctx as u32,
+                scale: 1.0 / (c.head_dim as f32).sqrt(),
+                _p: [0; 3],
+            },
         );
         let scores_p = kernels.attn_scores(g);
         let softmax_p = kernels.attn_softmax_v(g);
@@ -263,12 +356,54 @@ impl GpuModel {
             let gu_m = GpuMatrix::upload(g, &l.gate_up, "gate_up");
             let down_m = GpuMatrix::upload(g, &l.down, "down");
             let sites = LayerSites {
-                qkv: matmul_site(&qkv_m, &x, &qkv, Some(&l.attn_norm), l.qkv_bias.as_deref(), Epilogue::Store, false, qkv_w),
-                rope: Dispatch { pipeline: rope_p.clone(), bind: g.bind(&rope_p, &[&pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache]) },
-                scores: Dispatch { pipeline: scores_p.clone(), bind: g.bind(&scores_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]) },
-                softmax_v: Dispatch { pipeline: softmax_p.clone(), bind: g.bind(&softmax_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]) },
+                qkv: matmul_site(
+                    &qkv_m,
+                    &x,
+                    &qkv,
+                    Some(&l.attn_norm),
+                    l.qkv_bias.as_deref(),
+                    Epilogue::Store,
+                    false,
+                    qkv_w,
+                ),
+                rope: Dispatch {
+                    pipeline: rope_p.clone(),
+                    bind: g.bind(
+                        &rope_p,
+                        &[
+                            &pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache,
+                        ],
+                    ),
+                },
+                scores: Dispatch {
+                    pipeline: scores_p.clone(),
+                    bind: g.bind(
+                        &scores_p,
+                        &[
+                            &pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att,
+                        ],
+                    ),
+                },
+                softmax_v: Dispatch {
+                    pipeline: softmax_p.clone(),
+                    bind: g.bind(
+                        &softmax_p,
+                        &[
+                            &pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att,
+                        ],
+                    ),
+                },
                 attn_out: matmul_site(&out_m, &att, &x, None, None, Epilogue::Add, false, d),
-                gate_up: matmul_site(&gu_m, &x, &hidden, Some(&l.ffn_norm), None, Epilogue::SwiGlu, false, c.ffn_dim),
+                gate_up: matmul_site(
+                    &gu_m,
+                    &x,
+                    &hidden,
+                    Some(&l.ffn_norm),
+                    None,
+                    Epilogue::SwiGlu,
+                    false,
+                    c.ffn_dim,
+                ),
                 down: matmul_site(&down_m, &hidden, &x, None, None, Epilogue::Add, false, d),
             };
             layers.push(sites);
@@ -283,31 +418,86 @@ impl GpuModel {
             Some(o) => GpuMatrix::upload(g, o, "output"),
             None => embed_m,
         };
-        let lm_head = matmul_site(&out_m, &x, &logits, Some(&w.out_norm), None, Epilogue::Store, true, c.vocab);
+        let lm_head = matmul_site(
+            &out_m,
+            &x,
+            &logits,
+            Some(&w.out_norm),
+            None,
+            Epilogue::Store,
+            true,
+            c.vocab,
+        );
         let sample_p = kernels.sample(g);
-        let sample_prm = g.uniform("sample params", &SampleParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
-        let sampler = Dispatch { pipeline: sample_p.clone(), bind: g.bind(&sample_p, &[&pass_buf, &sample_prm, &logits, &tokens, &sampled]) };
+        let sample_prm = g.uniform(
+            "sample params",
+            &SampleParams {
+                vocab: c.vocab as u32,
+                row_stride: c.vocab as u32,
+                _p: [0; 2],
+            },
+        );
+        let sampler = Dispatch {
+            pipeline: sample_p.clone(),
+            bind: g.bind(
+                &sample_p,
+                &[&pass_buf, &sample_prm, &logits, &tokens, &sampled],
+            ),
+        };
         for p in out_m.parts {
             keep.extend([p.w, p.scale, p.offset]);
         }
-        keep.extend([rope_prm, attn_prm, sample_prm, x, qkv, att, hidden, scores, rope, dummy]);
-        Ok(GpuModel { gpu, cfg: c, max_ctx, max_batch, kernels, pass_buf, tokens, positions, masks, logits, sampled, embed, layers, lm_head, sampler, _keep: keep })
+        keep.extend([
+            rope_prm, attn_prm, sample_prm, x, qkv, att, hidden, scores, rope, dummy,
+        ]);
+        Ok(GpuModel {
+            gpu,
+            cfg: c,
+            max_ctx,
+            max_batch,
+            kernels,
+            pass_buf,
+            tokens,
+            positions,
+            masks,
+            logits,
+            sampled,
+            embed,
+            layers,
+            lm_head,
+            sampler,
+            _keep: keep,
+        })
     }
 
     /// Writes the input tokens of the next pass (rows 0..tokens.len()).
     pub fn set_tokens(&self, tokens: &[u32]) {
-        self.gpu.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        self.gpu
+            .queue
+            .write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
     }
 
     /// Writes the pass uniform (and tree data) for the next submission and records the pass's
     /// dispatches into `enc`. One pass per submission: the uniform is per submission.
-    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec, prof: Option<&mut Profiler>) -> Result<()> {
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        spec: &PassSpec,
+        prof: Option<&mut Profiler>,
+    ) -> Result<()> {
         let m = spec.m;
         if m == 0 || m > self.max_batch {
-            return Err(Error::msg(format!("a pass holds 1..={} tokens, got {m}", self.max_batch)));
+            return Err(Error::msg(format!(
+                "a pass holds 1..={} tokens, got {m}",
+                self.max_batch
+            )));
         }
         if spec.n_past + m > self.max_ctx {
-            return Err(Error::msg(format!("context full: {} tokens do not fit in {} (use a larger --ctx)", spec.n_past + m, self.max_ctx)));
+            return Err(Error::msg(format!(
+                "context full: {} tokens do not fit in {} (use a larger --ctx)",
+                spec.n_past + m,
+                self.max_ctx
+            )));
         }
         let lm_rows = spec.logits_rows.len();
         let s = spec.sample.unwrap_or_default();
@@ -334,7 +524,10 @@ impl GpuModel {
         let plan = self.plan(spec);
         match prof {
             None => {
-                let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+                let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("forward"),
+                    timestamp_writes: None,
+                });
                 for d in &plan {
                     cp.set_pipeline(&d.pipeline.pipeline);
                     cp.set_bind_group(0, d.bind, &[]);
@@ -343,7 +536,10 @@ impl GpuModel {
             }
             Some(p) => {
                 for d in &plan {
-                    let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.label), timestamp_writes: p.writes(d.label) });
+                    let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.label),
+                        timestamp_writes: p.writes(d.label),
+                    });
                     cp.set_pipeline(&d.pipeline.pipeline);
                     cp.set_bind_group(0, d.bind, &[]);
                     cp.dispatch_workgroups(d.size[0], d.size[1], d.size[2]);
@@ -359,12 +555,26 @@ impl GpuModel {
         let m = spec.m;
         let rows = ceil(m, 4);
         let mut plan = Vec::with_capacity(8 * c.n_layers + 4);
-        let one = |plan: &mut Vec<Planned<'a>>, label: &'static str, d: &'a Dispatch, size: [u32; 3]| plan.push(Planned { label, pipeline: &*d.pipeline, bind: &d.bind, size });
-        let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: u32| {
-            for (b, gx) in &s.groups {
-                plan.push(Planned { label, pipeline: &*s.pipeline, bind: b, size: [*gx, rows, 1] });
-            }
-        };
+        let one =
+            |plan: &mut Vec<Planned<'a>>, label: &'static str, d: &'a Dispatch, size: [u32; 3]| {
+                plan.push(Planned {
+                    label,
+                    pipeline: &*d.pipeline,
+                    bind: &d.bind,
+                    size,
+                })
+            };
+        let mm =
+            |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: u32| {
+                for (b, gx) in &s.groups {
+                    plan.push(Planned {
+                        label,
+                        pipeline: &*s.pipeline,
+                        bind: b,
+                        size: [*gx, rows, 1],
+                    });
+                }
+            };
         for e in &self.embed {
             one(&mut plan, "embed", e, [ceil(c.dim / 4, 64), m as u32, 1]);
         }
@@ -372,9 +582,24 @@ impl GpuModel {
         let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
         for l in &self.layers {
             mm(&mut plan, "matmul qkv", &l.qkv, rows);
-            one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
-            one(&mut plan, "attn scores", &l.scores, [ceil(slots, 64), c.n_heads as u32, m as u32]);
-            one(&mut plan, "attn softmax_v", &l.softmax_v, [ceil(c.q_dim() / 4, 64), m as u32, 1]);
+            one(
+                &mut plan,
+                "rope_kv",
+                &l.rope,
+                [ceil(pairs, 64), m as u32, 1],
+            );
+            one(
+                &mut plan,
+                "attn scores",
+                &l.scores,
+                [ceil(slots, 64), c.n_heads as u32, m as u32],
+            );
+            one(
+                &mut plan,
+                "attn softmax_v",
+                &l.softmax_v,
+                [ceil(c.q_dim() / 4, 64), m as u32, 1],
+            );
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
             mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
             mm(&mut plan, "matmul down", &l.down, rows);

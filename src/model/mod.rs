@@ -28,15 +28,26 @@ impl LoadedModel {
     /// Loads a .gguf file.
     pub fn load(path: &Path) -> Result<LoadedModel> {
         if !path.exists() {
-            return Err(Error::msg(format!("{}: no such model file (run `augur pull smollm2-135m`, or pass a path to a .gguf file)", path.display())));
+            return Err(Error::msg(format!(
+                "{}: no such model file (run `augur pull smollm2-135m`, or pass a path to a .gguf file)",
+                path.display()
+            )));
         }
         if path.is_dir() {
-            return Err(Error::msg(format!("{}: is a folder; pass a .gguf file", path.display())));
+            return Err(Error::msg(format!(
+                "{}: is a folder; pass a .gguf file",
+                path.display()
+            )));
         }
         let g = gguf::Gguf::open(path)?;
         let config = Config::from_gguf(&g)?;
         let weights = Weights::from_gguf(&g, &config)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        Ok(LoadedModel { config, weights, tokenizer, source: path.display().to_string() })
+        Ok(LoadedModel {
+            config,
+            weights,
+            tokenizer,
+            source: path.display().to_string(),
+        })
     }
 }

@@ -1,0 +1,176 @@
+//! Bad input gets a clear one-line error and a non-zero exit, never a panic or a huge allocation.
+
+mod common;
+use augur::model::LoadedModel;
+use augur::model::gguf::Gguf;
+use std::process::Command;
+
+fn gguf_header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(n_tensors.to_le_bytes());
+    b.extend(n_kv.to_le_bytes());
+    b
+}
+
+fn kv_str(b: &mut Vec<u8>, k: &str, v: &str) {
+    b.extend((k.len() as u64).to_le_bytes());
+    b.extend(k.as_bytes());
+    b.extend(8u32.to_le_bytes());
+    b.extend((v.len() as u64).to_le_bytes());
+    b.extend(v.as_bytes());
+}
+
+fn err(bytes: Vec<u8>) -> String {
+    match Gguf::parse("test.gguf".into(), bytes) {
+        Ok(_) => panic!("parsed"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn gguf_headers_that_lie_are_refused() {
+    assert!(err(b"GGU".to_vec()).contains("shorter"));
+    assert!(err(b"GGML\0\0\0\0".to_vec()).contains("magic"));
+    let mut v1 = gguf_header(0, 0);
+    v1[4] = 1;
+    assert!(err(v1).contains("version 1"));
+    // counts far beyond what the file could hold: refused before allocating
+    assert!(err(gguf_header(u64::MAX, 0)).contains("does not fit"));
+    assert!(err(gguf_header(0, 1 << 60)).contains("does not fit"));
+    // a string length that lies
+    let mut b = gguf_header(0, 1);
+    b.extend(u64::MAX.to_le_bytes());
+    assert!(err(b).contains("does not fit"));
+    // an array count that lies
+    let mut b = gguf_header(0, 1);
+    b.extend(1u64.to_le_bytes());
+    b.push(b'a');
+    b.extend(9u32.to_le_bytes());
+    b.extend(4u32.to_le_bytes());
+    b.extend((1u64 << 40).to_le_bytes());
+    assert!(err(b).contains("does not fit"));
+    // a tensor whose data runs past the end of the file
+    let mut b = gguf_header(1, 0);
+    b.extend(1u64.to_le_bytes());
+    b.push(b'w');
+    b.extend(2u32.to_le_bytes());
+    b.extend(64u64.to_le_bytes());
+    b.extend(64u64.to_le_bytes());
+    b.extend(0u32.to_le_bytes()); // F32
+    b.extend(0u64.to_le_bytes());
+    assert!(err(b).contains("past the end"));
+    // an unsupported quantisation type
+    let mut b = gguf_header(1, 0);
+    b.extend(1u64.to_le_bytes());
+    b.push(b'w');
+    b.extend(1u32.to_le_bytes());
+    b.extend(32u64.to_le_bytes());
+    b.extend(10u32.to_le_bytes()); // Q2_K
+    b.extend(0u64.to_le_bytes());
+    assert!(err(b).contains("does not support"));
+}
+
+#[test]
+fn unknown_architecture_is_refused() {
+    let mut b = gguf_header(0, 1);
+    kv_str(&mut b, "general.architecture", "mamba");
+    let dir = std::env::temp_dir().join(format!("augur-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("m.gguf");
+    std::fs::write(&p, b).unwrap();
+    let e = LoadedModel::load(&p).err().unwrap().to_string();
+    assert!(e.contains("architecture 'mamba' is not supported"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn truncated_real_model_is_refused() {
+    let full = std::fs::read(common::model_path("smollm2-135m")).unwrap();
+    let e = err(full[..full.len() / 2].to_vec());
+    assert!(
+        e.contains("past the end") && e.contains("augur pull"),
+        "{e}"
+    );
+    let e = err(full[..1000].to_vec());
+    assert!(e.contains("not a valid GGUF file"), "{e}");
+}
+
+fn augur(args: &[&str]) -> (i32, String, String) {
+    let home = std::env::temp_dir().join(format!("augur-cli-home-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(args)
+        .env("AUGUR_HOME", &home)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn cli_errors_are_one_line_with_non_zero_exit() {
+    for args in [
+        vec!["run", "/nonexistent/model.gguf", "hi"],
+        vec!["run", "no-such-model", "hi"],
+        vec!["pull", "no-such-model"],
+    ] {
+        let (code, _, err) = augur(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.starts_with("augur: error: "), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // a file that is not GGUF
+    let dir = std::env::temp_dir().join(format!("augur-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("junk.gguf");
+    std::fs::write(&p, b"this is not a model").unwrap();
+    let (code, _, err) = augur(&["generate", p.to_str().unwrap(), "hi"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("magic"), "{err}");
+    // prompt longer than the context
+    let model = common::model_path("smollm2-135m");
+    let long = "word ".repeat(100);
+    let (code, _, err) = augur(&["generate", model.to_str().unwrap(), &long, "--ctx", "32"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("context"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cli_generate_json_has_the_documented_fields() {
+    let model = common::model_path("smollm2-135m");
+    let (code, out, err) = augur(&[
+        "generate",
+        model.to_str().unwrap(),
+        "Once upon a time,",
+        "--max-tokens",
+        "8",
+        "--json",
+        "--ctx",
+        "64",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for k in [
+        "text",
+        "tokens",
+        "prompt_tokens",
+        "generated_tokens",
+        "prefill_ms",
+        "decode_ms",
+        "decode_tok_s",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k} in {out}");
+    }
+    assert_eq!(v["generated_tokens"], 8);
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(" the city of Nova Haven")
+    );
+}

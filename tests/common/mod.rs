@@ -1,0 +1,127 @@
+//! Helpers shared by the integration tests: one GPU device per test process, a tiny random model,
+//! the real models (pulled on first use), and comparisons.
+#![allow(dead_code)]
+
+use augur::gpu::{Gpu, GpuOptions};
+use augur::model::config::{Config, RopeStyle};
+use augur::model::weights::{Layer, MatData, Matrix, Weights};
+use half::f16;
+use std::sync::Arc;
+
+pub fn setup_env() {
+    // Mesa compiles shaders at first use; its cache makes later test runs fast.
+    if std::env::var_os("MESA_SHADER_CACHE_DIR").is_none() {
+        unsafe {
+            std::env::set_var(
+                "MESA_SHADER_CACHE_DIR",
+                std::env::temp_dir().join("augur-mesa-cache"),
+            )
+        };
+    }
+    unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+}
+
+pub fn gpu() -> Arc<Gpu> {
+    setup_env();
+    Gpu::shared(&GpuOptions::default()).expect("a GPU adapter (run scripts/setup-lavapipe.sh)")
+}
+
+pub fn gpu_without_features() -> Arc<Gpu> {
+    setup_env();
+    Gpu::shared(&GpuOptions {
+        no_optional_features: true,
+        adapter: None,
+    })
+    .expect("a GPU adapter")
+}
+
+/// Path of a catalog model, pulled on first use.
+pub fn model_path(id: &str) -> std::path::PathBuf {
+    static PULL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = PULL.lock().unwrap_or_else(|p| p.into_inner());
+    augur::pull::resolve_model(id, true).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// xorshift: deterministic random numbers without a dependency.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [-1, 1).
+    pub fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+pub fn random_matrix(rng: &mut Rng, k: usize, n: usize, q8: bool) -> Matrix {
+    let data = if q8 {
+        MatData::Q8 {
+            q: (0..k * n).map(|_| (rng.next() % 31) as i8 - 15).collect(),
+            scale: (0..k * n / 32).map(|_| 0.02 + 0.01 * rng.f()).collect(),
+            offset: (0..k * n / 32).map(|_| 0.02 * rng.f()).collect(),
+        }
+    } else {
+        MatData::F16((0..k * n).map(|_| f16::from_f32(0.3 * rng.f())).collect())
+    };
+    Matrix { k, n, data }
+}
+
+/// A small random transformer (2 layers, GQA) in either weight format and RoPE style.
+pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, Weights) {
+    let cfg = Config {
+        arch: "tiny".into(),
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 96,
+        vocab: 320,
+        rms_eps: 1e-5,
+        rope_base: 10000.0,
+        rope,
+        qkv_bias: bias,
+        tied_output: false,
+        train_ctx: 512,
+    };
+    let mut rng = Rng(seed);
+    let (d, qkv) = (cfg.dim, cfg.q_dim() + 2 * cfg.kv_dim());
+    let layers = (0..cfg.n_layers)
+        .map(|_| Layer {
+            attn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
+            qkv: random_matrix(&mut rng, d, qkv, q8),
+            qkv_bias: bias.then(|| rng.vec(qkv, 0.1)),
+            attn_out: random_matrix(&mut rng, cfg.q_dim(), d, q8),
+            ffn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
+            gate_up: random_matrix(&mut rng, d, 2 * cfg.ffn_dim, q8),
+            down: random_matrix(&mut rng, cfg.ffn_dim, d, !q8),
+        })
+        .collect();
+    let w = Weights {
+        embed: random_matrix(&mut rng, d, cfg.vocab, q8),
+        layers,
+        out_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
+        output: Some(random_matrix(&mut rng, d, cfg.vocab, !q8)),
+    };
+    (cfg, w)
+}
+
+/// Relative L2 distance |a - b| / |b|.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let num: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
+    let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+    num / den.max(1e-30)
+}
