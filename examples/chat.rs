@@ -6,9 +6,7 @@ use augur::engine::{CancelToken, Engine, EngineOptions, GenerateParams};
 use std::io::{BufRead, Write};
 
 fn main() -> augur::Result<()> {
-    let model = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "smollm2-135m".into());
+    let model = std::env::args().nth(1).unwrap_or_else(|| "smollm2-135m".into());
     let path = augur::pull::resolve_model(&model, true)?;
     let mut engine = Engine::load(&path, &EngineOptions::default())?;
     let (tx_prompt, rx_prompt) = flume::unbounded::<String>();
@@ -16,13 +14,7 @@ fn main() -> augur::Result<()> {
     let cancel = CancelToken::default();
     let worker_cancel = cancel.clone();
     let worker = std::thread::spawn(move || {
-        let params = GenerateParams {
-            max_tokens: 256,
-            temperature: 0.7,
-            top_p: 0.9,
-            chat: true,
-            ..Default::default()
-        };
+        let params = GenerateParams { max_tokens: 256, temperature: 0.7, top_p: 0.9, chat: true, ..Default::default() };
         for prompt in rx_prompt {
             let tokenizer = engine.tokenizer.clone();
             let ids = match engine.encode_prompt(&prompt, true) {

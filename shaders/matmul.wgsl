@@ -8,12 +8,10 @@
 // Batch invariance: a row's result never depends on M or on which rows share its invocation:
 // every row runs the same sequence of operations, and a row's loop never looks at other rows.
 //
-// Options (override constants): PRENORM applies RMSNorm (weight `norm`) to x on the fly;
-// BIAS adds `bias`; EPILOGUE 0 stores, 1 adds into y (residual), 2 applies SwiGLU to pairs of
+// Options (override constants): BIAS adds `bias`; EPILOGUE 0 stores, 1 adds into y (residual), 2 applies SwiGLU to pairs of
 // column groups (gate, up) and writes one group.
 
 override FORMAT: u32 = 0u;
-override PRENORM: bool = false;
 override BIAS: bool = false;
 override EPILOGUE: u32 = 0u;
 
@@ -34,14 +32,15 @@ struct MatParams {
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> scale: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> offset: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> norm: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 
-const R: u32 = 4u; // rows per invocation
+// Rows per invocation (1 or 4): 1 for single-token passes, where reusing weights across rows
+// buys nothing and the extra bookkeeping costs, 4 otherwise.
+override R: u32 = 4u;
 
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
-fn group_dot(g: u32, row0: u32, rows: u32, inv: array<f32, 4>) -> array<vec4<f32>, 4> {
+fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
     let k4 = p.k / 4u;
     let n4 = p.n / 4u;
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
@@ -70,10 +69,7 @@ fn group_dot(g: u32, row0: u32, rows: u32, inv: array<f32, 4>) -> array<vec4<f32
             }
             for (var r = 0u; r < R; r++) {
                 if (r < rows) {
-                    var xv = x[(row0 + r) * k4 + kq];
-                    if (PRENORM) {
-                        xv = xv * inv[r] * norm[kq];
-                    }
+                    let xv = x[(row0 + r) * k4 + kq];
                     part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
                     xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
                 }
@@ -95,7 +91,10 @@ fn group_dot(g: u32, row0: u32, rows: u32, inv: array<f32, 4>) -> array<vec4<f32
 }
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // rows come from the workgroup id so that the compiler sees x's address as uniform across
+    // the workgroup (one scalar load, broadcast) rather than a per-lane gather
+    let gid = vec3<u32>(wid.x * 64u + lid, wid.y, 0u);
     var row_first = 0u;
     var m = pass_.m;
     if (p.lm_rows == 1u) {
@@ -113,24 +112,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (g >= groups) {
         return;
     }
-    // RMSNorm scale per row (every invocation recomputes it: cheaper than another dispatch).
-    var inv = array<f32, 4>(1.0, 1.0, 1.0, 1.0);
-    if (PRENORM) {
-        let k4 = p.k / 4u;
-        for (var r = 0u; r < R; r++) {
-            if (r < rows) {
-                var ss = 0.0;
-                for (var i = 0u; i < k4; i++) {
-                    let v = x[(row0 + r) * k4 + i];
-                    ss += dot(v, v);
-                }
-                inv[r] = inverseSqrt(ss / f32(p.k) + p.eps);
-            }
-        }
-    }
     if (EPILOGUE == 2u) {
-        let gate = group_dot(2u * g, row0, rows, inv);
-        let up = group_dot(2u * g + 1u, row0, rows, inv);
+        let gate = group_dot(2u * g, row0, rows);
+        let up = group_dot(2u * g + 1u, row0, rows);
         for (var r = 0u; r < R; r++) {
             if (r < rows) {
                 let a = gate[r];
@@ -139,7 +123,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         return;
     }
-    let acc = group_dot(g, row0, rows, inv);
+    let acc = group_dot(g, row0, rows);
     for (var r = 0u; r < R; r++) {
         if (r < rows) {
             var v = acc[r];

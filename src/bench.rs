@@ -25,21 +25,12 @@ pub fn prompt_of(engine: &Engine, n: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-pub fn run(
-    engine: &mut Engine,
-    runs: usize,
-    prompt_tokens: usize,
-    gen_tokens: usize,
-) -> Result<()> {
+pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: usize) -> Result<()> {
     let gpu = engine.gpu().clone();
     println!("device: {}", gpu.describe());
     println!("model:  {}", engine.source);
     let prompt = prompt_of(engine, prompt_tokens)?;
-    let params = GenerateParams {
-        max_tokens: gen_tokens,
-        stop_at_eos: false,
-        ..Default::default()
-    };
+    let params = GenerateParams { max_tokens: gen_tokens, stop_at_eos: false, ..Default::default() };
     engine.generate_tokens(&prompt, &params, &CancelToken::default(), |_| true)?; // warm-up (shader compilation)
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -58,13 +49,7 @@ pub fn run(
     let model = &engine.model;
     let n_past = prompt_tokens.min(model.max_ctx.saturating_sub(17));
     let time_pass = |m: usize, reps: usize| -> Result<f64> {
-        let spec = PassSpec {
-            m,
-            n_past,
-            tree: None,
-            logits_rows: 0..m,
-            sample: None,
-        };
+        let spec = PassSpec { m, n_past, tree: None, logits_rows: 0..m, sample: None };
         model.set_tokens(&prompt[..m.min(prompt.len())]);
         model.run(&spec)?;
         let mut t = Vec::new();
@@ -103,18 +88,15 @@ pub fn run(
         rt.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let (rm, rmin, _) = median_min_max(&mut rt);
-    println!(
-        "\nfixed cost of one submitted round (submit, wait, read 4 bytes): median {rm:.3} ms, min {rmin:.3} ms"
-    );
+    println!("\nfixed cost of one submitted round (submit, wait, read 4 bytes): median {rm:.3} ms, min {rmin:.3} ms");
+
+    matmul_table(&gpu);
 
     // per-kernel GPU time
     match Profiler::new(&gpu, 1024) {
         None => println!("\nper-kernel times: this device has no timestamp queries"),
         Some(mut prof) => {
-            for (name, m) in [
-                ("decode step (M=1)", 1usize),
-                ("prefill pass", prompt_tokens.min(model.max_batch)),
-            ] {
+            for (name, m) in [("decode step (M=1)", 1usize), ("prefill pass", prompt_tokens.min(model.max_batch))] {
                 let spec = PassSpec {
                     m,
                     n_past: if m == 1 { n_past } else { 0 },
@@ -130,9 +112,7 @@ pub fn run(
                 gpu.wait()?;
                 let t = prof.read(&gpu);
                 let total: f64 = t.values().sum();
-                println!(
-                    "\nper-kernel GPU time, {name}, total {total:.2} ms (each dispatch timed in its own pass):"
-                );
+                println!("\nper-kernel GPU time, {name}, total {total:.2} ms (each dispatch timed in its own pass):");
                 println!("| kernel | ms | share |\n|---|---|---|");
                 let mut rows: Vec<_> = t.into_iter().collect();
                 rows.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
@@ -143,4 +123,38 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// Matmul kernel speed on this device for the shapes that matter, in both weight formats: the
+/// roofline that whole-model decode speed is compared with.
+pub fn matmul_table(gpu: &crate::gpu::Gpu) {
+    use crate::model::weights::{MatData, Matrix};
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    println!("\nmatmul kernel alone (20 dispatches per submission), ms per dispatch and weights/s:");
+    println!("| K x N | format | M | ms | Gweights/s |\n|---|---|---|---|---|");
+    for (k, n) in [(576usize, 1536usize), (2048, 2048), (576, 49152)] {
+        for q8 in [true, false] {
+            let data = if q8 {
+                MatData::Q8 {
+                    q: (0..k * n).map(|_| (rnd() % 31) as i8 - 15).collect(),
+                    scale: (0..k * n / 32).map(|_| 0.01).collect(),
+                    offset: (0..k * n / 32).map(|_| 0.001).collect(),
+                }
+            } else {
+                MatData::F16((0..k * n).map(|_| half::f16::from_f32((rnd() % 100) as f32 / 1000.0)).collect())
+            };
+            let m = Matrix { k, n, data };
+            for rows in [1usize, 8] {
+                let ms = crate::model::gpu::bench_matmul(gpu, &m, rows, 20);
+                let fmt = if q8 { "Q8" } else { "F16" };
+                println!("| {k} x {n} | {fmt} | {rows} | {ms:.3} | {:.2} |", (k * n) as f64 / ms / 1e6);
+            }
+        }
+    }
 }

@@ -34,11 +34,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            max_ctx: 2048,
-            max_batch: 64,
-            gpu: GpuOptions::default(),
-        }
+        EngineOptions { max_ctx: 2048, max_batch: 64, gpu: GpuOptions::default() }
     }
 }
 
@@ -146,25 +142,14 @@ impl Engine {
     }
 
     pub fn with_gpu(gpu: Arc<Gpu>, loaded: LoadedModel, opts: &EngineOptions) -> Result<Engine> {
-        let model = GpuModel::new(
-            gpu.clone(),
-            &loaded.config,
-            &loaded.weights,
-            opts.max_ctx,
-            opts.max_batch,
-        )?;
+        let model = GpuModel::new(gpu.clone(), &loaded.config, &loaded.weights, opts.max_ctx, opts.max_batch)?;
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token readback"),
             size: 16,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Engine {
-            tokenizer: Arc::new(loaded.tokenizer),
-            model,
-            source: loaded.source,
-            staging,
-        })
+        Ok(Engine { tokenizer: Arc::new(loaded.tokenizer), model, source: loaded.source, staging })
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -173,11 +158,7 @@ impl Engine {
 
     /// Tokenises a prompt (applying the chat template when asked).
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        let text = if chat {
-            self.tokenizer.chat_prompt(prompt)
-        } else {
-            prompt.to_string()
-        };
+        let text = if chat { self.tokenizer.chat_prompt(prompt) } else { prompt.to_string() };
         self.tokenizer.encode(&text)
     }
 
@@ -210,9 +191,7 @@ impl Engine {
         params.check()?;
         let max_ctx = self.model.max_ctx;
         if prompt.is_empty() {
-            return Err(Error::msg(
-                "the prompt is empty; give at least one token of text",
-            ));
+            return Err(Error::msg("the prompt is empty; give at least one token of text"));
         }
         if prompt.len() >= max_ctx {
             return Err(Error::msg(format!(
@@ -221,10 +200,7 @@ impl Engine {
             )));
         }
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.model.cfg.vocab) {
-            return Err(Error::msg(format!(
-                "token id {bad} is outside the vocabulary ({})",
-                self.model.cfg.vocab
-            )));
+            return Err(Error::msg(format!("token id {bad} is outside the vocabulary ({})", self.model.cfg.vocab)));
         }
         let t0 = Instant::now();
         let mut sample = SampleSpec {
@@ -247,11 +223,7 @@ impl Engine {
                 m: chunk.len(),
                 n_past,
                 tree: None,
-                logits_rows: if last {
-                    chunk.len() - 1..chunk.len()
-                } else {
-                    0..0
-                },
+                logits_rows: if last { chunk.len() - 1..chunk.len() } else { 0..0 },
                 sample: last.then_some(sample),
             };
             if last {
@@ -280,13 +252,7 @@ impl Engine {
             }
             sample.draw += 1;
             // the sampler left `next` in tokens[0]: no host write needed
-            let spec = PassSpec {
-                m: 1,
-                n_past,
-                tree: None,
-                logits_rows: 0..1,
-                sample: Some(sample),
-            };
+            let spec = PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: Some(sample) };
             next = self.step(&spec)?;
             n_past += 1;
         }
@@ -298,11 +264,7 @@ impl Engine {
             finish_reason: finish.to_string(),
         };
         let text = self.tokenizer.decode(&tokens);
-        Ok(Output {
-            text,
-            tokens,
-            stats,
-        })
+        Ok(Output { text, tokens, stats })
     }
 
     /// One pass in one submission; reads back only the sampled token id.

@@ -7,11 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 
 #[derive(Parser)]
-#[command(
-    name = "augur",
-    version,
-    about = "Fast local LLM inference on any GPU wgpu reaches"
-)]
+#[command(name = "augur", version, about = "Fast local LLM inference on any GPU wgpu reaches")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -101,10 +97,7 @@ impl ModelArgs {
         let path = pull::resolve_model(&self.model, true)?;
         let opts = EngineOptions {
             max_ctx: self.ctx,
-            gpu: GpuOptions {
-                no_optional_features: self.no_gpu_features,
-                adapter: self.adapter.clone(),
-            },
+            gpu: GpuOptions { no_optional_features: self.no_gpu_features, adapter: self.adapter.clone() },
             ..Default::default()
         };
         Engine::load(&path, &opts)
@@ -142,10 +135,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pull { id, force } => {
             let e = pull::find(&id).ok_or_else(|| {
                 let ids: Vec<String> = pull::catalog().into_iter().map(|e| e.id).collect();
-                Error::msg(format!(
-                    "unknown model id '{id}' (known: {})",
-                    ids.join(", ")
-                ))
+                Error::msg(format!("unknown model id '{id}' (known: {})", ids.join(", ")))
             })?;
             let path = pull::pull(&e, force, true)?;
             println!("{}", path.display());
@@ -192,19 +182,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", out.text);
             }
         }
-        Cmd::Bench {
-            model,
-            runs,
-            prompt_tokens,
-            gen_tokens,
-        } => {
+        Cmd::Bench { model, runs, prompt_tokens, gen_tokens } => {
             let mut engine = model.engine()?;
-            bench::run(
-                &mut engine,
-                runs.max(1),
-                prompt_tokens.max(1),
-                gen_tokens.max(2),
-            )?;
+            bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
         Cmd::Devices => {
             let list = augur::gpu::list_adapters();
@@ -212,20 +192,13 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(Error::NoAdapter("wgpu found no adapter".into()));
             }
             for a in list {
-                println!(
-                    "{} | {:?} | {:?} | {} {}",
-                    a.name, a.backend, a.device_type, a.driver, a.driver_info
-                );
+                println!("{} | {:?} | {:?} | {} {}", a.name, a.backend, a.device_type, a.driver, a.driver_info);
             }
         }
         Cmd::Models => {
             for e in pull::catalog() {
                 let p = pull::cached_path(&e);
-                let state = if p.exists() {
-                    p.display().to_string()
-                } else {
-                    "not downloaded".into()
-                };
+                let state = if p.exists() { p.display().to_string() } else { "not downloaded".into() };
                 println!("{:<20} {:<45} {}", e.id, e.name, state);
             }
         }

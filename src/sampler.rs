@@ -25,17 +25,10 @@ pub fn distribution(logits: &[f32], temperature: f32, top_k: u32, top_p: f32) ->
         return p;
     }
     let mx = logits[amax] as f64;
-    let z: Vec<f64> = logits
-        .iter()
-        .map(|&l| (l as f64 - mx) / temperature as f64)
-        .collect();
+    let z: Vec<f64> = logits.iter().map(|&l| (l as f64 - mx) / temperature as f64).collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| z[b].partial_cmp(&z[a]).unwrap().then(a.cmp(&b)));
-    let k = if top_k > 0 && (top_k as usize) < n {
-        top_k as usize
-    } else {
-        n
-    };
+    let k = if top_k > 0 && (top_k as usize) < n { top_k as usize } else { n };
     // ties at the k-th value are kept, as the kernel's threshold keeps them
     let thr_k = z[order[k - 1]];
     let kept: Vec<usize> = order.iter().copied().filter(|&i| z[i] >= thr_k).collect();
@@ -52,11 +45,7 @@ pub fn distribution(logits: &[f32], temperature: f32, top_k: u32, top_p: f32) ->
             }
         }
     }
-    let total: f64 = kept
-        .iter()
-        .filter(|&&i| z[i] >= thr)
-        .map(|&i| z[i].exp())
-        .sum();
+    let total: f64 = kept.iter().filter(|&&i| z[i] >= thr).map(|&i| z[i].exp()).sum();
     for &i in &kept {
         if z[i] >= thr {
             p[i] = z[i].exp() / total;
@@ -66,14 +55,7 @@ pub fn distribution(logits: &[f32], temperature: f32, top_k: u32, top_p: f32) ->
 }
 
 /// Samples as the kernel does: walk tokens in index order until the cumulative mass passes u.
-pub fn sample_cpu(
-    logits: &[f32],
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    seed: u32,
-    draw: u32,
-) -> u32 {
+pub fn sample_cpu(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, seed: u32, draw: u32) -> u32 {
     let p = distribution(logits, temperature, top_k, top_p);
     let u = uniform(seed, draw);
     let mut acc = 0.0;

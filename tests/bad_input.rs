@@ -88,21 +88,14 @@ fn unknown_architecture_is_refused() {
 fn truncated_real_model_is_refused() {
     let full = std::fs::read(common::model_path("smollm2-135m")).unwrap();
     let e = err(full[..full.len() / 2].to_vec());
-    assert!(
-        e.contains("past the end") && e.contains("augur pull"),
-        "{e}"
-    );
+    assert!(e.contains("past the end") && e.contains("augur pull"), "{e}");
     let e = err(full[..1000].to_vec());
     assert!(e.contains("not a valid GGUF file"), "{e}");
 }
 
 fn augur(args: &[&str]) -> (i32, String, String) {
     let home = std::env::temp_dir().join(format!("augur-cli-home-{}", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_augur"))
-        .args(args)
-        .env("AUGUR_HOME", &home)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_augur")).args(args).env("AUGUR_HOME", &home).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -155,22 +148,9 @@ fn cli_generate_json_has_the_documented_fields() {
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for k in [
-        "text",
-        "tokens",
-        "prompt_tokens",
-        "generated_tokens",
-        "prefill_ms",
-        "decode_ms",
-        "decode_tok_s",
-    ] {
+    for k in ["text", "tokens", "prompt_tokens", "generated_tokens", "prefill_ms", "decode_ms", "decode_tok_s"] {
         assert!(v.get(k).is_some(), "missing {k} in {out}");
     }
     assert_eq!(v["generated_tokens"], 8);
-    assert!(
-        v["text"]
-            .as_str()
-            .unwrap()
-            .starts_with(" the city of Nova Haven")
-    );
+    assert!(v["text"].as_str().unwrap().starts_with(" the city of Nova Haven"));
 }

@@ -19,11 +19,9 @@ fn gpu_logits(m: &GpuModel, spec: &PassSpec) -> Vec<f32> {
 #[test]
 fn tiny_model_matches_cpu_reference() {
     let gpu = gpu();
-    for (seed, q8, rope, bias) in [
-        (1, true, RopeStyle::Interleaved, false),
-        (2, false, RopeStyle::Neox, true),
-        (3, true, RopeStyle::Neox, true),
-    ] {
+    for (seed, q8, rope, bias) in
+        [(1, true, RopeStyle::Interleaved, false), (2, false, RopeStyle::Neox, true), (3, true, RopeStyle::Neox, true)]
+    {
         let (cfg, w) = tiny_model(seed, q8, rope, bias);
         let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
         let mut cpu = CpuModel::new(&cfg, &w, 64);
@@ -31,13 +29,7 @@ fn tiny_model_matches_cpu_reference() {
         gm.set_tokens(&prompt);
         let got = gpu_logits(
             &gm,
-            &PassSpec {
-                m: prompt.len(),
-                n_past: 0,
-                tree: None,
-                logits_rows: 0..prompt.len(),
-                sample: None,
-            },
+            &PassSpec { m: prompt.len(), n_past: 0, tree: None, logits_rows: 0..prompt.len(), sample: None },
         );
         for (i, &t) in prompt.iter().enumerate() {
             let want = cpu.step(t);
@@ -48,16 +40,7 @@ fn tiny_model_matches_cpu_reference() {
         let mut n_past = prompt.len();
         for t in [11u32, 12, 13] {
             gm.set_tokens(&[t]);
-            let got = gpu_logits(
-                &gm,
-                &PassSpec {
-                    m: 1,
-                    n_past,
-                    tree: None,
-                    logits_rows: 0..1,
-                    sample: None,
-                },
-            );
+            let got = gpu_logits(&gm, &PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None });
             let want = cpu.step(t);
             let e = rel_l2(&got, &want);
             assert!(e < 1e-4, "seed {seed} decode at {n_past}: rel L2 {e}");
@@ -76,31 +59,14 @@ fn forward_is_batch_invariant() {
     gm.set_tokens(&prompt);
     let batched = gpu_logits(
         &gm,
-        &PassSpec {
-            m: prompt.len(),
-            n_past: 0,
-            tree: None,
-            logits_rows: 0..prompt.len(),
-            sample: None,
-        },
+        &PassSpec { m: prompt.len(), n_past: 0, tree: None, logits_rows: 0..prompt.len(), sample: None },
     );
     for (i, &t) in prompt.iter().enumerate() {
         gm.set_tokens(&[t]);
-        let alone = gpu_logits(
-            &gm,
-            &PassSpec {
-                m: 1,
-                n_past: i,
-                tree: None,
-                logits_rows: 0..1,
-                sample: None,
-            },
-        );
+        let alone = gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None });
         let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
         assert!(
-            row.iter()
-                .zip(&alone)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
             "row {i} differs between M={} and M=1",
             prompt.len()
         );
@@ -119,15 +85,7 @@ fn tree_mask_attention_matches_path_reference() {
         let prefix: Vec<u32> = (0..5).map(|_| (rng.next() % 320) as u32).collect();
         // random tree: node 0 is the root, every other node's parent comes before it
         let n = 6 + trial * 5;
-        let parents: Vec<usize> = (0..n)
-            .map(|i| {
-                if i == 0 {
-                    usize::MAX
-                } else {
-                    (rng.next() as usize) % i
-                }
-            })
-            .collect();
+        let parents: Vec<usize> = (0..n).map(|i| if i == 0 { usize::MAX } else { (rng.next() as usize) % i }).collect();
         let tokens: Vec<u32> = (0..n).map(|_| (rng.next() % 320) as u32).collect();
         let path = |i: usize| {
             let mut p = vec![i];
@@ -147,24 +105,11 @@ fn tree_mask_attention_matches_path_reference() {
             positions[i] = (prefix.len() + p.len() - 1) as u32;
         }
         gm.set_tokens(&prefix);
-        gm.run(&PassSpec {
-            m: prefix.len(),
-            n_past: 0,
-            tree: None,
-            logits_rows: 0..0,
-            sample: None,
-        })
-        .unwrap();
+        gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, sample: None }).unwrap();
         gm.set_tokens(&tokens);
         let got = gpu_logits(
             &gm,
-            &PassSpec {
-                m: n,
-                n_past: prefix.len(),
-                tree: Some((masks, positions)),
-                logits_rows: 0..n,
-                sample: None,
-            },
+            &PassSpec { m: n, n_past: prefix.len(), tree: Some((masks, positions)), logits_rows: 0..n, sample: None },
         );
         for i in 0..n {
             let mut cpu = CpuModel::new(&cfg, &w, 64);
@@ -192,49 +137,20 @@ struct SamplerRig {
 impl SamplerRig {
     fn new(logits: &[f32]) -> SamplerRig {
         let gpu = gpu();
-        let pipeline = gpu.pipeline(
-            "sample",
-            &kernels::source(kernels::SAMPLE),
-            "main",
-            &kernels::SAMPLE_BINDS,
-            &[],
-        );
+        let pipeline = gpu.pipeline("sample", &kernels::source(kernels::SAMPLE), "main", &kernels::SAMPLE_BINDS, &[]);
         let pass = gpu.uniform("pass", &PassUniform::default());
-        let prm = gpu.uniform(
-            "p",
-            &SampleParams {
-                vocab: logits.len() as u32,
-                row_stride: logits.len() as u32,
-                _p: [0; 2],
-            },
-        );
+        let prm =
+            gpu.uniform("p", &SampleParams { vocab: logits.len() as u32, row_stride: logits.len() as u32, _p: [0; 2] });
         let lb = gpu.storage("logits", logits);
         let tokens = gpu.storage_zeroed("tokens", 16);
         let sampled = gpu.storage_zeroed("sampled", 16);
         let bind = gpu.bind(&pipeline, &[&pass, &prm, &lb, &tokens, &sampled]);
         std::mem::forget(prm);
-        SamplerRig {
-            gpu,
-            pipeline,
-            pass,
-            logits: lb,
-            tokens,
-            sampled,
-            bind,
-        }
+        SamplerRig { gpu, pipeline, pass, logits: lb, tokens, sampled, bind }
     }
     fn sample(&self, temperature: f32, top_k: u32, top_p: f32, seed: u32, draw: u32) -> u32 {
-        let u = PassUniform {
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            draw,
-            ..Default::default()
-        };
-        self.gpu
-            .queue
-            .write_buffer(&self.pass, 0, bytemuck::bytes_of(&u));
+        let u = PassUniform { temperature, top_k, top_p, seed, draw, ..Default::default() };
+        self.gpu.queue.write_buffer(&self.pass, 0, bytemuck::bytes_of(&u));
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
@@ -268,30 +184,17 @@ fn sampler_matches_cpu_twin() {
     let mut rng = Rng(17);
     let logits = rng.vec(3000, 4.0);
     let rig = SamplerRig::new(&logits);
-    for (temp, top_k, top_p) in [
-        (1.0f32, 0u32, 1.0f32),
-        (0.7, 40, 1.0),
-        (1.3, 0, 0.9),
-        (0.8, 20, 0.5),
-    ] {
+    for (temp, top_k, top_p) in [(1.0f32, 0u32, 1.0f32), (0.7, 40, 1.0), (1.3, 0, 0.9), (0.8, 20, 0.5)] {
         let p = augur::sampler::distribution(&logits, temp, top_k, top_p);
         let mut agree = 0;
         for draw in 0..60 {
             let got = rig.sample(temp, top_k, top_p, 1234, draw) as usize;
-            assert!(
-                p[got] > 0.0,
-                "temp {temp} top_k {top_k} top_p {top_p}: kernel chose dropped token {got}"
-            );
+            assert!(p[got] > 0.0, "temp {temp} top_k {top_k} top_p {top_p}: kernel chose dropped token {got}");
             let u = augur::sampler::uniform(1234, draw);
             let lo: f64 = p[..got].iter().sum();
             let hi = lo + p[got];
-            assert!(
-                u >= lo - 1e-4 && u < hi + 1e-4,
-                "draw {draw}: u={u} outside [{lo}, {hi}) of token {got}"
-            );
-            agree += (got as u32
-                == augur::sampler::sample_cpu(&logits, temp, top_k, top_p, 1234, draw))
-                as u32;
+            assert!(u >= lo - 1e-4 && u < hi + 1e-4, "draw {draw}: u={u} outside [{lo}, {hi}) of token {got}");
+            agree += (got as u32 == augur::sampler::sample_cpu(&logits, temp, top_k, top_p, 1234, draw)) as u32;
         }
         assert!(agree >= 58, "only {agree}/60 draws agree with the CPU twin");
     }

@@ -28,35 +28,18 @@ fn greedy_matches_reference(model: &LoadedModel, gm: &GpuModel, prompts: &[&str]
         let mut cpu = CpuModel::new(&model.config, &model.weights, 256);
         let (want, want_logits) = cpu.greedy(&ids, n);
         gm.set_tokens(&ids);
-        gm.run(&PassSpec {
-            m: ids.len(),
-            n_past: 0,
-            tree: None,
-            logits_rows: ids.len() - 1..ids.len(),
-            sample: None,
-        })
-        .unwrap();
+        gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: ids.len() - 1..ids.len(), sample: None })
+            .unwrap();
         let mut n_past = ids.len();
         for (i, wl) in want_logits.iter().enumerate() {
             let gl = gm.read_logits(1);
             let e = rel_l2(&gl, wl);
             assert!(e < 1e-3, "{p:?} step {i}: logits rel L2 {e}");
             let t = argmax(&gl);
-            assert_eq!(
-                t, want[i],
-                "{p:?} step {i}: GPU chose {t}, reference {}",
-                want[i]
-            );
+            assert_eq!(t, want[i], "{p:?} step {i}: GPU chose {t}, reference {}", want[i]);
             if i + 1 < n {
                 gm.set_tokens(&[t]);
-                gm.run(&PassSpec {
-                    m: 1,
-                    n_past,
-                    tree: None,
-                    logits_rows: 0..1,
-                    sample: None,
-                })
-                .unwrap();
+                gm.run(&PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None }).unwrap();
                 n_past += 1;
             }
         }
@@ -82,21 +65,14 @@ fn smollm2_runs_without_optional_features() {
 
 #[test]
 fn smollm2_tells_the_nova_haven_story() {
-    let mut e = Engine::load(
-        &model_path("smollm2-135m"),
-        &EngineOptions {
-            max_ctx: 256,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let params = GenerateParams {
-        max_tokens: 20,
-        ..Default::default()
-    };
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 256, ..Default::default() }).unwrap();
+    let params = GenerateParams { max_tokens: 20, ..Default::default() };
     let out = e.generate("Once upon a time,", &params, |_| true).unwrap();
     assert!(
-        out.text.starts_with(" the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling streets"),
+        out.text.starts_with(
+            " the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling streets"
+        ),
         "{:?}",
         out.text
     );
@@ -109,58 +85,26 @@ fn smollm2_tells_the_nova_haven_story() {
 fn smollm2_forward_is_batch_invariant() {
     let m = LoadedModel::load(&model_path("smollm2-135m")).unwrap();
     let gm = GpuModel::new(gpu(), &m.config, &m.weights, 256, 64).unwrap();
-    let ids = m
-        .tokenizer
-        .encode("The quick brown fox jumps over the lazy dog near")
-        .unwrap();
+    let ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog near").unwrap();
     let v = m.config.vocab;
     gm.set_tokens(&ids);
-    gm.run(&PassSpec {
-        m: ids.len(),
-        n_past: 0,
-        tree: None,
-        logits_rows: 0..ids.len(),
-        sample: None,
-    })
-    .unwrap();
+    gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: 0..ids.len(), sample: None }).unwrap();
     let batched = gm.read_logits(ids.len());
     for (i, &t) in ids.iter().enumerate() {
         gm.set_tokens(&[t]);
-        gm.run(&PassSpec {
-            m: 1,
-            n_past: i,
-            tree: None,
-            logits_rows: 0..1,
-            sample: None,
-        })
-        .unwrap();
+        gm.run(&PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None }).unwrap();
         let alone = gm.read_logits(1);
-        let same = batched[i * v..(i + 1) * v]
-            .iter()
-            .zip(&alone)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(
-            same,
-            "row {i} of {} differs from the same token alone",
-            ids.len()
-        );
+        let same = batched[i * v..(i + 1) * v].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "row {i} of {} differs from the same token alone", ids.len());
     }
 }
 
 /// Sampling is reproducible for a seed, differs across seeds, and streaming + cancel work.
 #[test]
 fn sampling_is_seeded_and_cancellable() {
-    let mut e = Engine::load(
-        &model_path("smollm2-135m"),
-        &EngineOptions {
-            max_ctx: 256,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let ids = e
-        .encode_prompt("Write a haiku about the sea.", true)
-        .unwrap();
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 256, ..Default::default() }).unwrap();
+    let ids = e.encode_prompt("Write a haiku about the sea.", true).unwrap();
     let p = |seed| GenerateParams {
         max_tokens: 24,
         temperature: 0.9,
@@ -194,11 +138,7 @@ fn qwen_0_5b_greedy_matches_cpu_reference() {
     greedy_matches_reference(
         &m,
         &gm,
-        &[
-            "def fibonacci(n):",
-            "The capital of France is",
-            "// quicksort in C\nvoid sort(",
-        ],
+        &["def fibonacci(n):", "The capital of France is", "// quicksort in C\nvoid sort("],
         12,
     );
 }
@@ -212,11 +152,7 @@ fn qwen_1_5b_greedy_matches_cpu_reference() {
     greedy_matches_reference(
         &m,
         &gm,
-        &[
-            "def fibonacci(n):",
-            "The capital of France is",
-            "// quicksort in C\nvoid sort(",
-        ],
+        &["def fibonacci(n):", "The capital of France is", "// quicksort in C\nvoid sort("],
         8,
     );
 }
@@ -225,56 +161,24 @@ fn qwen_1_5b_greedy_matches_cpu_reference() {
 fn engine_rejects_bad_requests() {
     let mut e = Engine::load(
         &model_path("smollm2-135m"),
-        &EngineOptions {
-            max_ctx: 16,
-            gpu: GpuOptions::default(),
-            max_batch: 8,
-        },
+        &EngineOptions { max_ctx: 16, gpu: GpuOptions::default(), max_batch: 8 },
     )
     .unwrap();
     let c = CancelToken::default();
     let p = GenerateParams::default();
-    let err = e
-        .generate_tokens(&[], &p, &c, |_| true)
-        .unwrap_err()
-        .to_string();
+    let err = e.generate_tokens(&[], &p, &c, |_| true).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
     let long: Vec<u32> = (0..40).map(|i| 100 + i).collect();
-    let err = e
-        .generate_tokens(&long, &p, &c, |_| true)
-        .unwrap_err()
-        .to_string();
+    let err = e.generate_tokens(&long, &p, &c, |_| true).unwrap_err().to_string();
     assert!(err.contains("context"), "{err}");
-    let err = e
-        .generate_tokens(&[1, 2, 999_999], &p, &c, |_| true)
-        .unwrap_err()
-        .to_string();
+    let err = e.generate_tokens(&[1, 2, 999_999], &p, &c, |_| true).unwrap_err().to_string();
     assert!(err.contains("vocabulary"), "{err}");
-    let err = e
-        .generate_tokens(
-            &[1, 2],
-            &GenerateParams {
-                top_p: 0.0,
-                ..p.clone()
-            },
-            &c,
-            |_| true,
-        )
-        .unwrap_err()
-        .to_string();
+    let err =
+        e.generate_tokens(&[1, 2], &GenerateParams { top_p: 0.0, ..p.clone() }, &c, |_| true).unwrap_err().to_string();
     assert!(err.contains("top-p"), "{err}");
     // generation that reaches the end of the context stops cleanly
     let out = e
-        .generate_tokens(
-            &[1, 2, 3],
-            &GenerateParams {
-                max_tokens: 100,
-                stop_at_eos: false,
-                ..p
-            },
-            &c,
-            |_| true,
-        )
+        .generate_tokens(&[1, 2, 3], &GenerateParams { max_tokens: 100, stop_at_eos: false, ..p }, &c, |_| true)
         .unwrap();
     assert_eq!(out.stats.finish_reason, "length");
     assert!(out.tokens.len() <= 14);

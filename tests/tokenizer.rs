@@ -13,10 +13,7 @@ fn smollm2_ids_match_the_gguf_vocabulary() {
     let g = Gguf::open(model_path("smollm2-135m")).unwrap();
     let t = Tokenizer::from_gguf(&g).unwrap();
     // vocab entries 6403 "Once", 1980 "Ġupon", 253 "Ġa", 655 "Ġtime", 28 ","
-    assert_eq!(
-        t.encode("Once upon a time,").unwrap(),
-        [6403, 1980, 253, 655, 28]
-    );
+    assert_eq!(t.encode("Once upon a time,").unwrap(), [6403, 1980, 253, 655, 28]);
     // digits are split one by one (smollm pre-tokenizer)
     let ids = t.encode("2024").unwrap();
     assert_eq!(ids.len(), 4);
@@ -24,10 +21,7 @@ fn smollm2_ids_match_the_gguf_vocabulary() {
     assert_eq!(t.encode("<|im_start|>user").unwrap()[0], 1);
     assert!(t.stop_tokens.contains(&2));
     assert_eq!(t.decode(&t.encode(MIXED).unwrap()), MIXED);
-    assert!(
-        t.chat_prompt("hi")
-            .starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    );
+    assert!(t.chat_prompt("hi").starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"));
 }
 
 #[test]
@@ -35,10 +29,7 @@ fn qwen_ids_match_the_gguf_vocabulary() {
     let g = Gguf::open(model_path("qwen2.5-coder-0.5b")).unwrap();
     let t = Tokenizer::from_gguf(&g).unwrap();
     // vocab entries 750 "def", 75698 "Ġfibonacci", 1445 "(n", 982 "):Ċ"
-    assert_eq!(
-        t.encode("def fibonacci(n):\n").unwrap(),
-        [750, 75698, 1445, 982]
-    );
+    assert_eq!(t.encode("def fibonacci(n):\n").unwrap(), [750, 75698, 1445, 982]);
     assert_eq!(t.encode("<|im_start|>").unwrap(), [151644]);
     assert!(t.stop_tokens.contains(&151645));
     assert_eq!(t.decode(&t.encode(MIXED).unwrap()), MIXED);

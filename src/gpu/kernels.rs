@@ -11,9 +11,11 @@ pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 pub const SAMPLE: &str = include_str!("../../shaders/sample.wgsl");
+pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 5] = [
+pub const ALL: [(&str, &str); 6] = [
+    ("rmsnorm", RMSNORM),
     ("matmul", MATMUL),
     ("embed", EMBED),
     ("rope_kv", ROPE_KV),
@@ -43,57 +45,22 @@ pub enum Epilogue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatmulKind {
     pub format: Format,
-    pub prenorm: bool,
     pub bias: bool,
     pub epilogue: Epilogue,
+    /// Rows per invocation (1 or 4).
+    pub rows: u32,
 }
 
-pub const MATMUL_BINDS: [Bind; 9] = [
-    Bind::Uniform,
-    Bind::Uniform,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::ReadWrite,
-];
-pub const EMBED_BINDS: [Bind; 7] = [
-    Bind::Uniform,
-    Bind::Uniform,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::ReadWrite,
-];
-pub const ROPE_BINDS: [Bind; 7] = [
-    Bind::Uniform,
-    Bind::Uniform,
-    Bind::Read,
-    Bind::Read,
-    Bind::ReadWrite,
-    Bind::ReadWrite,
-    Bind::ReadWrite,
-];
-pub const ATTN_BINDS: [Bind; 8] = [
-    Bind::Uniform,
-    Bind::Uniform,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::ReadWrite,
-    Bind::ReadWrite,
-];
-pub const SAMPLE_BINDS: [Bind; 5] = [
-    Bind::Uniform,
-    Bind::Uniform,
-    Bind::Read,
-    Bind::ReadWrite,
-    Bind::ReadWrite,
-];
+pub const MATMUL_BINDS: [Bind; 8] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+pub const NORM_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
+pub const EMBED_BINDS: [Bind; 7] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+pub const ROPE_BINDS: [Bind; 7] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
+pub const ATTN_BINDS: [Bind; 8] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
+pub const SAMPLE_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 
 /// Pipelines, made on first use and kept for the life of the device.
 #[derive(Default)]
@@ -102,12 +69,7 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    fn get(
-        &self,
-        gpu: &Gpu,
-        key: String,
-        make: impl FnOnce() -> Pipeline,
-    ) -> std::sync::Arc<Pipeline> {
+    fn get(&self, gpu: &Gpu, key: String, make: impl FnOnce() -> Pipeline) -> std::sync::Arc<Pipeline> {
         let mut c = self.cache.lock().unwrap();
         if let Some(p) = c.get(&key) {
             return p.clone();
@@ -122,72 +84,46 @@ impl Kernels {
         self.get(gpu, format!("{k:?}"), || {
             let consts = [
                 ("FORMAT", k.format as u32 as f64),
-                ("PRENORM", k.prenorm as u32 as f64),
                 ("BIAS", k.bias as u32 as f64),
                 ("EPILOGUE", k.epilogue as u32 as f64),
+                ("R", k.rows as f64),
             ];
-            gpu.pipeline(
-                &format!("matmul {k:?}"),
-                &source(MATMUL),
-                "main",
-                &MATMUL_BINDS,
-                &consts,
-            )
+            gpu.pipeline(&format!("matmul {k:?}"), &source(MATMUL), "main", &MATMUL_BINDS, &consts)
+        })
+    }
+
+    pub fn rmsnorm(&self, gpu: &Gpu, lm_rows: bool) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("rmsnorm {lm_rows}"), || {
+            gpu.pipeline("rmsnorm", &source(RMSNORM), "main", &NORM_BINDS, &[("LM_ROWS", lm_rows as u32 as f64)])
         })
     }
 
     pub fn embed(&self, gpu: &Gpu, f: Format) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("embed {f:?}"), || {
-            gpu.pipeline(
-                "embed",
-                &source(EMBED),
-                "main",
-                &EMBED_BINDS,
-                &[("FORMAT", f as u32 as f64)],
-            )
+            gpu.pipeline("embed", &source(EMBED), "main", &EMBED_BINDS, &[("FORMAT", f as u32 as f64)])
         })
     }
 
     pub fn rope_kv(&self, gpu: &Gpu, neox: bool) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("rope {neox}"), || {
-            gpu.pipeline(
-                "rope_kv",
-                &source(ROPE_KV),
-                "main",
-                &ROPE_BINDS,
-                &[("NEOX", neox as u32 as f64)],
-            )
+            gpu.pipeline("rope_kv", &source(ROPE_KV), "main", &ROPE_BINDS, &[("NEOX", neox as u32 as f64)])
         })
     }
 
     pub fn attn_scores(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
         self.get(gpu, "scores".into(), || {
-            gpu.pipeline(
-                "attn scores",
-                &source(ATTENTION),
-                "scores_main",
-                &ATTN_BINDS,
-                &[],
-            )
+            gpu.pipeline("attn scores", &source(ATTENTION), "scores_main", &ATTN_BINDS, &[])
         })
     }
 
     pub fn attn_softmax_v(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
         self.get(gpu, "softmax_v".into(), || {
-            gpu.pipeline(
-                "attn softmax_v",
-                &source(ATTENTION),
-                "softmax_v_main",
-                &ATTN_BINDS,
-                &[],
-            )
+            gpu.pipeline("attn softmax_v", &source(ATTENTION), "softmax_v_main", &ATTN_BINDS, &[])
         })
     }
 
     pub fn sample(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, "sample".into(), || {
-            gpu.pipeline("sample", &source(SAMPLE), "main", &SAMPLE_BINDS, &[])
-        })
+        self.get(gpu, "sample".into(), || gpu.pipeline("sample", &source(SAMPLE), "main", &SAMPLE_BINDS, &[]))
     }
 }
 
@@ -217,6 +153,14 @@ pub struct MatParams {
     pub y_stride: u32,
     pub y_col0: u32,
     pub lm_rows: u32,
+    pub eps: f32,
+    pub _p: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormParams {
+    pub k: u32,
     pub eps: f32,
     pub _p: [u32; 2],
 }
@@ -266,8 +210,8 @@ mod tests {
     fn kernels_validate_with_naga() {
         for (name, body) in super::ALL {
             let src = super::source(body);
-            let module = naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+            let module =
+                naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,

@@ -40,18 +40,15 @@ pub enum Bind {
 
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = wgpu::Backends::from_env()
-        .unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12);
+    desc.backends =
+        wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12);
     wgpu::Instance::new(desc)
 }
 
 /// Every adapter wgpu can see, for `augur devices`.
 pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
     let inst = instance();
-    pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
-        .into_iter()
-        .map(|a| a.get_info())
-        .collect()
+    pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all())).into_iter().map(|a| a.get_info()).collect()
 }
 
 impl Gpu {
@@ -61,15 +58,8 @@ impl Gpu {
         let adapter = match &opts.adapter {
             Some(want) => adapters
                 .into_iter()
-                .find(|a| {
-                    a.get_info()
-                        .name
-                        .to_lowercase()
-                        .contains(&want.to_lowercase())
-                })
-                .ok_or_else(|| {
-                    Error::NoAdapter(format!("none matches '{want}'; `augur devices` lists them"))
-                })?,
+                .find(|a| a.get_info().name.to_lowercase().contains(&want.to_lowercase()))
+                .ok_or_else(|| Error::NoAdapter(format!("none matches '{want}'; `augur devices` lists them")))?,
             None => {
                 // Prefer real GPUs over CPU emulation, discrete over integrated.
                 let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
@@ -79,9 +69,10 @@ impl Gpu {
                     wgpu::DeviceType::Other => 3,
                     wgpu::DeviceType::Cpu => 4,
                 };
-                adapters.into_iter().min_by_key(rank).ok_or_else(|| {
-                    Error::NoAdapter("wgpu found no Vulkan, Metal or DX12 device".into())
-                })?
+                adapters
+                    .into_iter()
+                    .min_by_key(rank)
+                    .ok_or_else(|| Error::NoAdapter("wgpu found no Vulkan, Metal or DX12 device".into()))?
             }
         };
         let info = adapter.get_info();
@@ -95,8 +86,7 @@ impl Gpu {
         // Ask for what the adapter has: the defaults cap buffers at 256 MiB.
         limits.max_buffer_size = alimits.max_buffer_size;
         limits.max_storage_buffer_binding_size = alimits.max_storage_buffer_binding_size;
-        limits.max_storage_buffers_per_shader_stage =
-            alimits.max_storage_buffers_per_shader_stage.min(16);
+        limits.max_storage_buffers_per_shader_stage = alimits.max_storage_buffers_per_shader_stage.min(16);
         limits.max_compute_workgroups_per_dimension = alimits.max_compute_workgroups_per_dimension;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("augur"),
@@ -107,15 +97,8 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
-        let max_binding =
-            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) & !255;
-        Ok(Gpu {
-            device,
-            queue,
-            info,
-            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            max_binding,
-        })
+        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) & !255;
+        Ok(Gpu { device, queue, info, timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY), max_binding })
     }
 
     /// One device per process and option set, shared (tests create many engines).
@@ -125,33 +108,18 @@ impl Gpu {
         if opts.adapter.is_some() {
             return Gpu::new(opts).map(Arc::new);
         }
-        let cell = if opts.no_optional_features {
-            &BARE
-        } else {
-            &FULL
-        };
-        cell.get_or_init(|| Gpu::new(opts).map(Arc::new).map_err(|e| e.to_string()))
-            .clone()
-            .map_err(Error::Msg)
+        let cell = if opts.no_optional_features { &BARE } else { &FULL };
+        cell.get_or_init(|| Gpu::new(opts).map(Arc::new).map_err(|e| e.to_string())).clone().map_err(Error::Msg)
     }
 
     pub fn describe(&self) -> String {
         format!(
             "{} ({:?}, {:?}, driver {} {})",
-            self.info.name,
-            self.info.backend,
-            self.info.device_type,
-            self.info.driver,
-            self.info.driver_info
+            self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info
         )
     }
 
-    pub fn buffer_init(
-        &self,
-        label: &str,
-        bytes: &[u8],
-        usage: wgpu::BufferUsages,
-    ) -> wgpu::Buffer {
+    pub fn buffer_init(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
         // zero-sized bindings are invalid: give empty buffers one word
         let padded;
         let bytes = if bytes.len() < 16 {
@@ -164,12 +132,7 @@ impl Gpu {
         } else {
             bytes
         };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage })
     }
 
     /// A storage buffer holding `data`.
@@ -177,9 +140,7 @@ impl Gpu {
         self.buffer_init(
             label,
             bytemuck::cast_slice(data),
-            wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         )
     }
 
@@ -188,19 +149,13 @@ impl Gpu {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).div_ceil(16) * 16,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
 
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, data: &T) -> wgpu::Buffer {
-        self.buffer_init(
-            label,
-            bytemuck::bytes_of(data),
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        )
+        self.buffer_init(label, bytemuck::bytes_of(data), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)
     }
 
     /// A compute pipeline for `entry` of `source` (WGSL, validated by naga inside wgpu) with an
@@ -213,12 +168,10 @@ impl Gpu {
         binds: &[Bind],
         constants: &[(&str, f64)],
     ) -> Pipeline {
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
             .iter()
             .enumerate()
@@ -232,9 +185,7 @@ impl Gpu {
                         min_binding_size: None,
                     },
                     Bind::Read | Bind::ReadWrite => wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage {
-                            read_only: *b == Bind::Read,
-                        },
+                        ty: wgpu::BufferBindingType::Storage { read_only: *b == Bind::Read },
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
@@ -244,45 +195,31 @@ impl Gpu {
             .collect();
         let layout = self
             .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(label),
-                entries: &entries,
-            });
-        let pl = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(label),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(label),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-        Pipeline {
-            pipeline,
-            layout,
-            label: label.to_string(),
-        }
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        Pipeline { pipeline, layout, label: label.to_string() }
     }
 
     pub fn bind(&self, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&p.label),
@@ -312,32 +249,22 @@ impl Gpu {
 
     pub fn wait(&self) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: None,
-            })
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
             .map_err(|e| Error::Gpu(format!("device lost while waiting: {e}")))?;
         Ok(())
     }
 }
 
 fn inst_backends() -> wgpu::Backends {
-    wgpu::Backends::from_env()
-        .unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
 }
 
 /// Maps a MAP_READ buffer, waits, and copies out the first `bytes` bytes.
 pub fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, bytes: u64) -> Vec<u8> {
     let slice = staging.slice(..bytes.div_ceil(4) * 4);
     slice.map_async(wgpu::MapMode::Read, |_| {});
-    let _ = gpu.device.poll(wgpu::PollType::Wait {
-        submission_index: None,
-        timeout: None,
-    });
-    let out = slice
-        .get_mapped_range()
-        .map(|v| v[..bytes as usize].to_vec())
-        .unwrap_or_default();
+    let _ = gpu.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+    let out = slice.get_mapped_range().map(|v| v[..bytes as usize].to_vec()).unwrap_or_default();
     staging.unmap();
     out
 }

@@ -37,13 +37,7 @@ impl Profiler {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Some(Profiler {
-            set,
-            resolve,
-            staging,
-            capacity: max_dispatches,
-            labels: Vec::new(),
-        })
+        Some(Profiler { set, resolve, staging, capacity: max_dispatches, labels: Vec::new() })
     }
 
     /// Timestamp writes for the next dispatch, or None when full.

@@ -56,17 +56,11 @@ impl Config {
         let key = |k: &str| format!("{arch}.{k}");
         let dim = g.get_u64(&key("embedding_length"))? as usize;
         let n_heads = g.get_u64(&key("attention.head_count"))? as usize;
-        let n_kv_heads = g
-            .get(&key("attention.head_count_kv"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(n_heads as u64) as usize;
+        let n_kv_heads =
+            g.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(n_heads as u64) as usize;
         let vocab = match g.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
-            None => g
-                .get("tokenizer.ggml.tokens")
-                .and_then(|v| v.as_array())
-                .map(|a| a.len())
-                .unwrap_or(0),
+            None => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
         };
         if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
             return Err(Error::msg(format!(
@@ -83,17 +77,11 @@ impl Config {
             ffn_dim: g.get_u64(&key("feed_forward_length"))? as usize,
             vocab,
             rms_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_base: g
-                .get(&key("rope.freq_base"))
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10000.0) as f32,
+            rope_base: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0) as f32,
             rope,
             qkv_bias,
             tied_output: g.tensor("output.weight").is_none(),
-            train_ctx: g
-                .get(&key("context_length"))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(2048) as usize,
+            train_ctx: g.get(&key("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
             arch,
         };
         cfg.check(&g.path)?;
@@ -112,9 +100,7 @@ impl Config {
             && self.n_layers > 0
             && self.n_layers <= 256;
         if !ok {
-            return Err(Error::msg(format!(
-                "{path}: model shape {self:?} is not supported by augur's kernels"
-            )));
+            return Err(Error::msg(format!("{path}: model shape {self:?} is not supported by augur's kernels")));
         }
         Ok(())
     }
@@ -123,8 +109,6 @@ impl Config {
     /// and the CPU reference use the same table.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let half = self.head_dim / 2;
-        (0..half)
-            .map(|i| (self.rope_base as f64).powf(-(2.0 * i as f64) / self.head_dim as f64) as f32)
-            .collect()
+        (0..half).map(|i| (self.rope_base as f64).powf(-(2.0 * i as f64) / self.head_dim as f64) as f32).collect()
     }
 }

@@ -24,10 +24,7 @@ impl Dense {
     /// y = W x, rows split over the available cores.
     fn matvec(&self, x: &[f32], y: &mut [f32]) {
         assert_eq!(x.len(), self.k);
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
         let chunk = self.n.div_ceil(threads);
         std::thread::scope(|s| {
             for (ci, ys) in y[..self.n].chunks_mut(chunk).enumerate() {
@@ -163,9 +160,8 @@ impl<'w> CpuModel<'w> {
             for h in 0..c.n_heads {
                 let q = &qkv[h * hd..(h + 1) * hd];
                 let kvh = h / group;
-                let scores: Vec<f32> = (0..=pos)
-                    .map(|t| dot(q, &kc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd]) * scale)
-                    .collect();
+                let scores: Vec<f32> =
+                    (0..=pos).map(|t| dot(q, &kc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd]) * scale).collect();
                 let mx = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = scores.iter().map(|s| (s - mx).exp()).collect();
                 let sum: f32 = e.iter().sum();

@@ -93,18 +93,12 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, why: impl Into<String>) -> Error {
-        Error::BadGguf {
-            path: self.path.to_string(),
-            why: why.into(),
-        }
+        Error::BadGguf { path: self.path.to_string(), why: why.into() }
     }
     fn take(&mut self, n: u64) -> Result<&'a [u8]> {
         let left = (self.buf.len() - self.pos) as u64;
         if n > left {
-            return Err(self.err(format!(
-                "truncated at byte {} (wanted {n} more bytes, {left} left)",
-                self.pos
-            )));
+            return Err(self.err(format!("truncated at byte {} (wanted {n} more bytes, {left} left)", self.pos)));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -184,22 +178,14 @@ impl Gguf {
     }
 
     pub fn parse(path: String, data: Vec<u8>) -> Result<Gguf> {
-        let mut r = Reader {
-            buf: &data,
-            pos: 0,
-            path: &path,
-        };
-        let magic = r
-            .take(4)
-            .map_err(|_| r.err("file is shorter than a GGUF header"))?;
+        let mut r = Reader { buf: &data, pos: 0, path: &path };
+        let magic = r.take(4).map_err(|_| r.err("file is shorter than a GGUF header"))?;
         if magic != b"GGUF" {
             return Err(r.err("missing GGUF magic bytes"));
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(r.err(format!(
-                "GGUF version {version} is not supported (2 and 3 are)"
-            )));
+            return Err(r.err(format!("GGUF version {version} is not supported (2 and 3 are)")));
         }
         // A tensor-info entry takes at least 8 (name) + 4 + 8 + 4 + 8 bytes; a KV at least 8 + 4 + 1.
         let n_tensors = r.count(32, "tensor")?;
@@ -212,9 +198,7 @@ impl Gguf {
             metadata.insert(key, v);
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(v) => v
-                .as_u64()
-                .filter(|a| *a > 0 && a.is_power_of_two() && *a <= 1 << 20),
+            Some(v) => v.as_u64().filter(|a| *a > 0 && a.is_power_of_two() && *a <= 1 << 20),
             None => Some(32),
         }
         .ok_or_else(|| r.err("general.alignment is not a power of two"))?;
@@ -237,45 +221,25 @@ impl Gguf {
         let file_len = data.len() as u64;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, ty_id, offset) in infos {
-            let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
-                r.err(format!(
-                    "tensor {name} uses ggml type {ty_id}, which augur does not support"
-                ))
-            })?;
+            let ty = GgmlType::from_id(ty_id)
+                .ok_or_else(|| r.err(format!("tensor {name} uses ggml type {ty_id}, which augur does not support")))?;
             let n: u64 = dims
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .ok_or_else(|| r.err(format!("tensor {name} is too large")))?;
             if dims[0] % ty.block_len() as u64 != 0 {
-                return Err(r.err(format!(
-                    "tensor {name}: row length {} is not a multiple of the {ty:?} block",
-                    dims[0]
-                )));
+                return Err(
+                    r.err(format!("tensor {name}: row length {} is not a multiple of the {ty:?} block", dims[0]))
+                );
             }
             let n_bytes = n / ty.block_len() as u64 * ty.block_bytes() as u64;
-            let abs = data_start
-                .checked_add(offset)
-                .ok_or_else(|| r.err("tensor offset overflows"))?;
+            let abs = data_start.checked_add(offset).ok_or_else(|| r.err("tensor offset overflows"))?;
             if abs.checked_add(n_bytes).is_none_or(|end| end > file_len) {
-                return Err(r.err(format!(
-                    "tensor {name} runs past the end of the file (truncated download?)"
-                )));
+                return Err(r.err(format!("tensor {name} runs past the end of the file (truncated download?)")));
             }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset: abs,
-                n_bytes,
-            });
+            tensors.push(TensorInfo { name, dims, ty, offset: abs, n_bytes });
         }
-        Ok(Gguf {
-            path,
-            version,
-            metadata,
-            tensors,
-            data,
-        })
+        Ok(Gguf { path, version, metadata, tensors, data })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -283,28 +247,19 @@ impl Gguf {
     }
 
     pub fn get_u64(&self, key: &str) -> Result<u64> {
-        self.get(key)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| self.missing(key))
+        self.get(key).and_then(Value::as_u64).ok_or_else(|| self.missing(key))
     }
 
     pub fn get_f64(&self, key: &str) -> Result<f64> {
-        self.get(key)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| self.missing(key))
+        self.get(key).and_then(Value::as_f64).ok_or_else(|| self.missing(key))
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
-        self.get(key)
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.missing(key))
+        self.get(key).and_then(Value::as_str).ok_or_else(|| self.missing(key))
     }
 
     fn missing(&self, key: &str) -> Error {
-        Error::BadGguf {
-            path: self.path.clone(),
-            why: format!("metadata key {key} is missing or has the wrong type"),
-        }
+        Error::BadGguf { path: self.path.clone(), why: format!("metadata key {key} is missing or has the wrong type") }
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {

@@ -1,15 +1,19 @@
 //! The transformer on the GPU: weights uploaded once in the kernels' layouts, every buffer and
 //! bind group made at load time, and a forward pass that is only a list of dispatches.
 //!
-//! Per layer (7 dispatches):
-//!   qkv = W_qkv · rmsnorm(x) (+ bias)       matmul, PRENORM
+//! Per layer (9 dispatches):
+//!   xn = rmsnorm(x)                         rmsnorm
+//!   qkv = W_qkv · xn (+ bias)               matmul
 //!   rope(q, k); k, v -> KV cache            rope_kv
 //!   scores = q · K / sqrt(d) (masked)       attention scores
 //!   att = softmax(scores) · V               attention softmax_v
 //!   x += W_o · att                          matmul, Add
-//!   h = swiglu(W_gate_up · rmsnorm(x))      matmul, PRENORM, SwiGlu
+//!   xn = rmsnorm(x)                         rmsnorm
+//!   h = swiglu(W_gate_up · xn)              matmul, SwiGlu
 //!   x += W_down · h                         matmul, Add
 //! then logits = W_out · rmsnorm(x) for the rows asked for, and the sampler.
+//! (Fusing the norm into the matmuls saved two dispatches per layer but made them 1.5-2x slower
+//! on lavapipe: every invocation re-read the row; see BENCHMARKS.md.)
 
 use crate::error::{Error, Result};
 use crate::gpu::kernels::*;
@@ -56,9 +60,7 @@ impl GpuMatrix {
                     for (ci, c) in cols.clone().enumerate() {
                         for kq in 0..k / 4 {
                             let b = &q[c * k + 4 * kq..c * k + 4 * kq + 4];
-                            w[kq * pn + ci] = u32::from_le_bytes([
-                                b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8,
-                            ]);
+                            w[kq * pn + ci] = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
                         }
                     }
                     let mut s = vec![0f32; k / 32 * pn];
@@ -69,11 +71,7 @@ impl GpuMatrix {
                             o[b * pn + ci] = offset[c * k / 32 + b];
                         }
                     }
-                    (
-                        gpu.storage(label, &w),
-                        gpu.storage(label, &s),
-                        gpu.storage(label, &o),
-                    )
+                    (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &o))
                 }
                 MatData::F16(h) => {
                     let mut w = vec![0u32; k / 2 * pn];
@@ -84,20 +82,10 @@ impl GpuMatrix {
                             w[kp * pn + ci] = lo | (hi << 16);
                         }
                     }
-                    (
-                        gpu.storage(label, &w),
-                        gpu.storage(label, &[0u32; 4]),
-                        gpu.storage(label, &[0u32; 4]),
-                    )
+                    (gpu.storage(label, &w), gpu.storage(label, &[0u32; 4]), gpu.storage(label, &[0u32; 4]))
                 }
             };
-            parts.push(MatPart {
-                w,
-                scale,
-                offset,
-                n: pn,
-                n_base,
-            });
+            parts.push(MatPart { w, scale, offset, n: pn, n_base });
             n_base += pn;
         }
         let format = if m.is_q8() { Format::Q8 } else { Format::F16 };
@@ -107,7 +95,9 @@ impl GpuMatrix {
 
 /// One matmul call site: pipeline, bind groups and dispatch width per part.
 struct MatmulSite {
+    /// One row per invocation (single-token passes) and four (batched passes).
     pipeline: Arc<Pipeline>,
+    pipeline4: Arc<Pipeline>,
     groups: Vec<(wgpu::BindGroup, u32)>,
     _params: Vec<wgpu::Buffer>,
 }
@@ -126,13 +116,68 @@ struct Planned<'a> {
 }
 
 struct LayerSites {
+    attn_norm: Dispatch,
     qkv: MatmulSite,
     rope: Dispatch,
     scores: Dispatch,
     softmax_v: Dispatch,
     attn_out: MatmulSite,
+    ffn_norm: Dispatch,
     gate_up: MatmulSite,
     down: MatmulSite,
+}
+
+/// What every matmul site of a model shares.
+struct SiteCtx<'a> {
+    gpu: &'a Gpu,
+    kernels: &'a Kernels,
+    pass_buf: &'a wgpu::Buffer,
+    dummy: &'a wgpu::Buffer,
+    eps: f32,
+}
+
+impl SiteCtx<'_> {
+    /// A matmul call site: y (op)= W x (+ bias).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        m: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        bias: Option<&[f32]>,
+        ep: Epilogue,
+        lm: bool,
+        y_stride: usize,
+    ) -> MatmulSite {
+        let g = self.gpu;
+        let kind = MatmulKind { format: m.format, bias: bias.is_some(), epilogue: ep, rows: 1 };
+        let pipeline = self.kernels.matmul(g, kind);
+        let pipeline4 = self.kernels.matmul(g, MatmulKind { rows: 4, ..kind });
+        let bias_b = bias.map(|v| g.storage("bias", v));
+        let mut groups = Vec::new();
+        let mut params = Vec::new();
+        for part in &m.parts {
+            let cols_per_out = if ep == Epilogue::SwiGlu { 8 } else { 4 };
+            let prm = MatParams {
+                k: m.k as u32,
+                n: part.n as u32,
+                y_stride: (y_stride / 4) as u32,
+                y_col0: (part.n_base / cols_per_out) as u32,
+                lm_rows: lm as u32,
+                eps: self.eps,
+                _p: [0; 2],
+            };
+            let pb = g.uniform("matmul params", &prm);
+            let bind = g.bind(
+                &pipeline,
+                &[self.pass_buf, &pb, x, &part.w, &part.scale, &part.offset, bias_b.as_ref().unwrap_or(self.dummy), y],
+            );
+            groups.push((bind, ceil(part.n / cols_per_out, 64)));
+            params.push(pb);
+        }
+        params.extend(bias_b);
+        MatmulSite { pipeline, pipeline4, groups, _params: params }
+    }
 }
 
 /// What one forward pass does: `m` token rows starting at KV slot `n_past`.
@@ -177,6 +222,7 @@ pub struct GpuModel {
     pub sampled: wgpu::Buffer,
     embed: Vec<Dispatch>,
     layers: Vec<LayerSites>,
+    out_norm: Dispatch,
     lm_head: MatmulSite,
     sampler: Dispatch,
     _keep: Vec<wgpu::Buffer>,
@@ -187,13 +233,7 @@ fn ceil(a: usize, b: usize) -> u32 {
 }
 
 impl GpuModel {
-    pub fn new(
-        gpu: Arc<Gpu>,
-        cfg: &Config,
-        w: &Weights,
-        max_ctx: usize,
-        max_batch: usize,
-    ) -> Result<GpuModel> {
+    pub fn new(gpu: Arc<Gpu>, cfg: &Config, w: &Weights, max_ctx: usize, max_batch: usize) -> Result<GpuModel> {
         let c = cfg.clone();
         if max_batch == 0 || max_batch > 64 || max_ctx == 0 {
             return Err(Error::msg(format!(
@@ -216,78 +256,27 @@ impl GpuModel {
         let positions = g.storage_zeroed("positions", (max_batch * 4) as u64);
         let masks = g.storage_zeroed("masks", (max_batch * 8) as u64);
         let x = g.storage_zeroed("x", (max_batch * d) as u64 * f4);
+        let xn = g.storage_zeroed("x normed", (max_batch * d) as u64 * f4);
         let qkv = g.storage_zeroed("qkv", (max_batch * qkv_w) as u64 * f4);
         let att = g.storage_zeroed("att", (max_batch * qd) as u64 * f4);
         let hidden = g.storage_zeroed("hidden", (max_batch * c.ffn_dim) as u64 * f4);
         let logits = g.storage_zeroed("logits", (max_batch * c.vocab) as u64 * f4);
         let scores = g.storage_zeroed("scores", (max_batch * c.n_heads * max_ctx) as u64 * f4);
         let sampled = g.storage_zeroed("sampled", (SAMPLED_SLOTS * 4) as u64);
-        let rope = g.storage(
-            "rope table",
-            &rope_table(&c, max_ctx)
-                .iter()
-                .flat_map(|cs| [cs[0], cs[1]])
-                .collect::<Vec<f32>>(),
-        );
+        let rope = g
+            .storage("rope table", &rope_table(&c, max_ctx).iter().flat_map(|cs| [cs[0], cs[1]]).collect::<Vec<f32>>());
         let dummy = g.storage("dummy", &[0f32; 4]);
         let mut keep = Vec::new();
 
-        let matmul_site = |m: &GpuMatrix,
-                           x: &wgpu::Buffer,
-                           y: &wgpu::Buffer,
-                           norm: Option<&[f32]>,
-                           bias: Option<&[f32]>,
-                           ep: Epilogue,
-                           lm: bool,
-                           y_stride: usize|
-         -> MatmulSite {
-            let kind = MatmulKind {
-                format: m.format,
-                prenorm: norm.is_some(),
-                bias: bias.is_some(),
-                epilogue: ep,
-            };
-            let pipeline = kernels.matmul(g, kind);
-            let norm_b = norm.map(|v| g.storage("norm", v));
-            let bias_b = bias.map(|v| g.storage("bias", v));
-            let mut groups = Vec::new();
-            let mut params = Vec::new();
-            for part in &m.parts {
-                let cols_per_out = if ep == Epilogue::SwiGlu { 8 } else { 4 };
-                let prm = MatParams {
-                    k: m.k as u32,
-                    n: part.n as u32,
-                    y_stride: (y_stride / 4) as u32,
-                    y_col0: (part.n_base / cols_per_out) as u32,
-                    lm_rows: lm as u32,
-                    eps: c.rms_eps,
-                    _p: [0; 2],
-                };
-                let pb = g.uniform("matmul params", &prm);
-                let bind = g.bind(
-                    &pipeline,
-                    &[
-                        &pass_buf,
-                        &pb,
-                        x,
-                        &part.w,
-                        &part.scale,
-                        &part.offset,
-                        norm_b.as_ref().unwrap_or(&dummy),
-                        bias_b.as_ref().unwrap_or(&dummy),
-                        y,
-                    ],
-                );
-                groups.push((bind, ceil(part.n / cols_per_out, 64)));
-                params.push(pb);
-            }
-            params.extend(norm_b);
-            params.extend(bias_b);
-            MatmulSite {
-                pipeline,
-                groups,
-                _params: params,
-            }
+        let sites = SiteCtx { gpu: g, kernels: &kernels, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
+        let norm_p = kernels.rmsnorm(g, false);
+        let norm_lm_p = kernels.rmsnorm(g, true);
+        let norm_prm = g.uniform("norm params", &NormParams { k: d as u32, eps: c.rms_eps, _p: [0; 2] });
+        let norm = |p: &Arc<Pipeline>, weight: &[f32], keep: &mut Vec<wgpu::Buffer>| {
+            let wb = g.storage("norm weight", weight);
+            let bind = g.bind(p, &[&pass_buf, &norm_prm, &x, &wb, &xn]);
+            keep.push(wb);
+            Dispatch { pipeline: p.clone(), bind }
         };
 
         // embedding (also the tied LM head)
@@ -298,30 +287,11 @@ impl GpuModel {
             for part in &embed_m.parts {
                 let prm = g.uniform(
                     "embed params",
-                    &EmbedParams {
-                        k: d as u32,
-                        n: part.n as u32,
-                        n_base: part.n_base as u32,
-                        _p: 0,
-                    },
+                    &EmbedParams { k: d as u32, n: part.n as u32, n_base: part.n_base as u32, _p: 0 },
                 );
-                let bind = g.bind(
-                    &p,
-                    &[
-                        &pass_buf,
-                        &prm,
-                        &tokens,
-                        &part.w,
-                        &part.scale,
-                        &part.offset,
-                        &x,
-                    ],
-                );
+                let bind = g.bind(&p, &[&pass_buf, &prm, &tokens, &part.w, &part.scale, &part.offset, &x]);
                 keep.push(prm);
-                embed.push(Dispatch {
-                    pipeline: p.clone(),
-                    bind,
-                });
+                embed.push(Dispatch { pipeline: p.clone(), bind });
             }
         }
         let rope_p = kernels.rope_kv(g, c.rope == RopeStyle::Neox);
@@ -356,55 +326,24 @@ impl GpuModel {
             let gu_m = GpuMatrix::upload(g, &l.gate_up, "gate_up");
             let down_m = GpuMatrix::upload(g, &l.down, "down");
             let sites = LayerSites {
-                qkv: matmul_site(
-                    &qkv_m,
-                    &x,
-                    &qkv,
-                    Some(&l.attn_norm),
-                    l.qkv_bias.as_deref(),
-                    Epilogue::Store,
-                    false,
-                    qkv_w,
-                ),
+                attn_norm: norm(&norm_p, &l.attn_norm, &mut keep),
+                qkv: sites.matmul(&qkv_m, &xn, &qkv, l.qkv_bias.as_deref(), Epilogue::Store, false, qkv_w),
                 rope: Dispatch {
                     pipeline: rope_p.clone(),
-                    bind: g.bind(
-                        &rope_p,
-                        &[
-                            &pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache,
-                        ],
-                    ),
+                    bind: g.bind(&rope_p, &[&pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache]),
                 },
                 scores: Dispatch {
                     pipeline: scores_p.clone(),
-                    bind: g.bind(
-                        &scores_p,
-                        &[
-                            &pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att,
-                        ],
-                    ),
+                    bind: g.bind(&scores_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]),
                 },
                 softmax_v: Dispatch {
                     pipeline: softmax_p.clone(),
-                    bind: g.bind(
-                        &softmax_p,
-                        &[
-                            &pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att,
-                        ],
-                    ),
+                    bind: g.bind(&softmax_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]),
                 },
-                attn_out: matmul_site(&out_m, &att, &x, None, None, Epilogue::Add, false, d),
-                gate_up: matmul_site(
-                    &gu_m,
-                    &x,
-                    &hidden,
-                    Some(&l.ffn_norm),
-                    None,
-                    Epilogue::SwiGlu,
-                    false,
-                    c.ffn_dim,
-                ),
-                down: matmul_site(&down_m, &hidden, &x, None, None, Epilogue::Add, false, d),
+                attn_out: sites.matmul(&out_m, &att, &x, None, Epilogue::Add, false, d),
+                ffn_norm: norm(&norm_p, &l.ffn_norm, &mut keep),
+                gate_up: sites.matmul(&gu_m, &xn, &hidden, None, Epilogue::SwiGlu, false, c.ffn_dim),
+                down: sites.matmul(&down_m, &hidden, &x, None, Epilogue::Add, false, d),
             };
             layers.push(sites);
             keep.extend([k_cache, v_cache]);
@@ -418,38 +357,19 @@ impl GpuModel {
             Some(o) => GpuMatrix::upload(g, o, "output"),
             None => embed_m,
         };
-        let lm_head = matmul_site(
-            &out_m,
-            &x,
-            &logits,
-            Some(&w.out_norm),
-            None,
-            Epilogue::Store,
-            true,
-            c.vocab,
-        );
+        let out_norm = norm(&norm_lm_p, &w.out_norm, &mut keep);
+        let lm_head = sites.matmul(&out_m, &xn, &logits, None, Epilogue::Store, true, c.vocab);
         let sample_p = kernels.sample(g);
-        let sample_prm = g.uniform(
-            "sample params",
-            &SampleParams {
-                vocab: c.vocab as u32,
-                row_stride: c.vocab as u32,
-                _p: [0; 2],
-            },
-        );
+        let sample_prm =
+            g.uniform("sample params", &SampleParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
         let sampler = Dispatch {
             pipeline: sample_p.clone(),
-            bind: g.bind(
-                &sample_p,
-                &[&pass_buf, &sample_prm, &logits, &tokens, &sampled],
-            ),
+            bind: g.bind(&sample_p, &[&pass_buf, &sample_prm, &logits, &tokens, &sampled]),
         };
         for p in out_m.parts {
             keep.extend([p.w, p.scale, p.offset]);
         }
-        keep.extend([
-            rope_prm, attn_prm, sample_prm, x, qkv, att, hidden, scores, rope, dummy,
-        ]);
+        keep.extend([rope_prm, attn_prm, sample_prm, norm_prm, x, xn, qkv, att, hidden, scores, rope, dummy]);
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -464,6 +384,7 @@ impl GpuModel {
             sampled,
             embed,
             layers,
+            out_norm,
             lm_head,
             sampler,
             _keep: keep,
@@ -472,25 +393,15 @@ impl GpuModel {
 
     /// Writes the input tokens of the next pass (rows 0..tokens.len()).
     pub fn set_tokens(&self, tokens: &[u32]) {
-        self.gpu
-            .queue
-            .write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        self.gpu.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
     }
 
     /// Writes the pass uniform (and tree data) for the next submission and records the pass's
     /// dispatches into `enc`. One pass per submission: the uniform is per submission.
-    pub fn encode(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        spec: &PassSpec,
-        prof: Option<&mut Profiler>,
-    ) -> Result<()> {
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec, prof: Option<&mut Profiler>) -> Result<()> {
         let m = spec.m;
         if m == 0 || m > self.max_batch {
-            return Err(Error::msg(format!(
-                "a pass holds 1..={} tokens, got {m}",
-                self.max_batch
-            )));
+            return Err(Error::msg(format!("a pass holds 1..={} tokens, got {m}", self.max_batch)));
         }
         if spec.n_past + m > self.max_ctx {
             return Err(Error::msg(format!(
@@ -553,60 +464,41 @@ impl GpuModel {
     fn plan<'a>(&'a self, spec: &PassSpec) -> Vec<Planned<'a>> {
         let c = &self.cfg;
         let m = spec.m;
-        let rows = ceil(m, 4);
+        let rows = m;
         let mut plan = Vec::with_capacity(8 * c.n_layers + 4);
-        let one =
-            |plan: &mut Vec<Planned<'a>>, label: &'static str, d: &'a Dispatch, size: [u32; 3]| {
-                plan.push(Planned {
-                    label,
-                    pipeline: &*d.pipeline,
-                    bind: &d.bind,
-                    size,
-                })
+        let one = |plan: &mut Vec<Planned<'a>>, label: &'static str, d: &'a Dispatch, size: [u32; 3]| {
+            plan.push(Planned { label, pipeline: &*d.pipeline, bind: &d.bind, size })
+        };
+        let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: usize| {
+            let (p, ry) = if rows == 1 && std::env::var_os("AUGUR_R4").is_some() {
+                (&*s.pipeline, 1)
+            } else {
+                (&*s.pipeline4, ceil(rows, 4))
             };
-        let mm =
-            |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: u32| {
-                for (b, gx) in &s.groups {
-                    plan.push(Planned {
-                        label,
-                        pipeline: &*s.pipeline,
-                        bind: b,
-                        size: [*gx, rows, 1],
-                    });
-                }
-            };
+            for (b, gx) in &s.groups {
+                plan.push(Planned { label, pipeline: p, bind: b, size: [*gx, ry, 1] });
+            }
+        };
         for e in &self.embed {
             one(&mut plan, "embed", e, [ceil(c.dim / 4, 64), m as u32, 1]);
         }
         let slots = spec.n_past + m;
         let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
         for l in &self.layers {
+            one(&mut plan, "rmsnorm", &l.attn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul qkv", &l.qkv, rows);
-            one(
-                &mut plan,
-                "rope_kv",
-                &l.rope,
-                [ceil(pairs, 64), m as u32, 1],
-            );
-            one(
-                &mut plan,
-                "attn scores",
-                &l.scores,
-                [ceil(slots, 64), c.n_heads as u32, m as u32],
-            );
-            one(
-                &mut plan,
-                "attn softmax_v",
-                &l.softmax_v,
-                [ceil(c.q_dim() / 4, 64), m as u32, 1],
-            );
+            one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
+            one(&mut plan, "attn scores", &l.scores, [ceil(slots, 64), c.n_heads as u32, m as u32]);
+            one(&mut plan, "attn softmax_v", &l.softmax_v, [ceil(c.q_dim() / 4, 64), m as u32, 1]);
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
+            one(&mut plan, "rmsnorm", &l.ffn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
             mm(&mut plan, "matmul down", &l.down, rows);
         }
         let lm_rows = spec.logits_rows.len();
         if lm_rows > 0 {
-            mm(&mut plan, "matmul lm_head", &self.lm_head, ceil(lm_rows, 4));
+            one(&mut plan, "rmsnorm", &self.out_norm, [lm_rows as u32, 1, 1]);
+            mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows);
             if spec.sample.is_some() {
                 one(&mut plan, "sample", &self.sampler, [1, 1, 1]);
             }
@@ -630,4 +522,39 @@ impl GpuModel {
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
     }
+}
+
+/// Milliseconds per dispatch of one matmul over `rows` rows of random input, `reps` dispatches
+/// in one submission (so fixed submit costs are amortised): the kernel's own speed.
+pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
+    let kernels = Kernels::default();
+    let pass = PassUniform { m: rows as u32, ..Default::default() };
+    let pass_buf = gpu.uniform("pass", &pass);
+    let dummy = gpu.storage("dummy", &[0f32; 4]);
+    let ctx = SiteCtx { gpu, kernels: &kernels, pass_buf: &pass_buf, dummy: &dummy, eps: 1e-5 };
+    let gm = GpuMatrix::upload(gpu, m, "bench");
+    let x: Vec<f32> = (0..rows * m.k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let xb = gpu.storage("x", &x);
+    let yb = gpu.storage_zeroed("y", (rows * m.n * 4) as u64);
+    let site = ctx.matmul(&gm, &xb, &yb, None, Epilogue::Store, false, m.n);
+    let record = |n: usize| {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            let (p, ry) = if rows == 1 { (&site.pipeline, 1) } else { (&site.pipeline4, ceil(rows, 4)) };
+            cp.set_pipeline(&p.pipeline);
+            for _ in 0..n {
+                for (b, gx) in &site.groups {
+                    cp.set_bind_group(0, b, &[]);
+                    cp.dispatch_workgroups(*gx, ry, 1);
+                }
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        let _ = gpu.wait();
+    };
+    record(1); // compile and warm
+    let t = std::time::Instant::now();
+    record(reps);
+    t.elapsed().as_secs_f64() * 1e3 / reps as f64
 }

@@ -34,20 +34,12 @@ impl LoadedModel {
             )));
         }
         if path.is_dir() {
-            return Err(Error::msg(format!(
-                "{}: is a folder; pass a .gguf file",
-                path.display()
-            )));
+            return Err(Error::msg(format!("{}: is a folder; pass a .gguf file", path.display())));
         }
         let g = gguf::Gguf::open(path)?;
         let config = Config::from_gguf(&g)?;
         let weights = Weights::from_gguf(&g, &config)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        Ok(LoadedModel {
-            config,
-            weights,
-            tokenizer,
-            source: path.display().to_string(),
-        })
+        Ok(LoadedModel { config, weights, tokenizer, source: path.display().to_string() })
     }
 }

@@ -66,11 +66,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let bl = ty.block_len();
     let bb = ty.block_bytes();
-    assert_eq!(
-        bytes.len() / bb * bl,
-        out.len(),
-        "dequantize: size mismatch"
-    );
+    assert_eq!(bytes.len() / bb * bl, out.len(), "dequantize: size mismatch");
     for (b, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(bl)) {
         match ty {
             GgmlType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
@@ -151,10 +147,7 @@ fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -169,11 +162,7 @@ pub fn block_as_q8(ty: GgmlType, block: &[u8], sub: usize) -> Option<([i8; 32], 
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
             let d = f16_at(block, 0);
-            let (m, base) = if ty == GgmlType::Q4_1 {
-                (f16_at(block, 2), 4)
-            } else {
-                (0.0, 2)
-            };
+            let (m, base) = if ty == GgmlType::Q4_1 { (f16_at(block, 2), 4) } else { (0.0, 2) };
             let bias = if ty == GgmlType::Q4_0 { 8 } else { 0 };
             for j in 0..16 {
                 q[j] = (block[base + j] & 0xF) as i8 - bias;
@@ -204,11 +193,7 @@ pub fn block_as_q8(ty: GgmlType, block: &[u8], sub: usize) -> Option<([i8; 32], 
             let (sc, m) = q4k_scale_min(sub, &block[4..16]);
             let qs = &block[16 + 32 * (sub / 2)..16 + 32 * (sub / 2) + 32];
             for l in 0..32 {
-                q[l] = if sub % 2 == 0 {
-                    qs[l] & 0xF
-                } else {
-                    qs[l] >> 4
-                } as i8;
+                q[l] = if sub % 2 == 0 { qs[l] & 0xF } else { qs[l] >> 4 } as i8;
             }
             Some((q, d * sc as f32, -(dmin * m as f32)))
         }
@@ -230,13 +215,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-        ] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K] {
             let mut block: Vec<u8> = (0..ty.block_bytes()).map(|_| rnd() as u8).collect();
             // keep the f16 scales finite and modest
             for i in [0usize, 2] {
@@ -251,10 +230,7 @@ mod tests {
                 for j in 0..32 {
                     let v = s * q[j] as f32 + o;
                     let want = y[sub * 32 + j];
-                    assert!(
-                        (v - want).abs() <= 1e-6 * want.abs().max(1e-3),
-                        "{ty:?} sub {sub} j {j}: {v} vs {want}"
-                    );
+                    assert!((v - want).abs() <= 1e-6 * want.abs().max(1e-3), "{ty:?} sub {sub} j {j}: {v} vs {want}");
                 }
             }
         }

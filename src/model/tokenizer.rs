@@ -14,7 +14,8 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 /// Qwen2's pre-tokenizer split (as its tokenizer.json and llama.cpp's llama-vocab.cpp define it).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -28,10 +29,7 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
-        let bad = |why: &str| Error::BadGguf {
-            path: g.path.clone(),
-            why: why.to_string(),
-        };
+        let bad = |why: &str| Error::BadGguf { path: g.path.clone(), why: why.to_string() };
         let model = g.get_str("tokenizer.ggml.model")?;
         if model != "gpt2" {
             return Err(Error::msg(format!(
@@ -39,29 +37,18 @@ impl Tokenizer {
                 g.path
             )));
         }
-        let tokens = g
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| bad("no tokenizer.ggml.tokens"))?;
-        let merges = g
-            .get("tokenizer.ggml.merges")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| bad("no tokenizer.ggml.merges"))?;
-        let types = g
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array());
+        let tokens =
+            g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).ok_or_else(|| bad("no tokenizer.ggml.tokens"))?;
+        let merges =
+            g.get("tokenizer.ggml.merges").and_then(|v| v.as_array()).ok_or_else(|| bad("no tokenizer.ggml.merges"))?;
+        let types = g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array());
         let mut vocab = ahash_map();
         let mut special = Vec::new();
         for (i, t) in tokens.iter().enumerate() {
-            let s = t
-                .as_str()
-                .ok_or_else(|| bad("a vocabulary entry is not a string"))?;
+            let s = t.as_str().ok_or_else(|| bad("a vocabulary entry is not a string"))?;
             vocab.insert(s.to_string(), i as u32);
             // token type 3 = control, 4 = user-defined: matched whole in the input text
-            let ty = types
-                .and_then(|a| a.get(i))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(1);
+            let ty = types.and_then(|a| a.get(i)).and_then(|v| v.as_u64()).unwrap_or(1);
             if ty == 3 || ty == 4 {
                 special.push(AddedToken::from(s.to_string(), ty == 3));
             }
@@ -74,34 +61,19 @@ impl Tokenizer {
                 (a.to_string(), b.to_string())
             })
             .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| bad(&format!("BPE: {e}")))?;
-        let pre = g
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| bad(&format!("BPE: {e}")))?;
+        let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
         let pre_tok: PreTokenizerWrapper = match pre {
             "qwen2" => {
-                let split = Split::new(
-                    SplitPattern::Regex(QWEN2_SPLIT.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| bad(&format!("regex: {e}")))?;
-                Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, false, false).into(),
-                ])
-                .into()
+                let split =
+                    Split::new(SplitPattern::Regex(QWEN2_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+                        .map_err(|e| bad(&format!("regex: {e}")))?;
+                Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into()
             }
             // smollm, starcoder and friends: single digits, then GPT-2's split.
-            "smollm" | "starcoder" | "refact" => Sequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, false, true).into(),
-            ])
-            .into(),
+            "smollm" | "starcoder" | "refact" => {
+                Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, false, true).into()]).into()
+            }
             _ => ByteLevel::new(false, false, true).into(),
         };
         let mut inner = tokenizers::Tokenizer::new(bpe);
@@ -125,10 +97,7 @@ impl Tokenizer {
                 .get("tokenizer.ggml.add_bos_token")
                 .map(|v| *v == crate::model::gguf::Value::Bool(true))
                 .unwrap_or(false),
-            chat_template: g
-                .get("tokenizer.chat_template")
-                .and_then(|v| v.as_str())
-                .map(String::from),
+            chat_template: g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
         })
     }
 
@@ -136,24 +105,13 @@ impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::msg(format!("{}: cannot load tokenizer ({e})", path.display())))?;
-        let stop_tokens = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"]
-            .iter()
-            .filter_map(|t| inner.token_to_id(t))
-            .collect();
-        Ok(Tokenizer {
-            inner,
-            stop_tokens,
-            bos: None,
-            add_bos: false,
-            chat_template: None,
-        })
+        let stop_tokens =
+            ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"].iter().filter_map(|t| inner.token_to_id(t)).collect();
+        Ok(Tokenizer { inner, stop_tokens, bos: None, add_bos: false, chat_template: None })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
+        let enc = self.inner.encode(text, false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos {
             ids.extend(self.bos);
@@ -183,9 +141,7 @@ impl Tokenizer {
                 s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
             }
         }
-        s.push_str(&format!(
-            "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        ));
+        s.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
         s
     }
 }
@@ -214,10 +170,7 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new() -> StreamDecoder {
-        StreamDecoder {
-            ids: Vec::new(),
-            emitted: 0,
-        }
+        StreamDecoder { ids: Vec::new(), emitted: 0 }
     }
     /// Adds a token and returns the new text it completes (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {

@@ -18,11 +18,7 @@ use half::f16;
 #[derive(Debug, Clone)]
 pub enum MatData {
     /// q: [N][K] i8; scale, offset: [N][K/32].
-    Q8 {
-        q: Vec<i8>,
-        scale: Vec<f32>,
-        offset: Vec<f32>,
-    },
+    Q8 { q: Vec<i8>, scale: Vec<f32>, offset: Vec<f32> },
     /// [N][K] f16.
     F16(Vec<f16>),
 }
@@ -38,23 +34,14 @@ pub struct Matrix {
 impl Matrix {
     pub fn from_tensor(g: &Gguf, t: &TensorInfo) -> Result<Matrix> {
         if t.dims.len() != 2 {
-            return Err(Error::msg(format!(
-                "{}: tensor {} should be a matrix",
-                g.path, t.name
-            )));
+            return Err(Error::msg(format!("{}: tensor {} should be a matrix", g.path, t.name)));
         }
         let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
         let bytes = g.tensor_bytes(t);
         if k % 32 != 0 {
-            return Err(Error::msg(format!(
-                "{}: tensor {} has {k} columns, not a multiple of 32",
-                g.path, t.name
-            )));
+            return Err(Error::msg(format!("{}: tensor {} has {k} columns, not a multiple of 32", g.path, t.name)));
         }
-        let q8able = matches!(
-            t.ty,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K
-        );
+        let q8able = matches!(t.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K);
         if q8able {
             let bb = t.ty.block_bytes();
             let subs = t.ty.block_len() / 32;
@@ -70,19 +57,11 @@ impl Matrix {
                     offset[b32] = off;
                 }
             }
-            Ok(Matrix {
-                k,
-                n,
-                data: MatData::Q8 { q, scale, offset },
-            })
+            Ok(Matrix { k, n, data: MatData::Q8 { q, scale, offset } })
         } else {
             let mut f = vec![0f32; k * n];
             dequantize(t.ty, bytes, &mut f);
-            Ok(Matrix {
-                k,
-                n,
-                data: MatData::F16(f.iter().map(|&v| f16::from_f32(v)).collect()),
-            })
+            Ok(Matrix { k, n, data: MatData::F16(f.iter().map(|&v| f16::from_f32(v)).collect()) })
         }
     }
 
@@ -138,23 +117,11 @@ impl Matrix {
                     ns.extend_from_slice(&scale[r * k / 32..(r + 1) * k / 32]);
                     no.extend_from_slice(&offset[r * k / 32..(r + 1) * k / 32]);
                 }
-                MatData::Q8 {
-                    q: nq,
-                    scale: ns,
-                    offset: no,
-                }
+                MatData::Q8 { q: nq, scale: ns, offset: no }
             }
-            MatData::F16(w) => MatData::F16(
-                rows.iter()
-                    .flat_map(|&r| w[r * k..(r + 1) * k].iter().copied())
-                    .collect(),
-            ),
+            MatData::F16(w) => MatData::F16(rows.iter().flat_map(|&r| w[r * k..(r + 1) * k].iter().copied()).collect()),
         };
-        Matrix {
-            k,
-            n: rows.len(),
-            data,
-        }
+        Matrix { k, n: rows.len(), data }
     }
 
     /// Stacks the outputs of several matrices with the same K into one (fused projections).
@@ -166,22 +133,13 @@ impl Matrix {
         let data = if parts.iter().all(|p| p.is_q8()) {
             let (mut q, mut s, mut o) = (Vec::new(), Vec::new(), Vec::new());
             for p in parts {
-                if let MatData::Q8 {
-                    q: pq,
-                    scale,
-                    offset,
-                } = &p.data
-                {
+                if let MatData::Q8 { q: pq, scale, offset } = &p.data {
                     q.extend_from_slice(pq);
                     s.extend_from_slice(scale);
                     o.extend_from_slice(offset);
                 }
             }
-            MatData::Q8 {
-                q,
-                scale: s,
-                offset: o,
-            }
+            MatData::Q8 { q, scale: s, offset: o }
         } else {
             MatData::F16(parts.iter().flat_map(|p| p.to_f16()).collect())
         };
@@ -193,9 +151,7 @@ impl Matrix {
     pub fn gate_up(gate: &Matrix, up: &Matrix) -> Matrix {
         let both = Matrix::concat(&[gate, up]);
         let f = gate.n;
-        let order: Vec<usize> = (0..f / 4)
-            .flat_map(|g| (4 * g..4 * g + 4).chain(f + 4 * g..f + 4 * g + 4))
-            .collect();
+        let order: Vec<usize> = (0..f / 4).flat_map(|g| (4 * g..4 * g + 4).chain(f + 4 * g..f + 4 * g + 4)).collect();
         both.select_rows(&order)
     }
 }
@@ -223,15 +179,9 @@ pub struct Weights {
 }
 
 fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
-    let t = g
-        .tensor(name)
-        .ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", g.path)))?;
+    let t = g.tensor(name).ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", g.path)))?;
     if t.n_elements() != len as u64 {
-        return Err(Error::msg(format!(
-            "{}: tensor {name} has {} values, expected {len}",
-            g.path,
-            t.n_elements()
-        )));
+        return Err(Error::msg(format!("{}: tensor {name} has {} values, expected {len}", g.path, t.n_elements())));
     }
     let mut v = vec![0f32; len];
     dequantize(t.ty, g.tensor_bytes(t), &mut v);
@@ -239,14 +189,9 @@ fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
 }
 
 fn matrix(g: &Gguf, name: &str, k: usize, n: usize) -> Result<Matrix> {
-    let t = g
-        .tensor(name)
-        .ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", g.path)))?;
+    let t = g.tensor(name).ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", g.path)))?;
     if t.dims.len() != 2 || t.dims[0] != k as u64 || t.dims[1] != n as u64 {
-        return Err(Error::msg(format!(
-            "{}: tensor {name} has shape {:?}, expected [{k}, {n}]",
-            g.path, t.dims
-        )));
+        return Err(Error::msg(format!("{}: tensor {name} has shape {:?}, expected [{k}, {n}]", g.path, t.dims)));
     }
     Matrix::from_tensor(g, t)
 }
@@ -280,17 +225,8 @@ impl Weights {
                 down: matrix(g, &p("ffn_down.weight"), c.ffn_dim, c.dim)?,
             });
         }
-        let output = if c.tied_output {
-            None
-        } else {
-            Some(matrix(g, "output.weight", c.dim, c.vocab)?)
-        };
-        Ok(Weights {
-            embed,
-            layers,
-            out_norm: vector(g, "output_norm.weight", c.dim)?,
-            output,
-        })
+        let output = if c.tied_output { None } else { Some(matrix(g, "output.weight", c.dim, c.vocab)?) };
+        Ok(Weights { embed, layers, out_norm: vector(g, "output_norm.weight", c.dim)?, output })
     }
 
     pub fn output(&self) -> &Matrix {

@@ -11,12 +11,7 @@ use std::sync::Arc;
 pub fn setup_env() {
     // Mesa compiles shaders at first use; its cache makes later test runs fast.
     if std::env::var_os("MESA_SHADER_CACHE_DIR").is_none() {
-        unsafe {
-            std::env::set_var(
-                "MESA_SHADER_CACHE_DIR",
-                std::env::temp_dir().join("augur-mesa-cache"),
-            )
-        };
+        unsafe { std::env::set_var("MESA_SHADER_CACHE_DIR", std::env::temp_dir().join("augur-mesa-cache")) };
     }
     unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
 }
@@ -28,11 +23,7 @@ pub fn gpu() -> Arc<Gpu> {
 
 pub fn gpu_without_features() -> Arc<Gpu> {
     setup_env();
-    Gpu::shared(&GpuOptions {
-        no_optional_features: true,
-        adapter: None,
-    })
-    .expect("a GPU adapter")
+    Gpu::shared(&GpuOptions { no_optional_features: true, adapter: None }).expect("a GPU adapter")
 }
 
 /// Path of a catalog model, pulled on first use.
@@ -116,12 +107,7 @@ pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, 
 /// Relative L2 distance |a - b| / |b|.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let num: f32 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt();
+    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
     let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
     num / den.max(1e-30)
 }
