@@ -23,7 +23,8 @@ fn every_block_type_matches_the_reference_values() {
             other => panic!("unexpected type {other}"),
         };
         let hex = f["bytes"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
         let want: Vec<f32> = f["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let mut got = vec![0f32; want.len()];
         dequantize(ty, &bytes, &mut got);

@@ -5,6 +5,7 @@ pub mod config;
 pub mod cpu;
 pub mod gguf;
 pub mod gpu;
+pub mod hf;
 pub mod quant;
 pub mod tokenizer;
 pub mod weights;
@@ -25,7 +26,7 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a .gguf file.
+    /// Loads a .gguf file, or a folder with config.json + *.safetensors + tokenizer.json.
     pub fn load(path: &Path) -> Result<LoadedModel> {
         if !path.exists() {
             return Err(Error::msg(format!(
@@ -34,11 +35,11 @@ impl LoadedModel {
             )));
         }
         if path.is_dir() {
-            return Err(Error::msg(format!("{}: is a folder; pass a .gguf file", path.display())));
+            return hf::load(path);
         }
         let g = gguf::Gguf::open(path)?;
         let config = Config::from_gguf(&g)?;
-        let weights = Weights::from_gguf(&g, &config)?;
+        let weights = Weights::load(&g, &weights::GGUF_NAMES, &config)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         Ok(LoadedModel { config, weights, tokenizer, source: path.display().to_string() })
     }

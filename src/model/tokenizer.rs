@@ -110,6 +110,11 @@ impl Tokenizer {
         Ok(Tokenizer { inner, stop_tokens, bos: None, add_bos: false, chat_template: None })
     }
 
+    /// The tokenizer in Hugging Face's tokenizer.json format.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| Error::msg(format!("tokenizer: {e}")))
+    }
+
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);

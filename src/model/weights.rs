@@ -178,55 +178,132 @@ pub struct Weights {
     pub output: Option<Matrix>,
 }
 
-fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
-    let t = g.tensor(name).ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", g.path)))?;
-    if t.n_elements() != len as u64 {
-        return Err(Error::msg(format!("{}: tensor {name} has {} values, expected {len}", g.path, t.n_elements())));
-    }
-    let mut v = vec![0f32; len];
-    dequantize(t.ty, g.tensor_bytes(t), &mut v);
-    Ok(v)
+/// Where weights come from: a GGUF file or a safetensors folder. Names are the file's own;
+/// `TensorNames` maps the roles to them.
+pub trait TensorSource {
+    /// Where the tensors come from (for messages).
+    fn origin(&self) -> &str;
+    /// A matrix with `k` inputs and `n` outputs.
+    fn matrix(&self, name: &str, k: usize, n: usize) -> Result<Matrix>;
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>>;
+    fn has(&self, name: &str) -> bool;
 }
 
-fn matrix(g: &Gguf, name: &str, k: usize, n: usize) -> Result<Matrix> {
-    let t = g.tensor(name).ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", g.path)))?;
-    if t.dims.len() != 2 || t.dims[0] != k as u64 || t.dims[1] != n as u64 {
-        return Err(Error::msg(format!("{}: tensor {name} has shape {:?}, expected [{k}, {n}]", g.path, t.dims)));
+/// Tensor names for one file convention.
+pub struct TensorNames {
+    pub embed: &'static str,
+    pub output: &'static str,
+    pub out_norm: &'static str,
+    /// Per layer, with `{}` for the layer index: q, k, v, o, q bias, k bias, v bias, attn norm,
+    /// ffn norm, gate, up, down.
+    pub layer: [&'static str; 12],
+}
+
+pub const GGUF_NAMES: TensorNames = TensorNames {
+    embed: "token_embd.weight",
+    output: "output.weight",
+    out_norm: "output_norm.weight",
+    layer: [
+        "blk.{}.attn_q.weight",
+        "blk.{}.attn_k.weight",
+        "blk.{}.attn_v.weight",
+        "blk.{}.attn_output.weight",
+        "blk.{}.attn_q.bias",
+        "blk.{}.attn_k.bias",
+        "blk.{}.attn_v.bias",
+        "blk.{}.attn_norm.weight",
+        "blk.{}.ffn_norm.weight",
+        "blk.{}.ffn_gate.weight",
+        "blk.{}.ffn_up.weight",
+        "blk.{}.ffn_down.weight",
+    ],
+};
+
+/// Hugging Face transformers names (llama, qwen2).
+pub const HF_NAMES: TensorNames = TensorNames {
+    embed: "model.embed_tokens.weight",
+    output: "lm_head.weight",
+    out_norm: "model.norm.weight",
+    layer: [
+        "model.layers.{}.self_attn.q_proj.weight",
+        "model.layers.{}.self_attn.k_proj.weight",
+        "model.layers.{}.self_attn.v_proj.weight",
+        "model.layers.{}.self_attn.o_proj.weight",
+        "model.layers.{}.self_attn.q_proj.bias",
+        "model.layers.{}.self_attn.k_proj.bias",
+        "model.layers.{}.self_attn.v_proj.bias",
+        "model.layers.{}.input_layernorm.weight",
+        "model.layers.{}.post_attention_layernorm.weight",
+        "model.layers.{}.mlp.gate_proj.weight",
+        "model.layers.{}.mlp.up_proj.weight",
+        "model.layers.{}.mlp.down_proj.weight",
+    ],
+};
+
+impl TensorSource for Gguf {
+    fn origin(&self) -> &str {
+        &self.path
     }
-    Matrix::from_tensor(g, t)
+    fn matrix(&self, name: &str, k: usize, n: usize) -> Result<Matrix> {
+        let t = self.tensor(name).ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", self.path)))?;
+        if t.dims.len() != 2 || t.dims[0] != k as u64 || t.dims[1] != n as u64 {
+            return Err(Error::msg(format!(
+                "{}: tensor {name} has shape {:?}, expected [{k}, {n}]",
+                self.path, t.dims
+            )));
+        }
+        Matrix::from_tensor(self, t)
+    }
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.tensor(name).ok_or_else(|| Error::msg(format!("{}: tensor {name} is missing", self.path)))?;
+        if t.n_elements() != len as u64 {
+            return Err(Error::msg(format!(
+                "{}: tensor {name} has {} values, expected {len}",
+                self.path,
+                t.n_elements()
+            )));
+        }
+        let mut v = vec![0f32; len];
+        dequantize(t.ty, self.tensor_bytes(t), &mut v);
+        Ok(v)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.tensor(name).is_some()
+    }
 }
 
 impl Weights {
-    pub fn from_gguf(g: &Gguf, c: &Config) -> Result<Weights> {
-        let embed = matrix(g, "token_embd.weight", c.dim, c.vocab)?;
+    /// Reads every tensor the transformer needs from `src` and fuses QKV and gate/up.
+    pub fn load(src: &dyn TensorSource, names: &TensorNames, c: &Config) -> Result<Weights> {
+        let embed = src.matrix(names.embed, c.dim, c.vocab)?;
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
-            let p = |s: &str| format!("blk.{i}.{s}");
-            let q = matrix(g, &p("attn_q.weight"), c.dim, c.q_dim())?;
-            let k = matrix(g, &p("attn_k.weight"), c.dim, c.kv_dim())?;
-            let v = matrix(g, &p("attn_v.weight"), c.dim, c.kv_dim())?;
+            let n: Vec<String> = names.layer.iter().map(|t| t.replace("{}", &i.to_string())).collect();
+            let q = src.matrix(&n[0], c.dim, c.q_dim())?;
+            let k = src.matrix(&n[1], c.dim, c.kv_dim())?;
+            let v = src.matrix(&n[2], c.dim, c.kv_dim())?;
             let qkv_bias = if c.qkv_bias {
-                let mut b = vector(g, &p("attn_q.bias"), c.q_dim())?;
-                b.extend(vector(g, &p("attn_k.bias"), c.kv_dim())?);
-                b.extend(vector(g, &p("attn_v.bias"), c.kv_dim())?);
+                let mut b = src.vector(&n[4], c.q_dim())?;
+                b.extend(src.vector(&n[5], c.kv_dim())?);
+                b.extend(src.vector(&n[6], c.kv_dim())?);
                 Some(b)
             } else {
                 None
             };
-            let gate = matrix(g, &p("ffn_gate.weight"), c.dim, c.ffn_dim)?;
-            let up = matrix(g, &p("ffn_up.weight"), c.dim, c.ffn_dim)?;
+            let gate = src.matrix(&n[9], c.dim, c.ffn_dim)?;
+            let up = src.matrix(&n[10], c.dim, c.ffn_dim)?;
             layers.push(Layer {
-                attn_norm: vector(g, &p("attn_norm.weight"), c.dim)?,
+                attn_norm: src.vector(&n[7], c.dim)?,
                 qkv: Matrix::concat(&[&q, &k, &v]),
                 qkv_bias,
-                attn_out: matrix(g, &p("attn_output.weight"), c.q_dim(), c.dim)?,
-                ffn_norm: vector(g, &p("ffn_norm.weight"), c.dim)?,
+                attn_out: src.matrix(&n[3], c.q_dim(), c.dim)?,
+                ffn_norm: src.vector(&n[8], c.dim)?,
                 gate_up: Matrix::gate_up(&gate, &up),
-                down: matrix(g, &p("ffn_down.weight"), c.ffn_dim, c.dim)?,
+                down: src.matrix(&n[11], c.ffn_dim, c.dim)?,
             });
         }
-        let output = if c.tied_output { None } else { Some(matrix(g, "output.weight", c.dim, c.vocab)?) };
-        Ok(Weights { embed, layers, out_norm: vector(g, "output_norm.weight", c.dim)?, output })
+        let output = if c.tied_output { None } else { Some(src.matrix(names.output, c.dim, c.vocab)?) };
+        Ok(Weights { embed, layers, out_norm: src.vector(names.out_norm, c.dim)?, output })
     }
 
     pub fn output(&self) -> &Matrix {
