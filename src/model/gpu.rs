@@ -410,6 +410,20 @@ impl GpuModel {
                 self.max_ctx
             )));
         }
+        if spec.logits_rows.end > m || spec.sample.is_some_and(|s| s.row as usize >= spec.logits_rows.len()) {
+            return Err(Error::msg(format!("logits rows {:?} must lie within the pass's {m} rows", spec.logits_rows)));
+        }
+        if spec.sample.is_some_and(|s| s.out_index as usize >= SAMPLED_SLOTS) {
+            return Err(Error::msg(format!("sample slot must be below {SAMPLED_SLOTS}")));
+        }
+        if let Some((masks, positions)) = &spec.tree {
+            if masks.len() != m || positions.len() != m || m > 64 {
+                return Err(Error::msg("a token tree needs one mask and one position per row, at most 64 rows"));
+            }
+            if positions.iter().any(|&p| p as usize >= self.max_ctx) {
+                return Err(Error::msg("a tree position lies beyond the context"));
+            }
+        }
         let lm_rows = spec.logits_rows.len();
         let s = spec.sample.unwrap_or_default();
         let u = PassUniform {
