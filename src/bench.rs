@@ -49,7 +49,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     let model = &engine.model;
     let n_past = prompt_tokens.min(model.max_ctx.saturating_sub(17));
     let time_pass = |m: usize, reps: usize| -> Result<f64> {
-        let spec = PassSpec { m, n_past, tree: None, logits_rows: 0..m, sample: None };
+        let spec = PassSpec { m, n_past, tree: None, logits_rows: 0..m, sample: None, accept: false };
         model.set_tokens(&prompt[..m.min(prompt.len())]);
         model.run(&spec)?;
         let mut t = Vec::new();
@@ -103,6 +103,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
                     tree: None,
                     logits_rows: m - 1..m,
                     sample: None,
+                    accept: false,
                 };
                 model.set_tokens(&prompt[..m]);
                 let mut enc = gpu.device.create_command_encoder(&Default::default());

@@ -15,8 +15,11 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions, map_read};
 use crate::model::LoadedModel;
-use crate::model::gpu::{GpuModel, PassSpec, SampleSpec};
+use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, SampleSpec};
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
+use crate::spec::stats::SpecStats;
+use crate::spec::suffix::SuffixSpeculator;
+use crate::spec::{SpecMode, Speculator};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,11 +33,14 @@ pub struct EngineOptions {
     /// Rows per forward pass during prefill (1..=64).
     pub max_batch: usize,
     pub gpu: GpuOptions,
+    /// Where the suffix speculator keeps what it learned from past requests (None: in memory
+    /// only). The CLI uses `$AUGUR_HOME/suffix/<model>.bin`.
+    pub suffix_store: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_ctx: 2048, max_batch: 64, gpu: GpuOptions::default() }
+        EngineOptions { max_ctx: 2048, max_batch: 64, gpu: GpuOptions::default(), suffix_store: None }
     }
 }
 
@@ -52,6 +58,12 @@ pub struct GenerateParams {
     pub chat: bool,
     /// Stop at the model's end-of-text / end-of-turn tokens.
     pub stop_at_eos: bool,
+    /// Speculative decoding (greedy only for now; sampled generation decodes plainly).
+    pub speculate: SpecMode,
+    /// Most drafted tokens verified per round.
+    pub tree_budget: usize,
+    /// Deepest draft.
+    pub max_depth: usize,
 }
 
 impl Default for GenerateParams {
@@ -64,6 +76,9 @@ impl Default for GenerateParams {
             seed: 0,
             chat: false,
             stop_at_eos: true,
+            speculate: SpecMode::Auto,
+            tree_budget: 8,
+            max_depth: 8,
         }
     }
 }
@@ -107,6 +122,8 @@ pub struct Output {
     pub text: String,
     pub tokens: Vec<u32>,
     pub stats: Stats,
+    /// What speculation did (None when generation decoded plainly).
+    pub spec: Option<SpecStats>,
 }
 
 /// Stops a generation from another thread.
@@ -127,6 +144,9 @@ pub struct Engine {
     pub model: GpuModel,
     pub source: String,
     staging: wgpu::Buffer,
+    result_staging: wgpu::Buffer,
+    /// The suffix speculator (learns from every request).
+    pub speculator: Option<Box<dyn Speculator + Send>>,
 }
 
 impl Engine {
@@ -149,7 +169,24 @@ impl Engine {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Engine { tokenizer: Arc::new(loaded.tokenizer), model, source: loaded.source, staging })
+        let result_staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("accept readback"),
+            size: (RESULT_LEN * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let suffix = match &opts.suffix_store {
+            Some(p) => SuffixSpeculator::persistent(p.clone()),
+            None => SuffixSpeculator::in_memory(),
+        };
+        Ok(Engine {
+            tokenizer: Arc::new(loaded.tokenizer),
+            model,
+            source: loaded.source,
+            staging,
+            result_staging,
+            speculator: Some(Box::new(suffix)),
+        })
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -225,6 +262,7 @@ impl Engine {
                 tree: None,
                 logits_rows: if last { chunk.len() - 1..chunk.len() } else { 0..0 },
                 sample: last.then_some(sample),
+                accept: false,
             };
             if last {
                 next = self.step(&spec)?;
@@ -235,36 +273,107 @@ impl Engine {
         }
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        let mut tokens = Vec::new();
-        let mut finish = "length";
-        loop {
-            if params.stop_at_eos && self.tokenizer.stop_tokens.contains(&next) {
-                finish = "stop";
-                break;
-            }
-            tokens.push(next);
-            if !on_token(next) || cancel.is_cancelled() {
-                finish = "cancelled";
-                break;
-            }
-            if tokens.len() >= params.max_tokens || n_past >= max_ctx {
-                break;
-            }
-            sample.draw += 1;
-            // the sampler left `next` in tokens[0]: no host write needed
-            let spec = PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: Some(sample) };
-            next = self.step(&spec)?;
-            n_past += 1;
+        // greedy speculation only for now: sampled generation decodes plainly
+        let speculate = params.speculate != SpecMode::Off && params.temperature <= 0.0 && self.speculator.is_some();
+        let mut spec_stats = SpecStats { mode: format!("{:?}", params.speculate).to_lowercase(), ..Default::default() };
+        if let Some(s) = self.speculator.as_mut() {
+            s.begin(prompt);
         }
+        let mut context = prompt.to_vec();
+        let mut tokens = Vec::new();
+        let mut pending = vec![next];
+        let finish = 'generation: loop {
+            for t in pending.drain(..) {
+                if params.stop_at_eos && self.tokenizer.stop_tokens.contains(&t) {
+                    break 'generation "stop";
+                }
+                tokens.push(t);
+                context.push(t);
+                if !on_token(t) || cancel.is_cancelled() {
+                    break 'generation "cancelled";
+                }
+                if tokens.len() >= params.max_tokens {
+                    break 'generation "length";
+                }
+            }
+            // the last token (the root of the next pass) needs a KV slot
+            if n_past >= max_ctx {
+                break 'generation "length";
+            }
+            if speculate {
+                let (new, accepted) = self.speculative_round(&context, n_past, params, &mut spec_stats)?;
+                pending = new;
+                n_past += 1 + accepted;
+            } else {
+                sample.draw += 1;
+                // the sampler left the last token in tokens[0]: no host write needed
+                let spec =
+                    PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: Some(sample), accept: false };
+                pending = vec![self.step(&spec)?];
+                n_past += 1;
+            }
+        };
+        if let Some(s) = self.speculator.as_mut() {
+            s.finish(&context, prompt.len());
+        }
+        let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+        spec_stats.other_ms = (decode_ms - spec_stats.draft_ms - spec_stats.verify_ms).max(0.0);
         let stats = Stats {
             prompt_tokens: prompt.len(),
             generated_tokens: tokens.len(),
             prefill_ms,
-            decode_ms: t1.elapsed().as_secs_f64() * 1e3,
+            decode_ms,
             finish_reason: finish.to_string(),
         };
         let text = self.tokenizer.decode(&tokens);
-        Ok(Output { text, tokens, stats })
+        Ok(Output { text, tokens, stats, spec: speculate.then_some(spec_stats) })
+    }
+
+    /// One speculation round: draft a tree after `context`, verify it with the target in one
+    /// tree-masked pass, accept greedily and compact the KV cache on the GPU, all in one
+    /// submission; read back only the accepted ids. Returns the new tokens (accepted drafts and
+    /// the bonus token) and how many drafts were accepted.
+    fn speculative_round(
+        &mut self,
+        context: &[u32],
+        n_past: usize,
+        params: &GenerateParams,
+        stats: &mut SpecStats,
+    ) -> Result<(Vec<u32>, usize)> {
+        let spec_t = Instant::now();
+        let room = self.model.max_ctx - n_past - 1; // slots left after the root's
+        let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room);
+        let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1);
+        let speculator = self.speculator.as_mut().expect("speculate implies a speculator");
+        let mut tree = speculator.propose(context, budget, depth);
+        tree.truncate(budget);
+        stats.draft_ms += spec_t.elapsed().as_secs_f64() * 1e3;
+        let verify_t = Instant::now();
+        let root = *context.last().expect("context holds at least the prompt");
+        let mut input = vec![root];
+        input.extend(tree.nodes.iter().map(|n| n.token));
+        self.model.set_tokens(&input);
+        let m = input.len();
+        let spec = PassSpec { m, n_past, tree: Some(tree.rows(n_past)), logits_rows: 0..m, sample: None, accept: true };
+        let gpu = &self.model.gpu;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.model.encode(&mut enc, &spec, None)?;
+        enc.copy_buffer_to_buffer(&self.model.result, 0, &self.result_staging, 0, (RESULT_LEN * 4) as u64);
+        gpu.queue.submit([enc.finish()]);
+        let r: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.result_staging, (RESULT_LEN * 4) as u64));
+        stats.verify_ms += verify_t.elapsed().as_secs_f64() * 1e3;
+        let k = r[0] as usize;
+        if k > tree.len() {
+            return Err(Error::Gpu(format!("acceptance returned {k} tokens for a tree of {}", tree.len())));
+        }
+        // depths at which the accepted path had a child to try
+        let path: Vec<Option<usize>> =
+            std::iter::once(None).chain(r[1..=k].iter().map(|&row| Some(row as usize - 1))).collect();
+        let attempted = path.iter().take_while(|&&p| tree.nodes.iter().any(|n| n.parent == p)).count();
+        stats.record(attempted, k, tree.len());
+        let mut new: Vec<u32> = r[RESULT_TOKENS..RESULT_TOKENS + k].to_vec();
+        new.push(r[RESULT_BONUS]);
+        Ok((new, k))
     }
 
     /// One pass in one submission; reads back only the sampled token id.

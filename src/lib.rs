@@ -7,5 +7,6 @@ pub mod gpu;
 pub mod model;
 pub mod pull;
 pub mod sampler;
+pub mod spec;
 
 pub use error::{Error, Result};

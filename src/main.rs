@@ -90,13 +90,24 @@ struct GenArgs {
     /// Wrap the prompt in the model's chat template
     #[arg(long)]
     chat: bool,
+    /// Speculative decoding: off, suffix, or auto (the best available); greedy only for now
+    #[arg(long, default_value = "auto")]
+    speculate: augur::spec::SpecMode,
+    /// Most drafted tokens verified per round (clamped to what the context and a pass hold)
+    #[arg(long, default_value_t = 8)]
+    tree_budget: usize,
+    /// Deepest draft
+    #[arg(long, default_value_t = 8)]
+    max_depth: usize,
 }
 
 impl ModelArgs {
     fn engine(&self) -> Result<Engine> {
         let path = pull::resolve_model(&self.model, true)?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
         let opts = EngineOptions {
             max_ctx: self.ctx,
+            suffix_store: Some(pull::augur_home().join("suffix").join(format!("{stem}.bin"))),
             gpu: GpuOptions { no_optional_features: self.no_gpu_features, adapter: self.adapter.clone() },
             ..Default::default()
         };
@@ -114,6 +125,9 @@ impl GenArgs {
             seed: self.seed,
             chat: self.chat,
             stop_at_eos: true,
+            speculate: self.speculate,
+            tree_budget: self.tree_budget,
+            max_depth: self.max_depth,
         }
     }
 }
@@ -174,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
                     "prefill_tok_s": s.prefill_tok_s(),
                     "decode_tok_s": s.decode_tok_s(),
                     "finish_reason": s.finish_reason,
+                    "spec": out.spec.as_ref().map(|s| s.to_json()),
                     "model": engine.source,
                     "device": engine.gpu().describe(),
                 });

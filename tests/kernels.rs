@@ -29,7 +29,14 @@ fn tiny_model_matches_cpu_reference() {
         gm.set_tokens(&prompt);
         let got = gpu_logits(
             &gm,
-            &PassSpec { m: prompt.len(), n_past: 0, tree: None, logits_rows: 0..prompt.len(), sample: None },
+            &PassSpec {
+                m: prompt.len(),
+                n_past: 0,
+                tree: None,
+                logits_rows: 0..prompt.len(),
+                sample: None,
+                accept: false,
+            },
         );
         for (i, &t) in prompt.iter().enumerate() {
             let want = cpu.step(t);
@@ -40,7 +47,8 @@ fn tiny_model_matches_cpu_reference() {
         let mut n_past = prompt.len();
         for t in [11u32, 12, 13] {
             gm.set_tokens(&[t]);
-            let got = gpu_logits(&gm, &PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None });
+            let got =
+                gpu_logits(&gm, &PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None, accept: false });
             let want = cpu.step(t);
             let e = rel_l2(&got, &want);
             assert!(e < 1e-4, "seed {seed} decode at {n_past}: rel L2 {e}");
@@ -59,11 +67,12 @@ fn forward_is_batch_invariant() {
     gm.set_tokens(&prompt);
     let batched = gpu_logits(
         &gm,
-        &PassSpec { m: prompt.len(), n_past: 0, tree: None, logits_rows: 0..prompt.len(), sample: None },
+        &PassSpec { m: prompt.len(), n_past: 0, tree: None, logits_rows: 0..prompt.len(), sample: None, accept: false },
     );
     for (i, &t) in prompt.iter().enumerate() {
         gm.set_tokens(&[t]);
-        let alone = gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None });
+        let alone =
+            gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None, accept: false });
         let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
         assert!(
             row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -105,11 +114,19 @@ fn tree_mask_attention_matches_path_reference() {
             positions[i] = (prefix.len() + p.len() - 1) as u32;
         }
         gm.set_tokens(&prefix);
-        gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, sample: None }).unwrap();
+        gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, sample: None, accept: false })
+            .unwrap();
         gm.set_tokens(&tokens);
         let got = gpu_logits(
             &gm,
-            &PassSpec { m: n, n_past: prefix.len(), tree: Some((masks, positions)), logits_rows: 0..n, sample: None },
+            &PassSpec {
+                m: n,
+                n_past: prefix.len(),
+                tree: Some(augur::model::gpu::TreeRows { masks, positions, parents: vec![u32::MAX; n] }),
+                logits_rows: 0..n,
+                sample: None,
+                accept: false,
+            },
         );
         for i in 0..n {
             let mut cpu = CpuModel::new(&cfg, &w, 64);

@@ -28,8 +28,15 @@ fn greedy_matches_reference(model: &LoadedModel, gm: &GpuModel, prompts: &[&str]
         let mut cpu = CpuModel::new(&model.config, &model.weights, 256);
         let (want, want_logits) = cpu.greedy(&ids, n);
         gm.set_tokens(&ids);
-        gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: ids.len() - 1..ids.len(), sample: None })
-            .unwrap();
+        gm.run(&PassSpec {
+            m: ids.len(),
+            n_past: 0,
+            tree: None,
+            logits_rows: ids.len() - 1..ids.len(),
+            sample: None,
+            accept: false,
+        })
+        .unwrap();
         let mut n_past = ids.len();
         for (i, wl) in want_logits.iter().enumerate() {
             let gl = gm.read_logits(1);
@@ -39,7 +46,7 @@ fn greedy_matches_reference(model: &LoadedModel, gm: &GpuModel, prompts: &[&str]
             assert_eq!(t, want[i], "{p:?} step {i}: GPU chose {t}, reference {}", want[i]);
             if i + 1 < n {
                 gm.set_tokens(&[t]);
-                gm.run(&PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None }).unwrap();
+                gm.run(&PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None, accept: false }).unwrap();
                 n_past += 1;
             }
         }
@@ -88,11 +95,12 @@ fn smollm2_forward_is_batch_invariant() {
     let ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog near").unwrap();
     let v = m.config.vocab;
     gm.set_tokens(&ids);
-    gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: 0..ids.len(), sample: None }).unwrap();
+    gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: 0..ids.len(), sample: None, accept: false })
+        .unwrap();
     let batched = gm.read_logits(ids.len());
     for (i, &t) in ids.iter().enumerate() {
         gm.set_tokens(&[t]);
-        gm.run(&PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None }).unwrap();
+        gm.run(&PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None, accept: false }).unwrap();
         let alone = gm.read_logits(1);
         let same = batched[i * v..(i + 1) * v].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "row {i} of {} differs from the same token alone", ids.len());

@@ -12,15 +12,19 @@ pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 pub const SAMPLE: &str = include_str!("../../shaders/sample.wgsl");
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
+pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
+pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 6] = [
+pub const ALL: [(&str, &str); 8] = [
     ("rmsnorm", RMSNORM),
     ("matmul", MATMUL),
     ("embed", EMBED),
     ("rope_kv", ROPE_KV),
     ("attention", ATTENTION),
     ("sample", SAMPLE),
+    ("accept", ACCEPT),
+    ("kv_compact", KV_COMPACT),
 ];
 
 pub fn source(body: &str) -> String {
@@ -53,6 +57,9 @@ pub struct MatmulKind {
 
 pub const MATMUL_BINDS: [Bind; 8] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+pub const ACCEPT_BINDS: [Bind; 6] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
+pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const NORM_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
 pub const EMBED_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
@@ -95,6 +102,16 @@ impl Kernels {
     pub fn rmsnorm(&self, gpu: &Gpu, lm_rows: bool) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("rmsnorm {lm_rows}"), || {
             gpu.pipeline("rmsnorm", &source(RMSNORM), "main", &NORM_BINDS, &[("LM_ROWS", lm_rows as u32 as f64)])
+        })
+    }
+
+    pub fn accept(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "accept".into(), || gpu.pipeline("accept", &source(ACCEPT), "main", &ACCEPT_BINDS, &[]))
+    }
+
+    pub fn kv_compact(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "kv_compact".into(), || {
+            gpu.pipeline("kv_compact", &source(KV_COMPACT), "main", &COMPACT_BINDS, &[])
         })
     }
 
@@ -155,6 +172,21 @@ pub struct MatParams {
     pub lm_rows: u32,
     pub eps: f32,
     pub _p: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AcceptParams {
+    pub vocab: u32,
+    pub row_stride: u32,
+    pub _p: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CompactParams {
+    pub kv_dim: u32,
+    pub _p: [u32; 3],
 }
 
 #[repr(C)]

@@ -116,6 +116,7 @@ struct Planned<'a> {
 }
 
 struct LayerSites {
+    compact: Dispatch,
     attn_norm: Dispatch,
     qkv: MatmulSite,
     rope: Dispatch,
@@ -185,13 +186,31 @@ impl SiteCtx<'_> {
 pub struct PassSpec {
     pub m: usize,
     pub n_past: usize,
-    /// None: causal within the pass. Some: per-row visibility bitmask over the pass's rows, and
-    /// per-row positions (token trees).
-    pub tree: Option<(Vec<[u32; 2]>, Vec<u32>)>,
+    /// None: causal within the pass. Some: a token tree (see `TreeRows`).
+    pub tree: Option<TreeRows>,
     /// Rows whose logits the LM head computes (empty: none).
     pub logits_rows: std::ops::Range<usize>,
     pub sample: Option<SampleSpec>,
+    /// Greedy acceptance of the tree on the GPU, then KV compaction of the accepted path
+    /// (needs `tree` and logits for every row). Results land in `GpuModel::result`.
+    pub accept: bool,
 }
+
+/// The rows of a token-tree pass: row i's visibility over the pass's rows (bit j = row j), its
+/// position, and its parent row (u32::MAX for the root).
+#[derive(Debug, Clone, Default)]
+pub struct TreeRows {
+    pub masks: Vec<[u32; 2]>,
+    pub positions: Vec<u32>,
+    pub parents: Vec<u32>,
+}
+
+/// Layout of `GpuModel::result` (see accept.wgsl).
+pub const RESULT_BONUS: usize = 33;
+pub const RESULT_TOKENS: usize = 34;
+pub const RESULT_LEN: usize = 72;
+/// Deepest path the acceptance kernel walks.
+pub const MAX_ACCEPT_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SampleSpec {
@@ -220,6 +239,10 @@ pub struct GpuModel {
     masks: wgpu::Buffer,
     pub logits: wgpu::Buffer,
     pub sampled: wgpu::Buffer,
+    /// Acceptance results (RESULT_* layout).
+    pub result: wgpu::Buffer,
+    parents: wgpu::Buffer,
+    accept: Dispatch,
     embed: Vec<Dispatch>,
     layers: Vec<LayerSites>,
     out_norm: Dispatch,
@@ -255,6 +278,8 @@ impl GpuModel {
         let tokens = g.storage_zeroed("tokens", (max_batch * 4) as u64);
         let positions = g.storage_zeroed("positions", (max_batch * 4) as u64);
         let masks = g.storage_zeroed("masks", (max_batch * 8) as u64);
+        let parents = g.storage_zeroed("parents", (max_batch * 4) as u64);
+        let result = g.storage_zeroed("accept result", (RESULT_LEN * 4) as u64);
         let x = g.storage_zeroed("x", (max_batch * d) as u64 * f4);
         let xn = g.storage_zeroed("x normed", (max_batch * d) as u64 * f4);
         let qkv = g.storage_zeroed("qkv", (max_batch * qkv_w) as u64 * f4);
@@ -317,6 +342,7 @@ impl GpuModel {
         );
         let scores_p = kernels.attn_scores(g);
         let softmax_p = kernels.attn_softmax_v(g);
+        let compact_prm = g.uniform("compact params", &CompactParams { kv_dim: kvd as u32, _p: [0; 3] });
         let mut layers = Vec::new();
         for (li, l) in w.layers.iter().enumerate() {
             let k_cache = g.storage_zeroed(&format!("k cache {li}"), kv_bytes);
@@ -325,7 +351,12 @@ impl GpuModel {
             let out_m = GpuMatrix::upload(g, &l.attn_out, "attn_out");
             let gu_m = GpuMatrix::upload(g, &l.gate_up, "gate_up");
             let down_m = GpuMatrix::upload(g, &l.down, "down");
+            let compact_p = kernels.kv_compact(g);
             let sites = LayerSites {
+                compact: Dispatch {
+                    pipeline: compact_p.clone(),
+                    bind: g.bind(&compact_p, &[&pass_buf, &compact_prm, &result, &k_cache, &v_cache]),
+                },
                 attn_norm: norm(&norm_p, &l.attn_norm, &mut keep),
                 qkv: sites.matmul(&qkv_m, &xn, &qkv, l.qkv_bias.as_deref(), Epilogue::Store, false, qkv_w),
                 rope: Dispatch {
@@ -366,10 +397,32 @@ impl GpuModel {
             pipeline: sample_p.clone(),
             bind: g.bind(&sample_p, &[&pass_buf, &sample_prm, &logits, &tokens, &sampled]),
         };
+        let accept_p = kernels.accept(g);
+        let accept_prm =
+            g.uniform("accept params", &AcceptParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
+        let accept = Dispatch {
+            pipeline: accept_p.clone(),
+            bind: g.bind(&accept_p, &[&pass_buf, &accept_prm, &logits, &parents, &tokens, &result]),
+        };
         for p in out_m.parts {
             keep.extend([p.w, p.scale, p.offset]);
         }
-        keep.extend([rope_prm, attn_prm, sample_prm, norm_prm, x, xn, qkv, att, hidden, scores, rope, dummy]);
+        keep.extend([
+            rope_prm,
+            attn_prm,
+            sample_prm,
+            norm_prm,
+            accept_prm,
+            compact_prm,
+            x,
+            xn,
+            qkv,
+            att,
+            hidden,
+            scores,
+            rope,
+            dummy,
+        ]);
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -382,6 +435,9 @@ impl GpuModel {
             masks,
             logits,
             sampled,
+            result,
+            parents,
+            accept,
             embed,
             layers,
             out_norm,
@@ -416,13 +472,16 @@ impl GpuModel {
         if spec.sample.is_some_and(|s| s.out_index as usize >= SAMPLED_SLOTS) {
             return Err(Error::msg(format!("sample slot must be below {SAMPLED_SLOTS}")));
         }
-        if let Some((masks, positions)) = &spec.tree {
-            if masks.len() != m || positions.len() != m || m > 64 {
-                return Err(Error::msg("a token tree needs one mask and one position per row, at most 64 rows"));
+        if let Some(t) = &spec.tree {
+            if t.masks.len() != m || t.positions.len() != m || t.parents.len() != m || m > 64 {
+                return Err(Error::msg("a token tree needs one mask, position and parent per row, at most 64 rows"));
             }
-            if positions.iter().any(|&p| p as usize >= self.max_ctx) {
+            if t.positions.iter().any(|&p| p as usize >= self.max_ctx) {
                 return Err(Error::msg("a tree position lies beyond the context"));
             }
+        }
+        if spec.accept && (spec.tree.is_none() || spec.logits_rows != (0..m)) {
+            return Err(Error::msg("acceptance needs a tree pass with logits for every row"));
         }
         let lm_rows = spec.logits_rows.len();
         let s = spec.sample.unwrap_or_default();
@@ -442,9 +501,10 @@ impl GpuModel {
         };
         let q = &self.gpu.queue;
         q.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
-        if let Some((masks, positions)) = &spec.tree {
-            q.write_buffer(&self.masks, 0, bytemuck::cast_slice(masks));
-            q.write_buffer(&self.positions, 0, bytemuck::cast_slice(positions));
+        if let Some(t) = &spec.tree {
+            q.write_buffer(&self.masks, 0, bytemuck::cast_slice(&t.masks));
+            q.write_buffer(&self.positions, 0, bytemuck::cast_slice(&t.positions));
+            q.write_buffer(&self.parents, 0, bytemuck::cast_slice(&t.parents));
         }
         let plan = self.plan(spec);
         match prof {
@@ -515,6 +575,12 @@ impl GpuModel {
             mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows);
             if spec.sample.is_some() {
                 one(&mut plan, "sample", &self.sampler, [1, 1, 1]);
+            }
+        }
+        if spec.accept {
+            one(&mut plan, "accept", &self.accept, [1, 1, 1]);
+            for l in &self.layers {
+                one(&mut plan, "kv_compact", &l.compact, [ceil(c.kv_dim(), 64), 1, 1]);
             }
         }
         plan

@@ -1,0 +1,46 @@
+//! Speculative decoding: speculators propose token trees, the target verifies a whole tree in
+//! one tree-masked pass, and the GPU accepts a path (greedy: the target's argmax at every step,
+//! so output is identical to plain decoding).
+//!
+//! One proposer per method behind `Speculator`; acceptance lives in shaders/accept.wgsl; the
+//! numbers in `stats`.
+
+pub mod stats;
+pub mod suffix;
+pub mod tree;
+
+pub use tree::{Drafter, Node, TokenTree};
+
+/// Which speculation to use (`--speculate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum SpecMode {
+    Off,
+    Suffix,
+    /// The best available speculator (the suffix speculator until the controller lands).
+    Auto,
+}
+
+impl std::str::FromStr for SpecMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(SpecMode::Off),
+            "suffix" => Ok(SpecMode::Suffix),
+            "auto" => Ok(SpecMode::Auto),
+            "draft" | "head" => Err(format!("--speculate {s} is not available yet; use off, suffix or auto")),
+            _ => Err(format!("unknown --speculate '{s}' (off, suffix, auto)")),
+        }
+    }
+}
+
+/// A proposer of token trees.
+pub trait Speculator {
+    fn drafter(&self) -> Drafter;
+    /// A new request starts with this prompt.
+    fn begin(&mut self, prompt: &[u32]);
+    /// A tree of at most `budget` nodes and `max_depth` levels continuing `context` (every
+    /// committed token of the request; the last one is the tree's root).
+    fn propose(&mut self, context: &[u32], budget: usize, max_depth: usize) -> TokenTree;
+    /// The request ended with these tokens (prompt and output): learn from them.
+    fn finish(&mut self, context: &[u32], prompt_len: usize);
+}

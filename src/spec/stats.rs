@@ -1,0 +1,70 @@
+//! What speculation did in a request: rounds, drafted and accepted tokens, acceptance per depth,
+//! and where the time went.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpecStats {
+    pub mode: String,
+    pub rounds: usize,
+    /// Tree nodes verified.
+    pub drafted: usize,
+    /// Tree nodes accepted.
+    pub accepted: usize,
+    /// Rounds that verified at least one drafted node.
+    pub rounds_with_draft: usize,
+    /// attempted[d - 1]: rounds whose accepted path reached depth d - 1 and had a child there.
+    pub attempted_by_depth: Vec<usize>,
+    pub accepted_by_depth: Vec<usize>,
+    pub draft_ms: f64,
+    pub verify_ms: f64,
+    pub other_ms: f64,
+}
+
+impl SpecStats {
+    /// Mean tokens produced per round (accepted drafts plus the bonus token).
+    pub fn tau(&self) -> f64 {
+        if self.rounds == 0 { 0.0 } else { (self.accepted + self.rounds) as f64 / self.rounds as f64 }
+    }
+
+    pub fn acceptance_by_depth(&self) -> Vec<f64> {
+        self.attempted_by_depth
+            .iter()
+            .zip(&self.accepted_by_depth)
+            .map(|(&a, &b)| if a == 0 { 0.0 } else { b as f64 / a as f64 })
+            .collect()
+    }
+
+    pub fn record(&mut self, attempted_depths: usize, accepted: usize, drafted: usize) {
+        self.rounds += 1;
+        self.drafted += drafted;
+        self.accepted += accepted;
+        if drafted > 0 {
+            self.rounds_with_draft += 1;
+        }
+        let need = attempted_depths.max(accepted);
+        if self.attempted_by_depth.len() < need {
+            self.attempted_by_depth.resize(need, 0);
+            self.accepted_by_depth.resize(need, 0);
+        }
+        for d in 0..attempted_depths {
+            self.attempted_by_depth[d] += 1;
+        }
+        for d in 0..accepted {
+            self.accepted_by_depth[d] += 1;
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": self.mode,
+            "rounds": self.rounds,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "tau": self.tau(),
+            "acceptance_by_depth": self.acceptance_by_depth(),
+            "per_speculator": { "suffix": { "rounds": self.rounds_with_draft, "drafted": self.drafted, "accepted": self.accepted } },
+            "time_ms": { "draft": self.draft_ms, "verify": self.verify_ms, "other": self.other_ms },
+        })
+    }
+}
