@@ -286,8 +286,8 @@ mod tests {
     #[test]
     fn branches_by_frequency_and_respects_budget() {
         let mut s = SuffixSpeculator::in_memory();
-        // "7 8" was followed by 1 twice and by 2 once
-        let ctx = [7, 8, 1, 0, 7, 8, 2, 0, 7, 8, 1, 0, 7, 8];
+        // the longest earlier suffix, "5 7 8", was followed by 1 twice and by 2 once
+        let ctx = [5, 7, 8, 1, 5, 7, 8, 2, 5, 7, 8, 1, 9, 5, 7, 8];
         s.begin(&ctx);
         let t = s.propose(&ctx, 2, 3);
         assert_eq!(t.len(), 2);
