@@ -48,8 +48,12 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     // the M-token pass curve at the context the prompt left
     let model = &engine.model;
     let n_past = prompt_tokens.min(model.max_ctx.saturating_sub(17));
-    let time_pass = |m: usize, reps: usize| -> Result<f64> {
-        let spec = PassSpec { m, n_past, tree: None, logits_rows: 0..m, sample: None, accept: false };
+    // a verification round: a chain of m - 1 drafts after the root, greedy acceptance and KV
+    // compaction included (what a speculation round costs besides drafting)
+    let time_pass = |m: usize, reps: usize, verify: bool| -> Result<f64> {
+        let tree =
+            verify.then(|| crate::spec::TokenTree::chain(&prompt[1..m], crate::spec::Drafter::Suffix).rows(n_past));
+        let spec = PassSpec { m, n_past, tree, logits_rows: 0..m, sample: None, accept: verify };
         model.set_tokens(&prompt[..m.min(prompt.len())]);
         model.run(&spec)?;
         let mut t = Vec::new();
@@ -60,15 +64,17 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
         }
         Ok(median_min_max(&mut t).0)
     };
-    println!("\nforward pass of M tokens (all M rows through the LM head), context {n_past}:");
-    println!("| M | ms | x M=1 |\n|---|---|---|");
-    let base = time_pass(1, 5)?;
-    for m in [1usize, 2, 4, 8, 16] {
+    println!("\nforward pass of M tokens (all M rows through the LM head), context {n_past}, median of 5;");
+    println!("'verify' adds greedy acceptance and KV compaction (a speculation round of M-1 drafts):");
+    println!("| M | forward ms | x M=1 | verify ms | x M=1 forward |\n|---|---|---|---|---|");
+    let base = time_pass(1, 5, false)?;
+    for m in [1usize, 2, 3, 4, 5, 8, 16] {
         if m > model.max_batch || m > prompt.len() {
             break;
         }
-        let t = if m == 1 { base } else { time_pass(m, 5)? };
-        println!("| {m} | {t:.2} | {:.2} |", t / base);
+        let t = if m == 1 { base } else { time_pass(m, 5, false)? };
+        let v = time_pass(m, 5, true)?;
+        println!("| {m} | {t:.2} | {:.2} | {v:.2} | {:.2} |", t / base, v / base);
     }
 
     // fixed cost of a round: submit a 4-byte copy and map it back
@@ -96,14 +102,24 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     match Profiler::new(&gpu, 1024) {
         None => println!("\nper-kernel times: this device has no timestamp queries"),
         Some(mut prof) => {
-            for (name, m) in [("decode step (M=1)", 1usize), ("prefill pass", prompt_tokens.min(model.max_batch))] {
+            let passes = [
+                ("decode step (M=1)", 1usize, false),
+                ("verification round, chain of 4 drafts (M=5)", 5, true),
+                ("prefill pass", prompt_tokens.min(model.max_batch), false),
+            ];
+            for (name, m, verify) in passes {
+                if m > prompt.len() {
+                    continue;
+                }
+                let tree = verify
+                    .then(|| crate::spec::TokenTree::chain(&prompt[1..m], crate::spec::Drafter::Suffix).rows(n_past));
                 let spec = PassSpec {
                     m,
-                    n_past: if m == 1 { n_past } else { 0 },
-                    tree: None,
-                    logits_rows: m - 1..m,
+                    n_past: if m == 1 || verify { n_past } else { 0 },
+                    tree,
+                    logits_rows: if verify { 0..m } else { m - 1..m },
                     sample: None,
-                    accept: false,
+                    accept: verify,
                 };
                 model.set_tokens(&prompt[..m]);
                 let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -158,4 +174,162 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
             }
         }
     }
+}
+
+/// One prompt of a speculation workload.
+pub struct WorkItem {
+    pub category: String,
+    pub prompt: String,
+}
+
+/// Spec-Bench questions (jsonl with `category` and `turns`): the first turn of up to
+/// `per_category` questions per category.
+pub fn spec_bench_workload(path: &std::path::Path, per_category: usize) -> Result<Vec<WorkItem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    let mut counts = std::collections::HashMap::new();
+    let mut items = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| crate::Error::msg(format!("{}:{}: not JSON ({e})", path.display(), i + 1)))?;
+        let cat = v["category"].as_str().unwrap_or("uncategorised").to_string();
+        let Some(prompt) = v["turns"].get(0).and_then(|t| t.as_str()).or(v["prompt"].as_str()) else { continue };
+        let n = counts.entry(cat.clone()).or_insert(0);
+        if *n < per_category {
+            *n += 1;
+            items.push(WorkItem { category: cat, prompt: prompt.to_string() });
+        }
+    }
+    Ok(items)
+}
+
+/// "Rewrite this code with a small change", from real source files under `dir`.
+pub fn rewrite_workload(dir: &std::path::Path, count: usize) -> Result<Vec<WorkItem>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| crate::Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rs" || x == "py" || x == "c" || x == "js"))
+        .collect();
+    files.sort();
+    let changes = [
+        "rename the variable `i` to `idx`",
+        "add a comment line at the top",
+        "rename `self` to `this` in comments only",
+        "change every `usize` to `u64`",
+    ];
+    let mut items = Vec::new();
+    for (i, f) in files.iter().enumerate().take(count) {
+        let text = std::fs::read_to_string(f).map_err(|e| crate::Error::io(f, e))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len() / 3;
+        let chunk = lines[start..(start + 25).min(lines.len())].join("\n");
+        let prompt = format!(
+            "Rewrite the following code and {}; change nothing else and output only the code.\n\n{chunk}\n",
+            changes[i % changes.len()]
+        );
+        items.push(WorkItem { category: "rewrite".into(), prompt });
+    }
+    Ok(items)
+}
+
+#[derive(Default)]
+struct CatTotals {
+    off_tokens: usize,
+    off_ms: f64,
+    spec_tokens: usize,
+    spec_ms: f64,
+    stats: crate::spec::stats::SpecStats,
+    prompts: usize,
+    identical: usize,
+}
+
+/// Runs every prompt with `--speculate off` and with the suffix speculator, side by side, and
+/// prints per category: tokens/s of each, speedup, tau and acceptance per depth. The suffix store
+/// starts empty and learns only from the speculative runs, as a fresh install would.
+pub fn spec_run(engine: &mut Engine, items: &[WorkItem], max_tokens: usize, budget: usize, depth: usize) -> Result<()> {
+    use crate::spec::SpecMode;
+    let gpu = engine.gpu().clone();
+    println!(
+        "device: {}\nmodel:  {}\n{} prompts, {max_tokens} tokens each, greedy, chat template, tree budget {budget}, depth {depth}",
+        gpu.describe(),
+        engine.source,
+        items.len()
+    );
+    engine.speculator = Some(Box::new(crate::spec::suffix::SuffixSpeculator::in_memory()));
+    let c = CancelToken::default();
+    let base = GenerateParams { max_tokens, chat: true, tree_budget: budget, max_depth: depth, ..Default::default() };
+    let mut cats: Vec<(String, CatTotals)> = Vec::new();
+    // warm-up: shader compilation
+    let warm = engine.encode_prompt("Hello", true)?;
+    let saved = engine.speculator.take();
+    engine.generate_tokens(
+        &warm,
+        &GenerateParams { max_tokens: 4, speculate: SpecMode::Off, ..base.clone() },
+        &c,
+        |_| true,
+    )?;
+    engine.speculator = saved;
+    for it in items {
+        let ids = engine.encode_prompt(&it.prompt, true)?;
+        let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
+        let spec =
+            engine
+                .generate_tokens(ids, &GenerateParams { speculate: SpecMode::Suffix, ..base.clone() }, &c, |_| true)?;
+        let saved = engine.speculator.take(); // plain runs teach the store nothing
+        let off =
+            engine.generate_tokens(ids, &GenerateParams { speculate: SpecMode::Off, ..base.clone() }, &c, |_| true)?;
+        engine.speculator = saved;
+        let i = match cats.iter().position(|(k, _)| *k == it.category) {
+            Some(i) => i,
+            None => {
+                cats.push((it.category.clone(), CatTotals::default()));
+                cats.len() - 1
+            }
+        };
+        let t = &mut cats[i].1;
+        t.prompts += 1;
+        t.identical += (spec.tokens == off.tokens) as usize;
+        t.off_tokens += off.stats.generated_tokens.saturating_sub(1);
+        t.off_ms += off.stats.decode_ms;
+        t.spec_tokens += spec.stats.generated_tokens.saturating_sub(1);
+        t.spec_ms += spec.stats.decode_ms;
+        if let Some(s) = spec.spec {
+            let st = &mut t.stats;
+            st.rounds += s.rounds;
+            st.drafted += s.drafted;
+            st.accepted += s.accepted;
+            for (d, (a, b)) in s.attempted_by_depth.iter().zip(&s.accepted_by_depth).enumerate() {
+                if st.attempted_by_depth.len() <= d {
+                    st.attempted_by_depth.push(0);
+                    st.accepted_by_depth.push(0);
+                }
+                st.attempted_by_depth[d] += a;
+                st.accepted_by_depth[d] += b;
+            }
+        }
+    }
+    println!(
+        "\n| category | prompts | off tok/s | suffix tok/s | speedup | tau | accepted/drafted | acceptance by depth 1..4 | identical |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut speedups = Vec::new();
+    for (cat, t) in &cats {
+        let off = t.off_tokens as f64 / (t.off_ms / 1e3).max(1e-9);
+        let sp = t.spec_tokens as f64 / (t.spec_ms / 1e3).max(1e-9);
+        speedups.push(sp / off);
+        let by_depth: Vec<String> = t.stats.acceptance_by_depth().iter().take(4).map(|a| format!("{a:.2}")).collect();
+        println!(
+            "| {cat} | {} | {off:.2} | {sp:.2} | {:.2}x | {:.2} | {}/{} | {} | {}/{} |",
+            t.prompts,
+            sp / off,
+            t.stats.tau(),
+            t.stats.accepted,
+            t.stats.drafted,
+            by_depth.join(" "),
+            t.identical,
+            t.prompts
+        );
+    }
+    let mean = speedups.iter().sum::<f64>() / speedups.len().max(1) as f64;
+    println!("\nmean speedup over categories: {mean:.2}x");
+    Ok(())
 }

@@ -47,6 +47,29 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         gen_tokens: usize,
     },
+    /// Speculation benchmark: each prompt plain and with the suffix speculator, side by side
+    BenchSpec {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// spec-bench (questions jsonl, see --questions) or rewrite (code from --sources)
+        #[arg(long, default_value = "spec-bench")]
+        workload: String,
+        /// Spec-Bench questions file
+        #[arg(long, default_value = "../shared/data/spec_bench/question.jsonl")]
+        questions: std::path::PathBuf,
+        /// Folder of source files for the rewrite workload
+        #[arg(long, default_value = "src")]
+        sources: std::path::PathBuf,
+        /// Prompts per category (spec-bench) or files (rewrite)
+        #[arg(long, default_value_t = 3)]
+        per_category: usize,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 8)]
+        tree_budget: usize,
+        #[arg(long, default_value_t = 8)]
+        max_depth: usize,
+    },
     /// List the GPU adapters wgpu can see
     Devices,
     /// List the catalog and what is cached
@@ -200,6 +223,15 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { model, runs, prompt_tokens, gen_tokens } => {
             let mut engine = model.engine()?;
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
+        }
+        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, tree_budget, max_depth } => {
+            let items = match workload.as_str() {
+                "spec-bench" => bench::spec_bench_workload(&questions, per_category.max(1))?,
+                "rewrite" => bench::rewrite_workload(&sources, per_category.max(1))?,
+                other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
+            };
+            let mut engine = model.engine()?;
+            bench::spec_run(&mut engine, &items, max_tokens.max(2), tree_budget, max_depth)?;
         }
         Cmd::Devices => {
             let list = augur::gpu::list_adapters();
