@@ -35,9 +35,10 @@ struct MatParams {
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 
-// Rows per invocation (1 or 4): 1 for single-token passes, where reusing weights across rows
-// buys nothing and the extra bookkeeping costs, 4 otherwise.
-override R: u32 = 4u;
+// Rows per invocation. (Measured on lavapipe: a 1-row variant for single-token passes was no
+// faster, and putting rows across invocations so that lanes share weight loads was 1.5-2x
+// slower for 8 rows.)
+const R: u32 = 4u;
 
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
 fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {

@@ -51,8 +51,6 @@ pub struct MatmulKind {
     pub format: Format,
     pub bias: bool,
     pub epilogue: Epilogue,
-    /// Rows per invocation (1 or 4).
-    pub rows: u32,
 }
 
 pub const MATMUL_BINDS: [Bind; 8] =
@@ -93,7 +91,6 @@ impl Kernels {
                 ("FORMAT", k.format as u32 as f64),
                 ("BIAS", k.bias as u32 as f64),
                 ("EPILOGUE", k.epilogue as u32 as f64),
-                ("R", k.rows as f64),
             ];
             gpu.pipeline(&format!("matmul {k:?}"), &source(MATMUL), "main", &MATMUL_BINDS, &consts)
         })

@@ -95,9 +95,9 @@ impl GpuMatrix {
 
 /// One matmul call site: pipeline, bind groups and dispatch width per part.
 struct MatmulSite {
-    /// One row per invocation (single-token passes) and four (batched passes).
+    /// Up to 4 rows per invocation (see matmul.wgsl): one pipeline for every pass size, so a
+    /// row's arithmetic is the same whatever M is.
     pipeline: Arc<Pipeline>,
-    pipeline4: Arc<Pipeline>,
     groups: Vec<(wgpu::BindGroup, u32)>,
     _params: Vec<wgpu::Buffer>,
 }
@@ -151,9 +151,8 @@ impl SiteCtx<'_> {
         y_stride: usize,
     ) -> MatmulSite {
         let g = self.gpu;
-        let kind = MatmulKind { format: m.format, bias: bias.is_some(), epilogue: ep, rows: 1 };
+        let kind = MatmulKind { format: m.format, bias: bias.is_some(), epilogue: ep };
         let pipeline = self.kernels.matmul(g, kind);
-        let pipeline4 = self.kernels.matmul(g, MatmulKind { rows: 4, ..kind });
         let bias_b = bias.map(|v| g.storage("bias", v));
         let mut groups = Vec::new();
         let mut params = Vec::new();
@@ -177,7 +176,7 @@ impl SiteCtx<'_> {
             params.push(pb);
         }
         params.extend(bias_b);
-        MatmulSite { pipeline, pipeline4, groups, _params: params }
+        MatmulSite { pipeline, groups, _params: params }
     }
 }
 
@@ -544,13 +543,8 @@ impl GpuModel {
             plan.push(Planned { label, pipeline: &*d.pipeline, bind: &d.bind, size })
         };
         let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: usize| {
-            let (p, ry) = if rows == 1 && std::env::var_os("AUGUR_R4").is_some() {
-                (&*s.pipeline, 1)
-            } else {
-                (&*s.pipeline4, ceil(rows, 4))
-            };
             for (b, gx) in &s.groups {
-                plan.push(Planned { label, pipeline: p, bind: b, size: [*gx, ry, 1] });
+                plan.push(Planned { label, pipeline: &s.pipeline, bind: b, size: [*gx, ceil(rows, 4), 1] });
             }
         };
         for e in &self.embed {
@@ -621,8 +615,8 @@ pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
-            let (p, ry) = if rows == 1 { (&site.pipeline, 1) } else { (&site.pipeline4, ceil(rows, 4)) };
-            cp.set_pipeline(&p.pipeline);
+            let ry = ceil(rows, 4);
+            cp.set_pipeline(&site.pipeline.pipeline);
             for _ in 0..n {
                 for (b, gx) in &site.groups {
                     cp.set_bind_group(0, b, &[]);
