@@ -1,17 +1,31 @@
-// Greedy acceptance of a verified token tree, on the GPU, so that the host reads back only the
-// accepted ids. Row 0 of the pass is the root (the last committed token, not yet in the KV
-// cache); rows 1.. are drafted nodes, parents[r] giving each node's parent row. Starting at the
-// root: take the argmax of the current row's logits (lowest index on ties, as the sampler does);
-// if a child of the current row carries that token, accept it and continue from it; otherwise the
-// argmax is the bonus token and the round ends. Output in `result`:
-//   [0] accepted count k, [1..=k] accepted rows in path order, [RESULT_BONUS] bonus token,
-//   [RESULT_TOKENS + i] accepted tokens.
-// tokens[0] receives the bonus: it is the next round's root, already on the GPU.
+// The one acceptance path: picks the tokens a pass produces, for plain decoding (a pass of one
+// row, no drafts) and for verified token trees alike, so that the host reads back only ids.
+//
+// Row 0 of the pass is the root (the last committed token); rows 1.. are drafted nodes, with
+// parents[r] their parent row. From the root, at each visited row:
+//   greedy (temperature <= 0): the row's argmax (lowest index on ties); a child carrying it is
+//     accepted and the walk goes on from it, else the argmax is the bonus token;
+//   sampling: p = softmax(logits / T) restricted to the top_k largest and to the smallest top
+//     set holding top_p of the mass. Children are tried in row order: child x is accepted with
+//     probability p(x) / (mass left); on rejection x's mass is removed (p <- norm(max(0, p - q))
+//     with q one-hot: every draft is a fixed proposal, whatever produced it). If none is
+//     accepted, the bonus token is drawn from what is left. This leaves the distribution of the
+//     output exactly p at every step (lossless).
+// Output in `result`: [0] accepted count k, [1..=k] accepted rows in path order,
+// [RESULT_BONUS] bonus token, [RESULT_TOKENS + i] accepted tokens. tokens[0] receives the bonus:
+// the next pass's root, already on the GPU. The CPU twin is src/sampler.rs.
 
 const WG: u32 = 64u;
 const MAX_DEPTH: u32 = 32u;
 const RESULT_BONUS: u32 = 33u;
 const RESULT_TOKENS: u32 = 34u;
+const NONE: u32 = 0xffffffffu;
+const MAX_REMOVED: u32 = 64u;
+const ITERS: u32 = 28u;
+
+// Test-only: accept every drafted child whose token is in the kept set, ignoring p. Exists so
+// that the statistical test can show it detects a wrong rule.
+override BROKEN_RULE: bool = false;
 
 struct AcceptParams {
     vocab: u32,
@@ -29,18 +43,73 @@ struct AcceptParams {
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
+var<workgroup> shared_f: f32;
+var<workgroup> shared_u: u32;
 var<workgroup> next_row: u32;
+var<workgroup> left_mass: f32;
+var<workgroup> removed: array<u32, MAX_REMOVED>;
+var<workgroup> n_removed: u32;
+var<workgroup> pick: u32;
+
+fn hash(x: u32) -> u32 {
+    let s = x * 747796405u + 2891336453u;
+    let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
+    return (w >> 22u) ^ w;
+}
+
+// Uniform in [0, 1) for this pass's (seed, draw) and a decision number.
+fn uniform01(salt: u32) -> f32 {
+    return f32(hash(pass_.seed ^ hash(pass_.draw ^ hash(salt))) >> 8u) * (1.0 / 16777216.0);
+}
+
+fn total_f(v: f32, tid: u32) -> f32 {
+    red_f[tid] = v;
+    workgroupBarrier();
+    if (tid == 0u) {
+        var s = 0.0;
+        for (var i = 0u; i < WG; i++) {
+            s += red_f[i];
+        }
+        shared_f = s;
+    }
+    return workgroupUniformLoad(&shared_f);
+}
+
+fn total_u(v: u32, tid: u32) -> u32 {
+    red_u[tid] = v;
+    workgroupBarrier();
+    if (tid == 0u) {
+        var s = 0u;
+        for (var i = 0u; i < WG; i++) {
+            s += red_u[i];
+        }
+        shared_u = s;
+    }
+    return workgroupUniformLoad(&shared_u);
+}
+
+fn is_removed(t: u32) -> bool {
+    for (var i = 0u; i < min(n_removed, MAX_REMOVED); i++) {
+        if (removed[i] == t) {
+            return true;
+        }
+    }
+    return false;
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) tid: u32) {
+    let v = p.vocab;
+    let sampling = pass_.temperature > 0.0;
+    let inv_t = select(1.0, 1.0 / pass_.temperature, sampling);
     var cur = 0u;
     var k = 0u;
     for (var depth = 0u; depth < MAX_DEPTH; depth++) {
-        // argmax of row `cur`
         let base = cur * p.row_stride;
+        // max and argmax of the row (lowest index on ties)
         var best = MASKED;
         var best_i = 0u;
-        for (var i = tid; i < p.vocab; i += WG) {
+        for (var i = tid; i < v; i += WG) {
             let l = logits[base + i];
             if (l > best) {
                 best = l;
@@ -59,28 +128,175 @@ fn main(@builtin(local_invocation_index) tid: u32) {
                     bi = red_u[i];
                 }
             }
-            // the child of `cur` (first in row order) that carries the argmax
-            var child = 0xffffffffu;
-            for (var r = 1u; r < pass_.m; r++) {
-                if (parents[r] == cur && tokens[r] == bi) {
+            shared_f = b;
+            shared_u = bi;
+        }
+        let mx = workgroupUniformLoad(&shared_f);
+        let amax = workgroupUniformLoad(&shared_u);
+
+        // the kept set {z >= thr} and its mass, z = (l - mx) / T <= 0
+        var thr = -1.0e30;
+        var mass = 1.0;
+        if (sampling) {
+            if (pass_.top_k > 0u && pass_.top_k < v) {
+                // largest thr with count(z >= thr) >= top_k
+                var lo = -1.0e4;
+                var hi = 0.0;
+                for (var it = 0u; it < ITERS; it++) {
+                    let mid = 0.5 * (lo + hi);
+                    var c = 0u;
+                    for (var i = tid; i < v; i += WG) {
+                        c += select(0u, 1u, (logits[base + i] - mx) * inv_t >= mid);
+                    }
+                    if (total_u(c, tid) >= pass_.top_k) {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                thr = lo;
+            }
+            var s = 0.0;
+            for (var i = tid; i < v; i += WG) {
+                let z = (logits[base + i] - mx) * inv_t;
+                s += select(0.0, exp(z), z >= thr);
+            }
+            mass = total_f(s, tid);
+            if (pass_.top_p < 1.0) {
+                // largest thr2 >= thr with mass(z >= thr2) >= top_p * mass
+                var lo = max(thr, -1.0e4);
+                var hi = 0.0;
+                let want = pass_.top_p * mass;
+                for (var it = 0u; it < ITERS; it++) {
+                    let mid = 0.5 * (lo + hi);
+                    var s2 = 0.0;
+                    for (var i = tid; i < v; i += WG) {
+                        let z = (logits[base + i] - mx) * inv_t;
+                        s2 += select(0.0, exp(z), z >= mid);
+                    }
+                    if (total_f(s2, tid) >= want) {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                thr = max(thr, lo);
+                var s3 = 0.0;
+                for (var i = tid; i < v; i += WG) {
+                    let z = (logits[base + i] - mx) * inv_t;
+                    s3 += select(0.0, exp(z), z >= thr);
+                }
+                mass = total_f(s3, tid);
+            }
+        }
+
+        // try the children of `cur` in row order
+        if (tid == 0u) {
+            var child = NONE;
+            var left = mass;
+            n_removed = 0u;
+            // the tree's rows are the LM head's rows (a pass of one row has no drafts)
+            for (var r = 1u; r < pass_.lm_rows; r++) {
+                if (parents[r] != cur) {
+                    continue;
+                }
+                let x = tokens[r];
+                if (!sampling) {
+                    if (x == amax) {
+                        child = r;
+                        break;
+                    }
+                    continue;
+                }
+                let z = (logits[base + x] - mx) * inv_t;
+                let px = select(0.0, exp(z), z >= thr);
+                if (BROKEN_RULE && px > 0.0) {
                     child = r;
                     break;
                 }
-            }
-            if (child == 0xffffffffu) {
-                result[RESULT_BONUS] = bi;
-            } else {
-                result[1u + k] = child;
-                result[RESULT_TOKENS + k] = bi;
+                if (uniform01(depth * 64u + r) * left < px) {
+                    child = r;
+                    break;
+                }
+                left -= px;
+                if (n_removed < MAX_REMOVED) {
+                    removed[n_removed] = x;
+                }
+                n_removed += 1u;
             }
             next_row = child;
+            left_mass = max(left, 0.0);
+            if (child != NONE) {
+                result[1u + k] = child;
+                result[RESULT_TOKENS + k] = tokens[child];
+            }
         }
         let nxt = workgroupUniformLoad(&next_row);
-        if (nxt == 0xffffffffu) {
+        if (nxt != NONE) {
+            cur = nxt;
+            k += 1u;
+            continue;
+        }
+
+        // no child accepted: the bonus token
+        if (!sampling) {
+            if (tid == 0u) {
+                result[RESULT_BONUS] = amax;
+            }
             break;
         }
-        cur = nxt;
-        k += 1u;
+        let left = workgroupUniformLoad(&left_mass);
+        let u = uniform01(depth * 64u) * left;
+        // each invocation owns a contiguous chunk; a prefix over chunks finds the owner
+        let chunk = (v + WG - 1u) / WG;
+        let c0 = min(tid * chunk, v);
+        let c1 = min(c0 + chunk, v);
+        var s = 0.0;
+        for (var i = c0; i < c1; i++) {
+            let z = (logits[base + i] - mx) * inv_t;
+            if (z >= thr && !is_removed(i)) {
+                s += exp(z);
+            }
+        }
+        red_f[tid] = s;
+        workgroupBarrier();
+        if (tid == 0u) {
+            var acc = 0.0;
+            var owner = WG;
+            for (var i = 0u; i < WG; i++) {
+                let here = red_f[i];
+                red_f[i] = acc;
+                if (owner == WG && u < acc + here && here > 0.0) {
+                    owner = i;
+                }
+                acc += here;
+            }
+            shared_u = owner;
+            pick = amax; // if rounding put u past the mass left: the most likely token
+        }
+        let owner = workgroupUniformLoad(&shared_u);
+        if (tid == owner) {
+            var acc = red_f[tid];
+            var last = NONE;
+            for (var i = c0; i < c1; i++) {
+                let z = (logits[base + i] - mx) * inv_t;
+                if (z >= thr && !is_removed(i)) {
+                    last = i;
+                    acc += exp(z);
+                    if (u < acc) {
+                        break;
+                    }
+                }
+            }
+            if (last != NONE) {
+                pick = last;
+            }
+        }
+        let bonus = workgroupUniformLoad(&pick);
+        if (tid == 0u) {
+            result[RESULT_BONUS] = bonus;
+        }
+        break;
     }
     if (tid == 0u) {
         result[0] = k;

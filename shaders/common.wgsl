@@ -7,13 +7,13 @@ struct Pass {
     causal: u32,       // 1: row i sees rows j <= i of this pass; 0: row i sees rows in masks[i]
     lm_row0: u32,      // first row whose logits the LM head computes
     lm_rows: u32,      // how many rows the LM head computes
-    seed: u32,         // sampler seed
-    draw: u32,         // sampler draw counter (one per sampled token)
+    seed: u32,         // sampling seed
+    draw: u32,         // round counter: with the seed, keys every random decision
     top_k: u32,        // 0 = off
     temperature: f32,  // <= 0: greedy
     top_p: f32,        // >= 1: off
-    sample_row: u32,   // which LM-head row the sampler reads
-    out_index: u32,    // where the sampler writes its token in `sampled`
+    _p0: u32,
+    _p1: u32,
 };
 
 // Scores below this are masked out.

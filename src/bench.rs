@@ -48,12 +48,13 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     // the M-token pass curve at the context the prompt left
     let model = &engine.model;
     let n_past = prompt_tokens.min(model.max_ctx.saturating_sub(17));
-    // a verification round: a chain of m - 1 drafts after the root, greedy acceptance and KV
-    // compaction included (what a speculation round costs besides drafting)
+    // a verification round: a chain of m - 1 drafts after the root and greedy acceptance (a
+    // chain needs no KV compaction): what a speculation round costs besides drafting
     let time_pass = |m: usize, reps: usize, verify: bool| -> Result<f64> {
         let tree =
             verify.then(|| crate::spec::TokenTree::chain(&prompt[1..m], crate::spec::Drafter::Suffix).rows(n_past));
-        let spec = PassSpec { m, n_past, tree, logits_rows: 0..m, sample: None, accept: verify };
+        let spec =
+            PassSpec { m, n_past, tree, logits_rows: 0..m, accept: verify.then(Default::default), compact: false };
         model.set_tokens(&prompt[..m.min(prompt.len())]);
         model.run(&spec)?;
         let mut t = Vec::new();
@@ -65,7 +66,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
         Ok(median_min_max(&mut t).0)
     };
     println!("\nforward pass of M tokens (all M rows through the LM head), context {n_past}, median of 5;");
-    println!("'verify' adds greedy acceptance and KV compaction (a speculation round of M-1 drafts):");
+    println!("'verify' adds greedy acceptance (a speculation round of a chain of M-1 drafts):");
     println!("| M | forward ms | x M=1 | verify ms | x M=1 forward |\n|---|---|---|---|---|");
     let base = time_pass(1, 5, false)?;
     for m in [1usize, 2, 3, 4, 5, 8, 16] {
@@ -88,7 +89,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     for _ in 0..50 {
         let t0 = Instant::now();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&model.sampled, 0, &staging, 0, 4);
+        enc.copy_buffer_to_buffer(&model.result, 0, &staging, 0, 4);
         gpu.queue.submit([enc.finish()]);
         map_read(&gpu, &staging, 4);
         rt.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -118,8 +119,8 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
                     n_past: if m == 1 || verify { n_past } else { 0 },
                     tree,
                     logits_rows: if verify { 0..m } else { m - 1..m },
-                    sample: None,
-                    accept: verify,
+                    accept: verify.then(Default::default),
+                    compact: false,
                 };
                 model.set_tokens(&prompt[..m]);
                 let mut enc = gpu.device.create_command_encoder(&Default::default());

@@ -15,7 +15,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions, map_read};
 use crate::model::LoadedModel;
-use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, SampleSpec};
+use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
 use crate::spec::stats::SpecStats;
 use crate::spec::suffix::SuffixSpeculator;
@@ -58,7 +58,8 @@ pub struct GenerateParams {
     pub chat: bool,
     /// Stop at the model's end-of-text / end-of-turn tokens.
     pub stop_at_eos: bool,
-    /// Speculative decoding (greedy only for now; sampled generation decodes plainly).
+    /// Speculative decoding (lossless: greedy output is unchanged, sampled output keeps its
+    /// distribution).
     pub speculate: SpecMode,
     /// Most drafted tokens verified per round.
     pub tree_budget: usize,
@@ -240,14 +241,12 @@ impl Engine {
             return Err(Error::msg(format!("token id {bad} is outside the vocabulary ({})", self.model.cfg.vocab)));
         }
         let t0 = Instant::now();
-        let mut sample = SampleSpec {
+        let mut sampling = Sampling {
             temperature: params.temperature,
             top_k: params.top_k,
             top_p: params.top_p,
             seed: (params.seed ^ (params.seed >> 32)) as u32,
             draw: 0,
-            row: 0,
-            out_index: 0,
         };
         // prefill in chunks; the last chunk samples the first token
         let mb = self.model.max_batch;
@@ -261,8 +260,8 @@ impl Engine {
                 n_past,
                 tree: None,
                 logits_rows: if last { chunk.len() - 1..chunk.len() } else { 0..0 },
-                sample: last.then_some(sample),
-                accept: false,
+                accept: last.then_some(sampling),
+                compact: false,
             };
             if last {
                 next = self.step(&spec)?;
@@ -273,8 +272,7 @@ impl Engine {
         }
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        // greedy speculation only for now: sampled generation decodes plainly
-        let speculate = params.speculate != SpecMode::Off && params.temperature <= 0.0 && self.speculator.is_some();
+        let speculate = params.speculate != SpecMode::Off && self.speculator.is_some();
         let mut spec_stats = SpecStats { mode: format!("{:?}", params.speculate).to_lowercase(), ..Default::default() };
         if let Some(s) = self.speculator.as_mut() {
             s.begin(prompt);
@@ -300,15 +298,15 @@ impl Engine {
             if n_past >= max_ctx {
                 break 'generation "length";
             }
+            sampling.draw += 1;
             if speculate {
-                let (new, accepted) = self.speculative_round(&context, n_past, params, &mut spec_stats)?;
+                let (new, accepted) = self.speculative_round(&context, n_past, sampling, params, &mut spec_stats)?;
                 pending = new;
                 n_past += 1 + accepted;
             } else {
-                sample.draw += 1;
-                // the sampler left the last token in tokens[0]: no host write needed
+                // acceptance left the last token in tokens[0]: no host write needed
                 let spec =
-                    PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: Some(sample), accept: false };
+                    PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, accept: Some(sampling), compact: false };
                 pending = vec![self.step(&spec)?];
                 n_past += 1;
             }
@@ -337,13 +335,24 @@ impl Engine {
         &mut self,
         context: &[u32],
         n_past: usize,
+        sampling: Sampling,
         params: &GenerateParams,
         stats: &mut SpecStats,
     ) -> Result<(Vec<u32>, usize)> {
         let spec_t = Instant::now();
         let room = self.model.max_ctx - n_past - 1; // slots left after the root's
-        let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room);
-        let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1);
+        let (mut budget, mut depth) = (params.tree_budget, params.max_depth);
+        if params.speculate == SpecMode::Auto {
+            // Until the controller measures it: on CPU emulation (lavapipe) a pass of M rows
+            // costs nearly M single steps, so only small trees pay (BENCHMARKS.md: budget 2
+            // 1.25x, 4 0.87x, 8 0.59x on rewrites); real GPUs verify wide trees almost free.
+            if self.model.gpu.info.device_type == wgpu::DeviceType::Cpu {
+                budget = budget.min(2);
+                depth = depth.min(2);
+            }
+        }
+        let budget = budget.min(self.model.max_batch - 1).min(63).min(room);
+        let depth = depth.min(MAX_ACCEPT_DEPTH - 1);
         let speculator = self.speculator.as_mut().expect("speculate implies a speculator");
         let mut tree = speculator.propose(context, budget, depth);
         tree.truncate(budget);
@@ -354,7 +363,16 @@ impl Engine {
         input.extend(tree.nodes.iter().map(|n| n.token));
         self.model.set_tokens(&input);
         let m = input.len();
-        let spec = PassSpec { m, n_past, tree: Some(tree.rows(n_past)), logits_rows: 0..m, sample: None, accept: true };
+        // a chain's accepted prefix is already in place; only branching trees need compaction
+        let branches = tree.nodes.iter().enumerate().any(|(i, n)| n.parent != i.checked_sub(1));
+        let spec = PassSpec {
+            m,
+            n_past,
+            tree: Some(tree.rows(n_past)),
+            logits_rows: 0..m,
+            accept: Some(sampling),
+            compact: branches,
+        };
         let gpu = &self.model.gpu;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.model.encode(&mut enc, &spec, None)?;
@@ -376,13 +394,12 @@ impl Engine {
         Ok((new, k))
     }
 
-    /// One pass in one submission; reads back only the sampled token id.
+    /// One pass in one submission; reads back only the chosen token id.
     fn step(&self, spec: &PassSpec) -> Result<u32> {
         let gpu = &self.model.gpu;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.model.encode(&mut enc, spec, None)?;
-        let slot = spec.sample.map(|s| s.out_index).unwrap_or(0) as u64;
-        enc.copy_buffer_to_buffer(&self.model.sampled, slot * 4, &self.staging, 0, 4);
+        enc.copy_buffer_to_buffer(&self.model.result, (RESULT_BONUS * 4) as u64, &self.staging, 0, 4);
         gpu.queue.submit([enc.finish()]);
         let b = map_read(gpu, &self.staging, 4);
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))

@@ -1,17 +1,18 @@
-//! The CPU twin of shaders/sample.wgsl: the same rule (temperature, top-k, top-p, a draw from a
-//! counter-based hash), in f64. Used to test the kernel and as the reference for the lossless
-//! acceptance rule.
+//! The CPU twin of the sampling in shaders/accept.wgsl: the same rule (temperature, top-k,
+//! top-p, a draw from a counter-based hash), in f64. Used to test the kernel and as the
+//! reference distribution for the lossless acceptance rule.
 
-/// PCG-style integer hash, identical to `hash` in sample.wgsl.
+/// PCG-style integer hash, identical to `hash` in accept.wgsl.
 pub fn hash(x: u32) -> u32 {
     let s = x.wrapping_mul(747796405).wrapping_add(2891336453);
     let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277803737);
     (w >> 22) ^ w
 }
 
-/// The uniform draw in [0, 1) for (seed, draw), as the kernel computes it.
-pub fn uniform(seed: u32, draw: u32) -> f64 {
-    (hash(seed ^ hash(draw)) >> 8) as f64 / 16777216.0
+/// The uniform in [0, 1) for (seed, draw) and decision `salt`, as the kernel computes it (a plain
+/// pass draws its token with salt 0).
+pub fn uniform(seed: u32, draw: u32, salt: u32) -> f64 {
+    (hash(seed ^ hash(draw ^ hash(salt))) >> 8) as f64 / 16777216.0
 }
 
 /// The distribution the sampler draws from: probabilities per token after temperature, top-k and
@@ -57,7 +58,7 @@ pub fn distribution(logits: &[f32], temperature: f32, top_k: u32, top_p: f32) ->
 /// Samples as the kernel does: walk tokens in index order until the cumulative mass passes u.
 pub fn sample_cpu(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, seed: u32, draw: u32) -> u32 {
     let p = distribution(logits, temperature, top_k, top_p);
-    let u = uniform(seed, draw);
+    let u = uniform(seed, draw, 0);
     let mut acc = 0.0;
     let mut last = 0;
     for (i, &pi) in p.iter().enumerate() {

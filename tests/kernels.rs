@@ -1,10 +1,10 @@
 //! Every WGSL kernel against its plain-Rust reference, on random inputs, on the GPU wgpu finds
 //! (lavapipe in CI). The forward-pass kernels (embed, matmul in both formats with every epilogue,
 //! rope_kv, attention) are checked through a tiny random transformer against the CPU forward; the
-//! sampler directly against its CPU twin.
+//! acceptance kernel's sampling directly against its CPU twin.
 
 mod common;
-use augur::gpu::kernels::{self, PassUniform, SampleParams};
+use augur::gpu::kernels::{AcceptParams, PassUniform};
 use augur::model::config::RopeStyle;
 use augur::model::cpu::{CpuModel, argmax};
 use augur::model::gpu::{GpuModel, PassSpec};
@@ -34,8 +34,8 @@ fn tiny_model_matches_cpu_reference() {
                 n_past: 0,
                 tree: None,
                 logits_rows: 0..prompt.len(),
-                sample: None,
-                accept: false,
+                accept: None,
+                compact: false,
             },
         );
         for (i, &t) in prompt.iter().enumerate() {
@@ -47,8 +47,10 @@ fn tiny_model_matches_cpu_reference() {
         let mut n_past = prompt.len();
         for t in [11u32, 12, 13] {
             gm.set_tokens(&[t]);
-            let got =
-                gpu_logits(&gm, &PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None, accept: false });
+            let got = gpu_logits(
+                &gm,
+                &PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, accept: None, compact: false },
+            );
             let want = cpu.step(t);
             let e = rel_l2(&got, &want);
             assert!(e < 1e-4, "seed {seed} decode at {n_past}: rel L2 {e}");
@@ -67,12 +69,19 @@ fn forward_is_batch_invariant() {
     gm.set_tokens(&prompt);
     let batched = gpu_logits(
         &gm,
-        &PassSpec { m: prompt.len(), n_past: 0, tree: None, logits_rows: 0..prompt.len(), sample: None, accept: false },
+        &PassSpec {
+            m: prompt.len(),
+            n_past: 0,
+            tree: None,
+            logits_rows: 0..prompt.len(),
+            accept: None,
+            compact: false,
+        },
     );
     for (i, &t) in prompt.iter().enumerate() {
         gm.set_tokens(&[t]);
         let alone =
-            gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None, accept: false });
+            gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false });
         let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
         assert!(
             row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -114,7 +123,7 @@ fn tree_mask_attention_matches_path_reference() {
             positions[i] = (prefix.len() + p.len() - 1) as u32;
         }
         gm.set_tokens(&prefix);
-        gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, sample: None, accept: false })
+        gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, accept: None, compact: false })
             .unwrap();
         gm.set_tokens(&tokens);
         let got = gpu_logits(
@@ -124,8 +133,8 @@ fn tree_mask_attention_matches_path_reference() {
                 n_past: prefix.len(),
                 tree: Some(augur::model::gpu::TreeRows { masks, positions, parents: vec![u32::MAX; n] }),
                 logits_rows: 0..n,
-                sample: None,
-                accept: false,
+                accept: None,
+                compact: false,
             },
         );
         for i in 0..n {
@@ -140,33 +149,34 @@ fn tree_mask_attention_matches_path_reference() {
     }
 }
 
-/// Runs the sampler kernel alone on the given logits.
+/// Runs the acceptance kernel alone on one row of logits (a plain pass: no drafts), which is
+/// how every token is sampled.
 struct SamplerRig {
     gpu: std::sync::Arc<augur::gpu::Gpu>,
-    pipeline: augur::gpu::Pipeline,
+    pipeline: std::sync::Arc<augur::gpu::Pipeline>,
     pass: wgpu::Buffer,
-    logits: wgpu::Buffer,
     tokens: wgpu::Buffer,
-    sampled: wgpu::Buffer,
+    result: wgpu::Buffer,
     bind: wgpu::BindGroup,
+    _keep: Vec<wgpu::Buffer>,
 }
 
 impl SamplerRig {
     fn new(logits: &[f32]) -> SamplerRig {
         let gpu = gpu();
-        let pipeline = gpu.pipeline("sample", &kernels::source(kernels::SAMPLE), "main", &kernels::SAMPLE_BINDS, &[]);
+        let pipeline = augur::gpu::kernels::Kernels::default().accept(&gpu, false);
         let pass = gpu.uniform("pass", &PassUniform::default());
         let prm =
-            gpu.uniform("p", &SampleParams { vocab: logits.len() as u32, row_stride: logits.len() as u32, _p: [0; 2] });
+            gpu.uniform("p", &AcceptParams { vocab: logits.len() as u32, row_stride: logits.len() as u32, _p: [0; 2] });
         let lb = gpu.storage("logits", logits);
+        let parents = gpu.storage_zeroed("parents", 16);
         let tokens = gpu.storage_zeroed("tokens", 16);
-        let sampled = gpu.storage_zeroed("sampled", 16);
-        let bind = gpu.bind(&pipeline, &[&pass, &prm, &lb, &tokens, &sampled]);
-        std::mem::forget(prm);
-        SamplerRig { gpu, pipeline, pass, logits: lb, tokens, sampled, bind }
+        let result = gpu.storage_zeroed("result", (augur::model::gpu::RESULT_LEN * 4) as u64);
+        let bind = gpu.bind(&pipeline, &[&pass, &prm, &lb, &parents, &tokens, &result]);
+        SamplerRig { gpu, pipeline, pass, tokens, result, bind, _keep: vec![prm, lb, parents] }
     }
     fn sample(&self, temperature: f32, top_k: u32, top_p: f32, seed: u32, draw: u32) -> u32 {
-        let u = PassUniform { temperature, top_k, top_p, seed, draw, ..Default::default() };
+        let u = PassUniform { m: 1, lm_rows: 1, temperature, top_k, top_p, seed, draw, ..Default::default() };
         self.gpu.queue.write_buffer(&self.pass, 0, bytemuck::bytes_of(&u));
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
@@ -176,10 +186,12 @@ impl SamplerRig {
             cp.dispatch_workgroups(1, 1, 1);
         }
         self.gpu.queue.submit([enc.finish()]);
-        let a = u32::from_le_bytes(self.gpu.read(&self.sampled, 4).try_into().unwrap());
+        let r: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&self.gpu.read(&self.result, (augur::model::gpu::RESULT_LEN * 4) as u64));
         let b = u32::from_le_bytes(self.gpu.read(&self.tokens, 4).try_into().unwrap());
-        assert_eq!(a, b, "sampled and next-input token differ");
-        a
+        assert_eq!(r[0], 0, "no drafts, nothing accepted");
+        assert_eq!(r[augur::model::gpu::RESULT_BONUS], b, "chosen and next-input token differ");
+        b
     }
 }
 
@@ -190,7 +202,6 @@ fn sampler_greedy_is_argmax() {
         let logits = rng.vec(5000, 8.0);
         let rig = SamplerRig::new(&logits);
         assert_eq!(rig.sample(0.0, 0, 1.0, 1, 0), argmax(&logits));
-        let _ = &rig.logits;
     }
 }
 
@@ -207,7 +218,7 @@ fn sampler_matches_cpu_twin() {
         for draw in 0..60 {
             let got = rig.sample(temp, top_k, top_p, 1234, draw) as usize;
             assert!(p[got] > 0.0, "temp {temp} top_k {top_k} top_p {top_p}: kernel chose dropped token {got}");
-            let u = augur::sampler::uniform(1234, draw);
+            let u = augur::sampler::uniform(1234, draw, 0);
             let lo: f64 = p[..got].iter().sum();
             let hi = lo + p[got];
             assert!(u >= lo - 1e-4 && u < hi + 1e-4, "draw {draw}: u={u} outside [{lo}, {hi}) of token {got}");

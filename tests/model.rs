@@ -33,8 +33,8 @@ fn greedy_matches_reference(model: &LoadedModel, gm: &GpuModel, prompts: &[&str]
             n_past: 0,
             tree: None,
             logits_rows: ids.len() - 1..ids.len(),
-            sample: None,
-            accept: false,
+            accept: None,
+            compact: false,
         })
         .unwrap();
         let mut n_past = ids.len();
@@ -46,7 +46,8 @@ fn greedy_matches_reference(model: &LoadedModel, gm: &GpuModel, prompts: &[&str]
             assert_eq!(t, want[i], "{p:?} step {i}: GPU chose {t}, reference {}", want[i]);
             if i + 1 < n {
                 gm.set_tokens(&[t]);
-                gm.run(&PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, sample: None, accept: false }).unwrap();
+                gm.run(&PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, accept: None, compact: false })
+                    .unwrap();
                 n_past += 1;
             }
         }
@@ -95,12 +96,12 @@ fn smollm2_forward_is_batch_invariant() {
     let ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog near").unwrap();
     let v = m.config.vocab;
     gm.set_tokens(&ids);
-    gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: 0..ids.len(), sample: None, accept: false })
+    gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: 0..ids.len(), accept: None, compact: false })
         .unwrap();
     let batched = gm.read_logits(ids.len());
     for (i, &t) in ids.iter().enumerate() {
         gm.set_tokens(&[t]);
-        gm.run(&PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, sample: None, accept: false }).unwrap();
+        gm.run(&PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false }).unwrap();
         let alone = gm.read_logits(1);
         let same = batched[i * v..(i + 1) * v].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "row {i} of {} differs from the same token alone", ids.len());
@@ -113,6 +114,8 @@ fn sampling_is_seeded_and_cancellable() {
     let mut e =
         Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 256, ..Default::default() }).unwrap();
     let ids = e.encode_prompt("Write a haiku about the sea.", true).unwrap();
+    // plain decoding: with speculation the draws also depend on what the suffix store has
+    // learned by then, so only the distribution (tests/sampling.rs), not the sample, is fixed
     let p = |seed| GenerateParams {
         max_tokens: 24,
         temperature: 0.9,
@@ -121,6 +124,8 @@ fn sampling_is_seeded_and_cancellable() {
         seed,
         chat: true,
         stop_at_eos: false,
+        speculate: augur::spec::SpecMode::Off,
+        ..Default::default()
     };
     let c = CancelToken::default();
     let a = e.generate_tokens(&ids, &p(1), &c, |_| true).unwrap();
@@ -169,7 +174,7 @@ fn qwen_1_5b_greedy_matches_cpu_reference() {
 fn engine_rejects_bad_requests() {
     let mut e = Engine::load(
         &model_path("smollm2-135m"),
-        &EngineOptions { max_ctx: 16, gpu: GpuOptions::default(), max_batch: 8 },
+        &EngineOptions { max_ctx: 16, gpu: GpuOptions::default(), max_batch: 8, suffix_store: None },
     )
     .unwrap();
     let c = CancelToken::default();

@@ -35,16 +35,22 @@ fn greedy(m: &LoadedModel, prompt: &str, n: usize) -> Vec<u32> {
         n_past: 0,
         tree: None,
         logits_rows: ids.len() - 1..ids.len(),
-        sample: None,
-        accept: false,
+        accept: None,
+        compact: false,
     };
     for _ in 0..n {
         gm.run(&spec).unwrap();
         let t = augur::model::cpu::argmax(&gm.read_logits(1));
         out.push(t);
         gm.set_tokens(&[t]);
-        spec =
-            PassSpec { m: 1, n_past: spec.n_past + spec.m, tree: None, logits_rows: 0..1, sample: None, accept: false };
+        spec = PassSpec {
+            m: 1,
+            n_past: spec.n_past + spec.m,
+            tree: None,
+            logits_rows: 0..1,
+            accept: None,
+            compact: false,
+        };
     }
     out
 }

@@ -10,19 +10,17 @@ pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
-pub const SAMPLE: &str = include_str!("../../shaders/sample.wgsl");
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
 pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 8] = [
+pub const ALL: [(&str, &str); 7] = [
     ("rmsnorm", RMSNORM),
     ("matmul", MATMUL),
     ("embed", EMBED),
     ("rope_kv", ROPE_KV),
     ("attention", ATTENTION),
-    ("sample", SAMPLE),
     ("accept", ACCEPT),
     ("kv_compact", KV_COMPACT),
 ];
@@ -65,7 +63,6 @@ pub const ROPE_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
 pub const ATTN_BINDS: [Bind; 8] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
-pub const SAMPLE_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 
 /// Pipelines, made on first use and kept for the life of the device.
 #[derive(Default)]
@@ -102,8 +99,11 @@ impl Kernels {
         })
     }
 
-    pub fn accept(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, "accept".into(), || gpu.pipeline("accept", &source(ACCEPT), "main", &ACCEPT_BINDS, &[]))
+    /// `broken` builds the deliberately wrong rule that the statistical tests must catch.
+    pub fn accept(&self, gpu: &Gpu, broken: bool) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("accept {broken}"), || {
+            gpu.pipeline("accept", &source(ACCEPT), "main", &ACCEPT_BINDS, &[("BROKEN_RULE", broken as u32 as f64)])
+        })
     }
 
     pub fn kv_compact(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
@@ -135,10 +135,6 @@ impl Kernels {
             gpu.pipeline("attn softmax_v", &source(ATTENTION), "softmax_v_main", &ATTN_BINDS, &[])
         })
     }
-
-    pub fn sample(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, "sample".into(), || gpu.pipeline("sample", &source(SAMPLE), "main", &SAMPLE_BINDS, &[]))
-    }
 }
 
 /// The per-pass uniform (shaders/common.wgsl `Pass`).
@@ -155,8 +151,7 @@ pub struct PassUniform {
     pub top_k: u32,
     pub temperature: f32,
     pub top_p: f32,
-    pub sample_row: u32,
-    pub out_index: u32,
+    pub _p: [u32; 2],
 }
 
 #[repr(C)]
@@ -221,14 +216,6 @@ pub struct AttnParams {
     pub max_slots: u32,
     pub scale: f32,
     pub _p: [u32; 3],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SampleParams {
-    pub vocab: u32,
-    pub row_stride: u32,
-    pub _p: [u32; 2],
 }
 
 #[cfg(test)]

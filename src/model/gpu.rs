@@ -11,7 +11,8 @@
 //!   xn = rmsnorm(x)                         rmsnorm
 //!   h = swiglu(W_gate_up · xn)              matmul, SwiGlu
 //!   x += W_down · h                         matmul, Add
-//! then logits = W_out · rmsnorm(x) for the rows asked for, and the sampler.
+//! then logits = W_out · rmsnorm(x) for the rows asked for, and acceptance (accept.wgsl): the
+//! sampled token of a plain pass, or the accepted path of a token tree plus KV compaction.
 //! (Fusing the norm into the matmuls saved two dispatches per layer but made them 1.5-2x slower
 //! on lavapipe: every invocation re-read the row; see BENCHMARKS.md.)
 
@@ -189,10 +190,13 @@ pub struct PassSpec {
     pub tree: Option<TreeRows>,
     /// Rows whose logits the LM head computes (empty: none).
     pub logits_rows: std::ops::Range<usize>,
-    pub sample: Option<SampleSpec>,
-    /// Greedy acceptance of the tree on the GPU, then KV compaction of the accepted path
-    /// (needs `tree` and logits for every row). Results land in `GpuModel::result`.
-    pub accept: bool,
+    /// Pick the pass's tokens on the GPU (accept.wgsl): from the first LM-head row for a plain
+    /// pass, or by walking the tree (needs logits for every row). Results land in
+    /// `GpuModel::result`.
+    pub accept: Option<Sampling>,
+    /// Move the accepted path's KV rows into place afterwards (needed only when the tree
+    /// branches: a chain's accepted prefix is already where plain decoding would put it).
+    pub compact: bool,
 }
 
 /// The rows of a token-tree pass: row i's visibility over the pass's rows (bit j = row j), its
@@ -211,20 +215,18 @@ pub const RESULT_LEN: usize = 72;
 /// Deepest path the acceptance kernel walks.
 pub const MAX_ACCEPT_DEPTH: usize = 32;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SampleSpec {
+/// How tokens are chosen: greedy when `temperature` <= 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sampling {
     pub temperature: f32,
+    /// 0 = off.
     pub top_k: u32,
+    /// 1 = off.
     pub top_p: f32,
     pub seed: u32,
+    /// Round counter: with the seed it keys every random decision of the round.
     pub draw: u32,
-    /// Row of the LM-head output to sample from (relative to `logits_rows.start`).
-    pub row: u32,
-    /// Slot in the `sampled` buffer.
-    pub out_index: u32,
 }
-
-pub const SAMPLED_SLOTS: usize = 256;
 
 pub struct GpuModel {
     pub gpu: Arc<Gpu>,
@@ -237,16 +239,15 @@ pub struct GpuModel {
     positions: wgpu::Buffer,
     masks: wgpu::Buffer,
     pub logits: wgpu::Buffer,
-    pub sampled: wgpu::Buffer,
     /// Acceptance results (RESULT_* layout).
     pub result: wgpu::Buffer,
     parents: wgpu::Buffer,
     accept: Dispatch,
+    accept_params: wgpu::Buffer,
     embed: Vec<Dispatch>,
     layers: Vec<LayerSites>,
     out_norm: Dispatch,
     lm_head: MatmulSite,
-    sampler: Dispatch,
     _keep: Vec<wgpu::Buffer>,
 }
 
@@ -286,7 +287,6 @@ impl GpuModel {
         let hidden = g.storage_zeroed("hidden", (max_batch * c.ffn_dim) as u64 * f4);
         let logits = g.storage_zeroed("logits", (max_batch * c.vocab) as u64 * f4);
         let scores = g.storage_zeroed("scores", (max_batch * c.n_heads * max_ctx) as u64 * f4);
-        let sampled = g.storage_zeroed("sampled", (SAMPLED_SLOTS * 4) as u64);
         let rope = g
             .storage("rope table", &rope_table(&c, max_ctx).iter().flat_map(|cs| [cs[0], cs[1]]).collect::<Vec<f32>>());
         let dummy = g.storage("dummy", &[0f32; 4]);
@@ -389,14 +389,7 @@ impl GpuModel {
         };
         let out_norm = norm(&norm_lm_p, &w.out_norm, &mut keep);
         let lm_head = sites.matmul(&out_m, &xn, &logits, None, Epilogue::Store, true, c.vocab);
-        let sample_p = kernels.sample(g);
-        let sample_prm =
-            g.uniform("sample params", &SampleParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
-        let sampler = Dispatch {
-            pipeline: sample_p.clone(),
-            bind: g.bind(&sample_p, &[&pass_buf, &sample_prm, &logits, &tokens, &sampled]),
-        };
-        let accept_p = kernels.accept(g);
+        let accept_p = kernels.accept(g, false);
         let accept_prm =
             g.uniform("accept params", &AcceptParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
         let accept = Dispatch {
@@ -406,22 +399,7 @@ impl GpuModel {
         for p in out_m.parts {
             keep.extend([p.w, p.scale, p.offset]);
         }
-        keep.extend([
-            rope_prm,
-            attn_prm,
-            sample_prm,
-            norm_prm,
-            accept_prm,
-            compact_prm,
-            x,
-            xn,
-            qkv,
-            att,
-            hidden,
-            scores,
-            rope,
-            dummy,
-        ]);
+        keep.extend([rope_prm, attn_prm, norm_prm, compact_prm, x, xn, qkv, att, hidden, scores, rope, dummy]);
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -433,17 +411,27 @@ impl GpuModel {
             positions,
             masks,
             logits,
-            sampled,
             result,
             parents,
             accept,
+            accept_params: accept_prm,
             embed,
             layers,
             out_norm,
             lm_head,
-            sampler,
             _keep: keep,
         })
+    }
+
+    /// Test-only: swaps in a deliberately wrong acceptance rule (accepts any kept draft), so the
+    /// statistical tests can show that they catch a rule that changes the distribution.
+    #[doc(hidden)]
+    pub fn use_broken_acceptance_rule(&mut self) {
+        let p = self.kernels.accept(&self.gpu, true);
+        let bind = self
+            .gpu
+            .bind(&p, &[&self.pass_buf, &self.accept_params, &self.logits, &self.parents, &self.tokens, &self.result]);
+        self.accept = Dispatch { pipeline: p, bind };
     }
 
     /// Writes the input tokens of the next pass (rows 0..tokens.len()).
@@ -465,11 +453,8 @@ impl GpuModel {
                 self.max_ctx
             )));
         }
-        if spec.logits_rows.end > m || spec.sample.is_some_and(|s| s.row as usize >= spec.logits_rows.len()) {
+        if spec.logits_rows.end > m {
             return Err(Error::msg(format!("logits rows {:?} must lie within the pass's {m} rows", spec.logits_rows)));
-        }
-        if spec.sample.is_some_and(|s| s.out_index as usize >= SAMPLED_SLOTS) {
-            return Err(Error::msg(format!("sample slot must be below {SAMPLED_SLOTS}")));
         }
         if let Some(t) = &spec.tree {
             if t.masks.len() != m || t.positions.len() != m || t.parents.len() != m || m > 64 {
@@ -479,11 +464,16 @@ impl GpuModel {
                 return Err(Error::msg("a tree position lies beyond the context"));
             }
         }
-        if spec.accept && (spec.tree.is_none() || spec.logits_rows != (0..m)) {
-            return Err(Error::msg("acceptance needs a tree pass with logits for every row"));
+        if spec.accept.is_some() && spec.logits_rows.is_empty() {
+            return Err(Error::msg("acceptance needs logits"));
+        }
+        if (spec.accept.is_some() && spec.tree.is_some() && spec.logits_rows != (0..m))
+            || (spec.compact && spec.tree.is_none())
+        {
+            return Err(Error::msg("tree acceptance needs logits for every row of a tree pass"));
         }
         let lm_rows = spec.logits_rows.len();
-        let s = spec.sample.unwrap_or_default();
+        let s = spec.accept.unwrap_or_default();
         let u = PassUniform {
             m: m as u32,
             n_past: spec.n_past as u32,
@@ -495,8 +485,7 @@ impl GpuModel {
             top_k: s.top_k,
             temperature: s.temperature,
             top_p: s.top_p,
-            sample_row: s.row,
-            out_index: s.out_index,
+            _p: [0; 2],
         };
         let q = &self.gpu.queue;
         q.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
@@ -567,12 +556,11 @@ impl GpuModel {
         if lm_rows > 0 {
             one(&mut plan, "rmsnorm", &self.out_norm, [lm_rows as u32, 1, 1]);
             mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows);
-            if spec.sample.is_some() {
-                one(&mut plan, "sample", &self.sampler, [1, 1, 1]);
-            }
         }
-        if spec.accept {
+        if spec.accept.is_some() {
             one(&mut plan, "accept", &self.accept, [1, 1, 1]);
+        }
+        if spec.compact {
             for l in &self.layers {
                 one(&mut plan, "kv_compact", &l.compact, [ceil(c.kv_dim(), 64), 1, 1]);
             }
