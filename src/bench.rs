@@ -30,7 +30,13 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     println!("device: {}", gpu.describe());
     println!("model:  {}", engine.source);
     let prompt = prompt_of(engine, prompt_tokens)?;
-    let params = GenerateParams { max_tokens: gen_tokens, stop_at_eos: false, ..Default::default() };
+    // plain decoding: speculation is measured side by side by `augur bench-spec`
+    let params = GenerateParams {
+        max_tokens: gen_tokens,
+        stop_at_eos: false,
+        speculate: crate::spec::SpecMode::Off,
+        ..Default::default()
+    };
     engine.generate_tokens(&prompt, &params, &CancelToken::default(), |_| true)?; // warm-up (shader compilation)
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -40,7 +46,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     }
     let (pm, pmin, pmax) = median_min_max(&mut pre);
     let (dm, dmin, dmax) = median_min_max(&mut dec);
-    println!("\n{runs} runs, prompt {prompt_tokens} tokens, {gen_tokens} generated (greedy)");
+    println!("\n{runs} runs, prompt {prompt_tokens} tokens, {gen_tokens} generated (greedy, --speculate off)");
     println!("| phase | median tok/s | min | max |\n|---|---|---|---|");
     println!("| prefill-{prompt_tokens} | {pm:.2} | {pmin:.2} | {pmax:.2} |");
     println!("| decode | {dm:.2} | {dmin:.2} | {dmax:.2} |");
@@ -246,11 +252,18 @@ struct CatTotals {
 /// Runs every prompt with `--speculate off` and with the suffix speculator, side by side, and
 /// prints per category: tokens/s of each, speedup, tau and acceptance per depth. The suffix store
 /// starts empty and learns only from the speculative runs, as a fresh install would.
-pub fn spec_run(engine: &mut Engine, items: &[WorkItem], max_tokens: usize, budget: usize, depth: usize) -> Result<()> {
+pub fn spec_run(
+    engine: &mut Engine,
+    items: &[WorkItem],
+    max_tokens: usize,
+    mode: crate::spec::SpecMode,
+    budget: usize,
+    depth: usize,
+) -> Result<()> {
     use crate::spec::SpecMode;
     let gpu = engine.gpu().clone();
     println!(
-        "device: {}\nmodel:  {}\n{} prompts, {max_tokens} tokens each, greedy, chat template, tree budget {budget}, depth {depth}",
+        "device: {}\nmodel:  {}\n{} prompts, {max_tokens} tokens each, greedy, chat template, --speculate {mode:?} (tree budget {budget}, depth {depth})",
         gpu.describe(),
         engine.source,
         items.len()
@@ -272,9 +285,7 @@ pub fn spec_run(engine: &mut Engine, items: &[WorkItem], max_tokens: usize, budg
     for it in items {
         let ids = engine.encode_prompt(&it.prompt, true)?;
         let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
-        let spec =
-            engine
-                .generate_tokens(ids, &GenerateParams { speculate: SpecMode::Suffix, ..base.clone() }, &c, |_| true)?;
+        let spec = engine.generate_tokens(ids, &GenerateParams { speculate: mode, ..base.clone() }, &c, |_| true)?;
         let saved = engine.speculator.take(); // plain runs teach the store nothing
         let off =
             engine.generate_tokens(ids, &GenerateParams { speculate: SpecMode::Off, ..base.clone() }, &c, |_| true)?;
@@ -309,7 +320,7 @@ pub fn spec_run(engine: &mut Engine, items: &[WorkItem], max_tokens: usize, budg
         }
     }
     println!(
-        "\n| category | prompts | off tok/s | suffix tok/s | speedup | tau | accepted/drafted | acceptance by depth 1..4 | identical |"
+        "\n| category | prompts | off tok/s | spec tok/s | speedup | tau | accepted/drafted | acceptance by depth 1..4 | identical |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut speedups = Vec::new();

@@ -65,6 +65,9 @@ enum Cmd {
         per_category: usize,
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
+        /// suffix (the given budget and depth) or auto (as `augur run` picks them)
+        #[arg(long, default_value = "auto")]
+        speculate: augur::spec::SpecMode,
         #[arg(long, default_value_t = 8)]
         tree_budget: usize,
         #[arg(long, default_value_t = 8)]
@@ -224,14 +227,27 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = model.engine()?;
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
-        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, tree_budget, max_depth } => {
+        Cmd::BenchSpec {
+            model,
+            workload,
+            questions,
+            sources,
+            per_category,
+            max_tokens,
+            speculate,
+            tree_budget,
+            max_depth,
+        } => {
             let items = match workload.as_str() {
                 "spec-bench" => bench::spec_bench_workload(&questions, per_category.max(1))?,
                 "rewrite" => bench::rewrite_workload(&sources, per_category.max(1))?,
                 other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
             let mut engine = model.engine()?;
-            bench::spec_run(&mut engine, &items, max_tokens.max(2), tree_budget, max_depth)?;
+            if speculate == augur::spec::SpecMode::Off {
+                return Err(Error::msg("bench-spec compares against --speculate off already; pick suffix or auto"));
+            }
+            bench::spec_run(&mut engine, &items, max_tokens.max(2), speculate, tree_budget, max_depth)?;
         }
         Cmd::Devices => {
             let list = augur::gpu::list_adapters();
