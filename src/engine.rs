@@ -26,6 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// On CPU emulation `auto` drafts only continuations at least this likely (a wasted draft costs
+/// nearly a whole step there).
+const AUTO_CPU_MIN_CONFIDENCE: f32 = 0.5;
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// KV cache length in tokens (prompt + generated).
@@ -342,6 +346,7 @@ impl Engine {
         let spec_t = Instant::now();
         let room = self.model.max_ctx - n_past - 1; // slots left after the root's
         let (mut budget, mut depth) = (params.tree_budget, params.max_depth);
+        let mut min_confidence = 0.1;
         if params.speculate == SpecMode::Auto {
             // Until the controller measures it: on CPU emulation (lavapipe) a pass of M rows
             // costs nearly M single steps, so only small trees pay (BENCHMARKS.md: budget 2
@@ -349,11 +354,13 @@ impl Engine {
             if self.model.gpu.info.device_type == wgpu::DeviceType::Cpu {
                 budget = budget.min(2);
                 depth = depth.min(2);
+                min_confidence = AUTO_CPU_MIN_CONFIDENCE;
             }
         }
         let budget = budget.min(self.model.max_batch - 1).min(63).min(room);
         let depth = depth.min(MAX_ACCEPT_DEPTH - 1);
         let speculator = self.speculator.as_mut().expect("speculate implies a speculator");
+        speculator.set_min_confidence(min_confidence);
         let mut tree = speculator.propose(context, budget, depth);
         tree.truncate(budget);
         stats.draft_ms += spec_t.elapsed().as_secs_f64() * 1e3;

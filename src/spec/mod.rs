@@ -41,6 +41,8 @@ pub trait Speculator {
     /// A tree of at most `budget` nodes and `max_depth` levels continuing `context` (every
     /// committed token of the request; the last one is the tree's root).
     fn propose(&mut self, context: &[u32], budget: usize, max_depth: usize) -> TokenTree;
+    /// Leave out drafts whose estimated acceptance is below `c` (0..1).
+    fn set_min_confidence(&mut self, _c: f32) {}
     /// The request ended with these tokens (prompt and output): learn from them.
     fn finish(&mut self, context: &[u32], prompt_len: usize);
 }

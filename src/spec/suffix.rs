@@ -215,7 +215,9 @@ impl Speculator for SuffixSpeculator {
             if tree.len() >= budget {
                 break;
             }
-            let score = trie[id].count as f32 / total as f32;
+            // occurrences with this continuation over all occurrences, plus one: a continuation
+            // seen once is a coin flip, one seen 9 times in 9 is likely
+            let score = trie[id].count as f32 / (total + 1) as f32;
             if score < self.min_score {
                 break;
             }
@@ -229,6 +231,10 @@ impl Speculator for SuffixSpeculator {
             trie[id].tree_index = Some(tree.push(parent, trie[id].token, score, Drafter::Suffix));
         }
         tree
+    }
+
+    fn set_min_confidence(&mut self, c: f32) {
+        self.min_score = c;
     }
 
     fn finish(&mut self, context: &[u32], _prompt_len: usize) {
@@ -280,7 +286,8 @@ mod tests {
         let t = s.propose(&ctx, 8, 4);
         let chain: Vec<u32> = t.nodes.iter().map(|n| n.token).collect();
         assert_eq!(chain, [4, 5, 9, 9]);
-        assert!(t.nodes.iter().all(|n| n.q == 1.0));
+        // one earlier occurrence: estimated acceptance 1 / (1 + 1)
+        assert!(t.nodes.iter().all(|n| n.q == 0.5));
     }
 
     #[test]
@@ -292,7 +299,7 @@ mod tests {
         let t = s.propose(&ctx, 2, 3);
         assert_eq!(t.len(), 2);
         assert_eq!(t.nodes[0].token, 1);
-        assert!((t.nodes[0].q - 2.0 / 3.0).abs() < 1e-6);
+        assert!((t.nodes[0].q - 2.0 / 4.0).abs() < 1e-6);
         let t = s.propose(&ctx, 10, 1);
         let mut toks: Vec<u32> = t.nodes.iter().map(|n| n.token).collect();
         toks.sort();
