@@ -65,13 +65,8 @@ enum Cmd {
         per_category: usize,
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
-        /// suffix (the given budget and depth) or auto (as `augur run` picks them)
-        #[arg(long, default_value = "auto")]
-        speculate: augur::spec::SpecMode,
-        #[arg(long, default_value_t = 8)]
-        tree_budget: usize,
-        #[arg(long, default_value_t = 8)]
-        max_depth: usize,
+        #[command(flatten)]
+        spec: SpecArgs,
     },
     /// List the GPU adapters wgpu can see
     Devices,
@@ -116,7 +111,13 @@ struct GenArgs {
     /// Wrap the prompt in the model's chat template
     #[arg(long)]
     chat: bool,
-    /// Speculative decoding: off, suffix, or auto (the best available); greedy only for now
+    #[command(flatten)]
+    spec: SpecArgs,
+}
+
+#[derive(Args)]
+struct SpecArgs {
+    /// Speculative decoding: off, suffix, or auto (the best available, trees sized for the device)
     #[arg(long, default_value = "auto")]
     speculate: augur::spec::SpecMode,
     /// Most drafted tokens verified per round (clamped to what the context and a pass hold)
@@ -151,9 +152,9 @@ impl GenArgs {
             seed: self.seed,
             chat: self.chat,
             stop_at_eos: true,
-            speculate: self.speculate,
-            tree_budget: self.tree_budget,
-            max_depth: self.max_depth,
+            speculate: self.spec.speculate,
+            tree_budget: self.spec.tree_budget,
+            max_depth: self.spec.max_depth,
         }
     }
 }
@@ -227,27 +228,17 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = model.engine()?;
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
-        Cmd::BenchSpec {
-            model,
-            workload,
-            questions,
-            sources,
-            per_category,
-            max_tokens,
-            speculate,
-            tree_budget,
-            max_depth,
-        } => {
+        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, spec } => {
+            if spec.speculate == augur::spec::SpecMode::Off {
+                return Err(Error::msg("bench-spec compares against --speculate off already; pick suffix or auto"));
+            }
             let items = match workload.as_str() {
                 "spec-bench" => bench::spec_bench_workload(&questions, per_category.max(1))?,
                 "rewrite" => bench::rewrite_workload(&sources, per_category.max(1))?,
                 other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
             let mut engine = model.engine()?;
-            if speculate == augur::spec::SpecMode::Off {
-                return Err(Error::msg("bench-spec compares against --speculate off already; pick suffix or auto"));
-            }
-            bench::spec_run(&mut engine, &items, max_tokens.max(2), speculate, tree_budget, max_depth)?;
+            bench::spec_run(&mut engine, &items, max_tokens.max(2), spec.speculate, spec.tree_budget, spec.max_depth)?;
         }
         Cmd::Devices => {
             let list = augur::gpu::list_adapters();

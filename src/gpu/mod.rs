@@ -38,23 +38,27 @@ pub enum Bind {
     ReadWrite,
 }
 
+/// WGPU_BACKEND if set, else the native compute backends (no GL).
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
+}
+
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends =
-        wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12);
+    desc.backends = backends();
     wgpu::Instance::new(desc)
 }
 
 /// Every adapter wgpu can see, for `augur devices`.
 pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
     let inst = instance();
-    pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all())).into_iter().map(|a| a.get_info()).collect()
+    pollster::block_on(inst.enumerate_adapters(backends())).into_iter().map(|a| a.get_info()).collect()
 }
 
 impl Gpu {
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let inst = instance();
-        let adapters = pollster::block_on(inst.enumerate_adapters(inst_backends()));
+        let adapters = pollster::block_on(inst.enumerate_adapters(backends()));
         let adapter = match &opts.adapter {
             Some(want) => adapters
                 .into_iter()
@@ -253,10 +257,6 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("device lost while waiting: {e}")))?;
         Ok(())
     }
-}
-
-fn inst_backends() -> wgpu::Backends {
-    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
 }
 
 /// Maps a MAP_READ buffer, waits, and copies out the first `bytes` bytes.

@@ -580,10 +580,6 @@ impl GpuModel {
     pub fn read_logits(&self, rows: usize) -> Vec<f32> {
         self.gpu.read_f32(&self.logits, rows * self.cfg.vocab)
     }
-
-    pub fn kernels(&self) -> &Kernels {
-        &self.kernels
-    }
 }
 
 /// Milliseconds per dispatch of one matmul over `rows` rows of random input, `reps` dispatches

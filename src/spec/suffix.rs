@@ -121,23 +121,15 @@ impl SuffixSpeculator {
         if tokens.is_empty() {
             return Ok(());
         }
-        let mut seq = std::mem::take(&mut self.store.seq);
-        seq.extend_from_slice(tokens);
-        seq.push(SEP);
+        for &t in tokens.iter().chain([SEP].iter()) {
+            self.store.push(t);
+        }
+        let seq = &self.store.seq;
         if seq.len() > STORE_CAP {
             // keep the newest half of the cap, starting at a request boundary when there is one
             let cut = seq.len() - STORE_CAP / 2;
             let start = seq[cut..].iter().position(|&t| t == SEP).map_or(cut, |i| cut + i + 1);
-            seq.drain(..start.min(seq.len()));
-            self.store = NgramIndex::rebuild(&seq);
-        } else {
-            self.store.seq = seq;
-            // index only the new part
-            let old = self.store.seq.len() - tokens.len() - 1;
-            let tail: Vec<u32> = self.store.seq.drain(old..).collect();
-            for t in tail {
-                self.store.push(t);
-            }
+            self.store = NgramIndex::rebuild(&seq[start.min(seq.len())..]);
         }
         if let Some(p) = &self.path {
             save_store(p, &self.store.seq)?;
