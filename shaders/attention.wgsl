@@ -2,9 +2,12 @@
 //   scores:    one invocation per (row, head, slot): q . k / sqrt(d), or MASKED;
 //   softmax_v: one invocation per (row, head, 4 output dims): online softmax over the visible
 //              slots in slot order, weighted sum of V.
-// Row i of the pass sits at slot n_past + i. It sees every slot below n_past, and slot
-// n_past + j of this pass when j <= i (causal) or when bit j of masks[i] is set (token trees,
-// up to 64 nodes). Masked slots are skipped, so a row's result is the same whatever M is.
+// Row i of the pass sits at slot n_past + i and never sees a slot after its own. A causal row
+// sees every slot up to its own. A token-tree row sees every slot below tree_base and slot
+// tree_base + j when bit j of masks[i] is set (up to 64 tree slots). The target verifies a tree
+// in one pass (tree_base = n_past: bit j is row j); a draft model grows its tree over several
+// passes, so bits also cover tree slots that earlier passes wrote. Masked slots are skipped, so
+// a row's result is the same whatever M is.
 
 struct AttnParams {
     n_heads: u32,
@@ -27,16 +30,13 @@ struct AttnParams {
 @group(0) @binding(7) var<storage, read_write> out: array<vec4<f32>>; // [m][q_dim]
 
 fn visible(row: u32, slot: u32) -> bool {
-    if (slot < pass_.n_past) {
-        return true;
-    }
-    let j = slot - pass_.n_past;
-    if (j > row) {
+    if (slot > pass_.n_past + row) {
         return false;
     }
-    if (pass_.causal == 1u) {
+    if (pass_.causal == 1u || slot < pass_.tree_base) {
         return true;
     }
+    let j = slot - pass_.tree_base;
     let mk = masks[row];
     if (j < 32u) {
         return ((mk.x >> j) & 1u) == 1u;

@@ -12,7 +12,7 @@ struct Pass {
     top_k: u32,        // 0 = off
     temperature: f32,  // <= 0: greedy
     top_p: f32,        // >= 1: off
-    _p0: u32,
+    tree_base: u32,    // token trees: slots below it are all visible, mask bit j is slot tree_base + j
     _p1: u32,
 };
 

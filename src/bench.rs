@@ -268,28 +268,28 @@ pub fn spec_run(
         engine.source,
         items.len()
     );
-    engine.speculator = Some(Box::new(crate::spec::suffix::SuffixSpeculator::in_memory()));
+    engine.suffix = Some(Box::new(crate::spec::suffix::SuffixSpeculator::in_memory()));
     let c = CancelToken::default();
     let base = GenerateParams { max_tokens, chat: true, tree_budget: budget, max_depth: depth, ..Default::default() };
     let mut cats: Vec<(String, CatTotals)> = Vec::new();
     // warm-up: shader compilation
     let warm = engine.encode_prompt("Hello", true)?;
-    let saved = engine.speculator.take();
+    let saved = engine.suffix.take();
     engine.generate_tokens(
         &warm,
         &GenerateParams { max_tokens: 4, speculate: SpecMode::Off, ..base.clone() },
         &c,
         |_| true,
     )?;
-    engine.speculator = saved;
+    engine.suffix = saved;
     for it in items {
         let ids = engine.encode_prompt(&it.prompt, true)?;
         let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
         let spec = engine.generate_tokens(ids, &GenerateParams { speculate: mode, ..base.clone() }, &c, |_| true)?;
-        let saved = engine.speculator.take(); // plain runs teach the store nothing
+        let saved = engine.suffix.take(); // plain runs teach the store nothing
         let off =
             engine.generate_tokens(ids, &GenerateParams { speculate: SpecMode::Off, ..base.clone() }, &c, |_| true)?;
-        engine.speculator = saved;
+        engine.suffix = saved;
         let i = match cats.iter().position(|(k, _)| *k == it.category) {
             Some(i) => i,
             None => {

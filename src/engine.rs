@@ -17,9 +17,10 @@ use crate::gpu::{Gpu, GpuOptions, map_read};
 use crate::model::LoadedModel;
 use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
+use crate::spec::draft::DraftModelSpeculator;
 use crate::spec::stats::SpecStats;
 use crate::spec::suffix::SuffixSpeculator;
-use crate::spec::{SpecMode, Speculator};
+use crate::spec::{Drafter, SpecMode, Speculator};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -150,8 +151,10 @@ pub struct Engine {
     pub source: String,
     staging: wgpu::Buffer,
     result_staging: wgpu::Buffer,
-    /// The suffix speculator (learns from every request).
-    pub speculator: Option<Box<dyn Speculator + Send>>,
+    /// The model-free suffix speculator (learns from every request).
+    pub suffix: Option<Box<dyn Speculator + Send>>,
+    /// A smaller model of the target's family (`attach_draft`).
+    pub draft: Option<Box<dyn Speculator + Send>>,
 }
 
 impl Engine {
@@ -190,7 +193,33 @@ impl Engine {
             source: loaded.source,
             staging,
             result_staging,
-            speculator: Some(Box::new(suffix)),
+            suffix: Some(Box::new(suffix)),
+            draft: None,
+        })
+    }
+
+    /// Adds a draft model for `--speculate draft`; it must share the target's vocabulary.
+    pub fn attach_draft(&mut self, draft: LoadedModel) -> Result<()> {
+        let d = DraftModelSpeculator::new(&self.model, &self.tokenizer, draft)?;
+        self.draft = Some(Box::new(d));
+        Ok(())
+    }
+
+    /// Which speculator a mode uses on this device (None: decode plainly).
+    fn drafter_for(&self, mode: SpecMode) -> Result<Option<Drafter>> {
+        let cpu = self.model.gpu.info.device_type == wgpu::DeviceType::Cpu;
+        Ok(match mode {
+            SpecMode::Off => None,
+            SpecMode::Suffix => self.suffix.is_some().then_some(Drafter::Suffix),
+            SpecMode::Draft if self.draft.is_none() => {
+                return Err(Error::msg("--speculate draft needs a draft model: add --draft <model>"));
+            }
+            SpecMode::Draft => Some(Drafter::Draft),
+            // On CPU emulation a draft model's passes cost nearly what the target's do, so it
+            // never pays there (BENCHMARKS.md); elsewhere a draft model beats the suffix index
+            // on text it has not seen.
+            SpecMode::Auto if self.draft.is_some() && !cpu => Some(Drafter::Draft),
+            SpecMode::Auto => self.suffix.is_some().then_some(Drafter::Suffix),
         })
     }
 
@@ -231,6 +260,8 @@ impl Engine {
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Output> {
         params.check()?;
+        let drafter = self.drafter_for(params.speculate)?;
+        let speculate = drafter.is_some();
         let max_ctx = self.model.max_ctx;
         if prompt.is_empty() {
             return Err(Error::msg("the prompt is empty; give at least one token of text"));
@@ -274,13 +305,16 @@ impl Engine {
             }
             n_past += chunk.len();
         }
-        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let speculate = params.speculate != SpecMode::Off && self.speculator.is_some();
         let mut spec_stats = SpecStats { mode: format!("{:?}", params.speculate).to_lowercase(), ..Default::default() };
-        if let Some(s) = self.speculator.as_mut() {
+        // the suffix index always learns; a draft model prefills only when it will draft
+        if let Some(s) = self.suffix.as_mut() {
             s.begin(prompt);
         }
+        if let (Some(s), Some(Drafter::Draft)) = (self.draft.as_mut(), drafter) {
+            s.begin(prompt);
+        }
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
         let mut context = prompt.to_vec();
         let mut tokens = Vec::new();
         let mut pending = vec![next];
@@ -303,8 +337,8 @@ impl Engine {
                 break 'generation "length";
             }
             sampling.draw += 1;
-            if speculate {
-                let (new, accepted) = self.speculative_round(&context, n_past, sampling, params, &mut spec_stats)?;
+            if let Some(d) = drafter {
+                let (new, accepted) = self.speculative_round(d, &context, n_past, sampling, params, &mut spec_stats)?;
                 pending = new;
                 n_past += 1 + accepted;
             } else {
@@ -315,7 +349,7 @@ impl Engine {
                 n_past += 1;
             }
         };
-        if let Some(s) = self.speculator.as_mut() {
+        for s in self.suffix.iter_mut().chain(self.draft.iter_mut()) {
             s.finish(&context, prompt.len());
         }
         let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
@@ -337,6 +371,7 @@ impl Engine {
     /// the bonus token) and how many drafts were accepted.
     fn speculative_round(
         &mut self,
+        drafter: Drafter,
         context: &[u32],
         n_past: usize,
         sampling: Sampling,
@@ -347,7 +382,7 @@ impl Engine {
         let room = self.model.max_ctx - n_past - 1; // slots left after the root's
         let (mut budget, mut depth) = (params.tree_budget, params.max_depth);
         let mut min_confidence = 0.1;
-        if params.speculate == SpecMode::Auto {
+        if params.speculate == SpecMode::Auto && drafter == Drafter::Suffix {
             // Until the controller measures it: on CPU emulation (lavapipe) a pass of M rows
             // costs nearly M single steps, so only small trees pay (BENCHMARKS.md: budget 2
             // 1.25x, 4 0.87x, 8 0.59x on rewrites); real GPUs verify wide trees almost free.
@@ -359,7 +394,11 @@ impl Engine {
         }
         let budget = budget.min(self.model.max_batch - 1).min(63).min(room);
         let depth = depth.min(MAX_ACCEPT_DEPTH - 1);
-        let speculator = self.speculator.as_mut().expect("speculate implies a speculator");
+        let speculator = match drafter {
+            Drafter::Draft => self.draft.as_mut(),
+            _ => self.suffix.as_mut(),
+        }
+        .expect("drafter_for picks a speculator that exists");
         speculator.set_min_confidence(min_confidence);
         let mut tree = speculator.propose(context, budget, depth);
         tree.truncate(budget);
@@ -396,6 +435,12 @@ impl Engine {
             std::iter::once(None).chain(r[1..=k].iter().map(|&row| Some(row as usize - 1))).collect();
         let attempted = path.iter().take_while(|&&p| tree.nodes.iter().any(|n| n.parent == p)).count();
         stats.record(attempted, k, tree.len());
+        for n in &tree.nodes {
+            stats.count_drafted(n.drafter);
+        }
+        for &row in &r[1..=k] {
+            stats.count_accepted(tree.nodes[row as usize - 1].drafter);
+        }
         let mut new: Vec<u32> = r[RESULT_TOKENS..RESULT_TOKENS + k].to_vec();
         new.push(r[RESULT_BONUS]);
         Ok((new, k))

@@ -47,7 +47,7 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         gen_tokens: usize,
     },
-    /// Speculation benchmark: each prompt plain and with the suffix speculator, side by side
+    /// Speculation benchmark: each prompt plain and speculated, side by side
     BenchSpec {
         #[command(flatten)]
         model: ModelArgs,
@@ -117,9 +117,13 @@ struct GenArgs {
 
 #[derive(Args)]
 struct SpecArgs {
-    /// Speculative decoding: off, suffix, or auto (the best available, trees sized for the device)
+    /// Speculative decoding: off, suffix, draft (needs --draft), or auto (the best available
+    /// for the device, trees sized for it)
     #[arg(long, default_value = "auto")]
     speculate: augur::spec::SpecMode,
+    /// A smaller model of the target's family to draft with (catalog id or path)
+    #[arg(long)]
+    draft: Option<String>,
     /// Most drafted tokens verified per round (clamped to what the context and a pass hold)
     #[arg(long, default_value_t = 8)]
     tree_budget: usize,
@@ -139,6 +143,16 @@ impl ModelArgs {
             ..Default::default()
         };
         Engine::load(&path, &opts)
+    }
+
+    /// The engine with the draft model that `spec` names attached.
+    fn engine_with(&self, spec: &SpecArgs) -> Result<Engine> {
+        let mut engine = self.engine()?;
+        if let Some(d) = &spec.draft {
+            let path = pull::resolve_model(d, true)?;
+            engine.attach_draft(augur::model::LoadedModel::load(&path)?)?;
+        }
+        Ok(engine)
     }
 }
 
@@ -182,7 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
         }
         Cmd::Run(a) => {
-            let mut engine = a.model.engine()?;
+            let mut engine = a.model.engine_with(&a.spec)?;
             let mut stdout = std::io::stdout();
             let out = engine.generate(&a.prompt, &a.params(), |t| {
                 let _ = stdout.write_all(t.as_bytes());
@@ -201,7 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Generate { gen_args: a, json } => {
-            let mut engine = a.model.engine()?;
+            let mut engine = a.model.engine_with(&a.spec)?;
             let out = engine.generate(&a.prompt, &a.params(), |_| true)?;
             if json {
                 let s = &out.stats;
@@ -230,14 +244,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, spec } => {
             if spec.speculate == augur::spec::SpecMode::Off {
-                return Err(Error::msg("bench-spec compares against --speculate off already; pick suffix or auto"));
+                return Err(Error::msg(
+                    "bench-spec compares against --speculate off already; pick suffix, draft or auto",
+                ));
             }
             let items = match workload.as_str() {
                 "spec-bench" => bench::spec_bench_workload(&questions, per_category.max(1))?,
                 "rewrite" => bench::rewrite_workload(&sources, per_category.max(1))?,
                 other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
-            let mut engine = model.engine()?;
+            let mut engine = model.engine_with(&spec)?;
             bench::spec_run(&mut engine, &items, max_tokens.max(2), spec.speculate, spec.tree_budget, spec.max_depth)?;
         }
         Cmd::Devices => {

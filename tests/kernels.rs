@@ -131,7 +131,12 @@ fn tree_mask_attention_matches_path_reference() {
             &PassSpec {
                 m: n,
                 n_past: prefix.len(),
-                tree: Some(augur::model::gpu::TreeRows { masks, positions, parents: vec![u32::MAX; n] }),
+                tree: Some(augur::model::gpu::TreeRows {
+                    base: prefix.len(),
+                    masks,
+                    positions,
+                    parents: vec![u32::MAX; n],
+                }),
                 logits_rows: 0..n,
                 accept: None,
                 compact: false,
@@ -145,6 +150,121 @@ fn tree_mask_attention_matches_path_reference() {
             }
             let e = rel_l2(&got[i * cfg.vocab..(i + 1) * cfg.vocab], &want);
             assert!(e < 1e-4, "trial {trial} node {i}: rel L2 {e}");
+        }
+    }
+}
+
+/// A draft model grows its tree over several passes above one base slot: each level's rows see
+/// the committed prefix and the tree slots of their ancestors written by earlier passes. Every
+/// node gets the logits the CPU forward gives for the prefix followed by its path.
+#[test]
+fn tree_grown_over_several_passes_matches_path_reference() {
+    let gpu = gpu();
+    let (cfg, w) = tiny_model(13, true, RopeStyle::Interleaved, false);
+    let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
+    let mut rng = Rng(31);
+    let prefix: Vec<u32> = (0..6).map(|_| (rng.next() % 320) as u32).collect();
+    gm.set_tokens(&prefix);
+    gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, accept: None, compact: false })
+        .unwrap();
+    let base = prefix.len();
+    // nodes: (token, parent node, tree slot, mask); level 0 hangs off the last prefix token
+    let mut paths: Vec<Vec<u32>> = Vec::new();
+    let mut masks: Vec<[u32; 2]> = Vec::new();
+    let mut prev_level: Vec<usize> = Vec::new();
+    for (level, width) in [3usize, 2, 4].into_iter().enumerate() {
+        let first = paths.len();
+        let mut rows = augur::model::gpu::TreeRows { base, ..Default::default() };
+        let mut tokens = Vec::new();
+        for r in 0..width {
+            let slot = first + r;
+            let (mut path, mut mask) = match prev_level.is_empty() {
+                true => (Vec::new(), [0u32; 2]),
+                false => {
+                    let p = prev_level[(rng.next() as usize) % prev_level.len()];
+                    (paths[p].clone(), masks[p])
+                }
+            };
+            let t = (rng.next() % 320) as u32;
+            path.push(t);
+            mask[slot / 32] |= 1 << (slot % 32);
+            paths.push(path);
+            masks.push(mask);
+            tokens.push(t);
+            rows.masks.push(mask);
+            rows.positions.push((base + level) as u32);
+            rows.parents.push(u32::MAX);
+        }
+        gm.set_tokens(&tokens);
+        let got = gpu_logits(
+            &gm,
+            &PassSpec {
+                m: width,
+                n_past: base + first,
+                tree: Some(rows),
+                logits_rows: 0..width,
+                accept: None,
+                compact: false,
+            },
+        );
+        for r in 0..width {
+            let mut cpu = CpuModel::new(&cfg, &w, 64);
+            let mut want = Vec::new();
+            for &t in prefix.iter().chain(&paths[first + r]) {
+                want = cpu.step(t);
+            }
+            let e = rel_l2(&got[r * cfg.vocab..(r + 1) * cfg.vocab], &want);
+            assert!(e < 1e-4, "level {level} row {r}: rel L2 {e}");
+        }
+        prev_level = (first..first + width).collect();
+    }
+}
+
+/// topk.wgsl against a CPU sort on random rows (with ties, which go to the lower id): the same
+/// ids in the same order, and softmax probabilities of the whole row.
+#[test]
+fn topk_matches_cpu_reference() {
+    use augur::gpu::kernels::{CANDIDATES, Kernels, TopkParams};
+    let gpu = gpu();
+    let mut rng = Rng(77);
+    for vocab in [300usize, 49152, 151936] {
+        let rows = 3;
+        let mut logits = rng.vec(rows * vocab, 6.0);
+        // ties among the top: copy row maxima onto higher ids
+        for r in 0..rows {
+            let row = &mut logits[r * vocab..(r + 1) * vocab];
+            let best = argmax(row) as usize;
+            let v = row[best];
+            row[vocab - 1] = v;
+            row[best / 2] = v;
+        }
+        let pipeline = Kernels::default().topk(&gpu);
+        let pass = gpu.uniform("pass", &PassUniform { m: rows as u32, lm_rows: rows as u32, ..Default::default() });
+        let prm = gpu.uniform("p", &TopkParams { vocab: vocab as u32, row_stride: vocab as u32, _p: [0; 2] });
+        let lb = gpu.storage("logits", &logits);
+        let out = gpu.storage_zeroed("out", (rows * CANDIDATES * 8) as u64);
+        let bind = gpu.bind(&pipeline, &[&pass, &prm, &lb, &out]);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            cp.set_pipeline(&pipeline.pipeline);
+            cp.set_bind_group(0, &bind, &[]);
+            cp.dispatch_workgroups(rows as u32, 1, 1);
+        }
+        gpu.queue.submit([enc.finish()]);
+        let got: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&out, (rows * CANDIDATES * 8) as u64));
+        for r in 0..rows {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let mut ids: Vec<usize> = (0..vocab).collect();
+            ids.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let mx = row[ids[0]] as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - mx).exp()).sum();
+            for i in 0..CANDIDATES {
+                let (id, p) = (got[(r * CANDIDATES + i) * 2], f32::from_bits(got[(r * CANDIDATES + i) * 2 + 1]));
+                assert_eq!(id as usize, ids[i], "vocab {vocab} row {r} rank {i}");
+                let want = ((row[ids[i]] as f64 - mx).exp() / z) as f32;
+                assert!((p - want).abs() <= 1e-4 * want.max(1e-3), "vocab {vocab} row {r} rank {i}: p {p} vs {want}");
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Speculative decoding is lossless: greedy output with speculation is token for token the output
-//! of plain decoding, for the suffix speculator and for random tree shapes (widths, depths,
-//! right and wrong branches), on 28 prompts (Spec-Bench categories and code) with SmolLM2-135M.
+//! of plain decoding, for the suffix speculator, for random tree shapes (widths, depths, right
+//! and wrong branches) and for a draft model, on 24-28 prompts (Spec-Bench categories and code)
+//! with SmolLM2-135M. The draft model in CI is SmolLM2 with 4 of its 30 layers skipped (layer
+//! skipping, as in self-speculative decoding): same vocabulary, cheaper, and right about half
+//! the time, so both acceptance and rejection are exercised.
 
 mod common;
 use augur::engine::{CancelToken, Engine, EngineOptions, GenerateParams};
@@ -85,8 +88,8 @@ fn greedy_speculation_is_identical_to_plain_decoding() {
         rounds += s.rounds;
         accepted_suffix += s.accepted;
         // random trees, swapped in for the suffix speculator
-        let saved = e.speculator.take();
-        e.speculator =
+        let saved = e.suffix.take();
+        e.suffix =
             Some(Box::new(RandomTrees { reference: want.tokens.clone(), prompt_len: 0, rng: Rng(i as u64 + 1) }));
         let budget = [1, 3, 8, 15][i % 4];
         let got = e
@@ -94,7 +97,7 @@ fn greedy_speculation_is_identical_to_plain_decoding() {
                 true
             })
             .unwrap();
-        e.speculator = saved;
+        e.suffix = saved;
         assert_eq!(got.tokens, want.tokens, "[{cat}] random trees (budget {budget}) changed the output of {p:?}");
         accepted_random += got.spec.unwrap().accepted;
     }
@@ -121,4 +124,83 @@ fn speculation_handles_budget_extremes_and_a_full_context() {
         assert_eq!(got.tokens, want.tokens, "budget {budget} depth {depth}");
         assert_eq!(got.stats.finish_reason, "length");
     }
+}
+
+/// SmolLM2-135M without layers `skip` (a cheaper drafter with the target's vocabulary).
+fn smollm_skipping(skip: std::ops::Range<usize>) -> augur::model::LoadedModel {
+    let mut d = augur::model::LoadedModel::load(&model_path("smollm2-135m")).unwrap();
+    d.source = format!("SmolLM2-135M without layers {skip:?}");
+    d.weights.layers.drain(skip);
+    d.config.n_layers = d.weights.layers.len();
+    d
+}
+
+#[test]
+fn draft_model_speculation_is_identical_to_plain_decoding() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 512, ..Default::default() }).unwrap();
+    e.attach_draft(smollm_skipping(12..16)).unwrap();
+    let c = CancelToken::default();
+    let plain = GenerateParams { max_tokens: 24, chat: true, speculate: SpecMode::Off, ..Default::default() };
+    let (mut drafted, mut accepted, mut rejected_rounds) = (0, 0, 0);
+    for (i, (cat, p)) in prompts().iter().take(24).enumerate() {
+        let ids = e.encode_prompt(p, true).unwrap();
+        let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+        // chains and trees with siblings
+        let (budget, depth) = [(6, 4), (3, 3), (10, 5), (1, 1)][i % 4];
+        let params =
+            GenerateParams { speculate: SpecMode::Draft, tree_budget: budget, max_depth: depth, ..plain.clone() };
+        let got = e.generate_tokens(&ids, &params, &c, |_| true).unwrap();
+        assert_eq!(
+            got.tokens, want.tokens,
+            "[{cat}] draft-model speculation (budget {budget}, depth {depth}) changed the output of {p:?}"
+        );
+        let s = got.spec.unwrap();
+        let d = &s.per_drafter["draft"];
+        drafted += d.drafted;
+        accepted += d.accepted;
+        rejected_rounds += s.rounds_with_draft.saturating_sub(s.accepted_by_depth.first().copied().unwrap_or(0));
+    }
+    // both outcomes must be exercised
+    assert!(accepted > 100, "the draft model had only {accepted} of {drafted} drafts accepted");
+    assert!(drafted > accepted + 50, "the draft model was almost never wrong ({accepted}/{drafted})");
+    assert!(rejected_rounds > 10, "only {rejected_rounds} rounds rejected the first draft");
+}
+
+/// A draft model with another vocabulary is refused with a message that says what to do, and
+/// `--speculate draft` without one is a clear error.
+#[test]
+fn draft_model_with_another_vocabulary_is_refused() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 128, ..Default::default() }).unwrap();
+    let ids = e.encode_prompt("Hello", false).unwrap();
+    let params = GenerateParams { max_tokens: 4, speculate: SpecMode::Draft, ..Default::default() };
+    let err = e.generate_tokens(&ids, &params, &CancelToken::default(), |_| true).unwrap_err().to_string();
+    assert!(err.contains("--draft"), "{err}");
+
+    // same size, two tokens' ids swapped
+    let mut d = smollm_skipping(2..30);
+    let mut json: serde_json::Value = serde_json::from_str(&d.tokenizer.to_json().unwrap()).unwrap();
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let find = |v: &serde_json::Map<String, serde_json::Value>, id: u64| {
+        v.iter().find(|(_, x)| x.as_u64() == Some(id)).map(|(k, _)| k.clone()).unwrap()
+    };
+    let (a, b) = (find(vocab, 1000), find(vocab, 1001));
+    vocab.insert(a, 1001.into());
+    vocab.insert(b, 1000.into());
+    let dir = std::env::temp_dir().join(format!("augur-vocab-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    d.tokenizer = augur::model::tokenizer::Tokenizer::from_file(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = e.attach_draft(d).unwrap_err().to_string();
+    assert!(err.contains("another vocabulary") && err.contains("1000"), "{err}");
+
+    // another vocabulary size
+    let mut d = smollm_skipping(2..30);
+    d.config.vocab -= 1;
+    let err = e.attach_draft(d).unwrap_err().to_string();
+    assert!(err.contains("vocabulary entries"), "{err}");
+    assert!(e.draft.is_none());
 }

@@ -13,9 +13,10 @@ pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
 pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
+pub const TOPK: &str = include_str!("../../shaders/topk.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 7] = [
+pub const ALL: [(&str, &str); 8] = [
     ("rmsnorm", RMSNORM),
     ("matmul", MATMUL),
     ("embed", EMBED),
@@ -23,6 +24,7 @@ pub const ALL: [(&str, &str); 7] = [
     ("attention", ATTENTION),
     ("accept", ACCEPT),
     ("kv_compact", KV_COMPACT),
+    ("topk", TOPK),
 ];
 
 pub fn source(body: &str) -> String {
@@ -56,6 +58,7 @@ pub const MATMUL_BINDS: [Bind; 8] =
 pub const ACCEPT_BINDS: [Bind; 6] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
+pub const TOPK_BINDS: [Bind; 4] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite];
 pub const NORM_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
 pub const EMBED_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
@@ -112,6 +115,10 @@ impl Kernels {
         })
     }
 
+    pub fn topk(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "topk".into(), || gpu.pipeline("topk", &source(TOPK), "main", &TOPK_BINDS, &[]))
+    }
+
     pub fn embed(&self, gpu: &Gpu, f: Format) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("embed {f:?}"), || {
             gpu.pipeline("embed", &source(EMBED), "main", &EMBED_BINDS, &[("FORMAT", f as u32 as f64)])
@@ -151,7 +158,8 @@ pub struct PassUniform {
     pub top_k: u32,
     pub temperature: f32,
     pub top_p: f32,
-    pub _p: [u32; 2],
+    pub tree_base: u32,
+    pub _p: u32,
 }
 
 #[repr(C)]
@@ -169,6 +177,17 @@ pub struct MatParams {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct AcceptParams {
+    pub vocab: u32,
+    pub row_stride: u32,
+    pub _p: [u32; 2],
+}
+
+/// Candidates per row that topk.wgsl returns.
+pub const CANDIDATES: usize = 8;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TopkParams {
     pub vocab: u32,
     pub row_stride: u32,
     pub _p: [u32; 2],

@@ -199,10 +199,13 @@ pub struct PassSpec {
     pub compact: bool,
 }
 
-/// The rows of a token-tree pass: row i's visibility over the pass's rows (bit j = row j), its
-/// position, and its parent row (u32::MAX for the root).
+/// The rows of a token-tree pass: row i's visibility over the tree's slots (bit j = KV slot
+/// `base + j`; every slot below `base` is visible), its position, and its parent row (u32::MAX
+/// for the root). The target verifies a whole tree in one pass (`base` = n_past, so bit j is
+/// row j); a draft model grows its tree over several passes above one `base`.
 #[derive(Debug, Clone, Default)]
 pub struct TreeRows {
+    pub base: usize,
     pub masks: Vec<[u32; 2]>,
     pub positions: Vec<u32>,
     pub parents: Vec<u32>,
@@ -242,6 +245,9 @@ pub struct GpuModel {
     /// Acceptance results (RESULT_* layout).
     pub result: wgpu::Buffer,
     parents: wgpu::Buffer,
+    /// The top CANDIDATES (id, probability) of each LM-head row, for drafters (topk.wgsl).
+    pub candidates: wgpu::Buffer,
+    topk: Dispatch,
     accept: Dispatch,
     accept_params: wgpu::Buffer,
     embed: Vec<Dispatch>,
@@ -396,10 +402,30 @@ impl GpuModel {
             pipeline: accept_p.clone(),
             bind: g.bind(&accept_p, &[&pass_buf, &accept_prm, &logits, &parents, &tokens, &result]),
         };
+        let candidates = g.storage_zeroed("candidates", (max_batch * CANDIDATES * 8) as u64);
+        let topk_p = kernels.topk(g);
+        let topk_prm =
+            g.uniform("topk params", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
+        let topk =
+            Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
         for p in out_m.parts {
             keep.extend([p.w, p.scale, p.offset]);
         }
-        keep.extend([rope_prm, attn_prm, norm_prm, compact_prm, x, xn, qkv, att, hidden, scores, rope, dummy]);
+        keep.extend([
+            topk_prm,
+            rope_prm,
+            attn_prm,
+            norm_prm,
+            compact_prm,
+            x,
+            xn,
+            qkv,
+            att,
+            hidden,
+            scores,
+            rope,
+            dummy,
+        ]);
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -413,6 +439,8 @@ impl GpuModel {
             logits,
             result,
             parents,
+            candidates,
+            topk,
             accept,
             accept_params: accept_prm,
             embed,
@@ -463,6 +491,9 @@ impl GpuModel {
             if t.positions.iter().any(|&p| p as usize >= self.max_ctx) {
                 return Err(Error::msg("a tree position lies beyond the context"));
             }
+            if t.base > spec.n_past || spec.n_past + m - t.base > 64 {
+                return Err(Error::msg("a token tree spans at most 64 KV slots above its base"));
+            }
         }
         if spec.accept.is_some() && spec.logits_rows.is_empty() {
             return Err(Error::msg("acceptance needs logits"));
@@ -485,7 +516,8 @@ impl GpuModel {
             top_k: s.top_k,
             temperature: s.temperature,
             top_p: s.top_p,
-            _p: [0; 2],
+            tree_base: spec.tree.as_ref().map_or(spec.n_past, |t| t.base) as u32,
+            _p: 0,
         };
         let q = &self.gpu.queue;
         q.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
@@ -566,6 +598,16 @@ impl GpuModel {
             }
         }
         plan
+    }
+
+    /// Records, after `encode`, a pass that writes the top CANDIDATES tokens and probabilities
+    /// of each of the `lm_rows` LM-head rows into `candidates`.
+    pub fn encode_candidates(&self, enc: &mut wgpu::CommandEncoder, lm_rows: usize) {
+        let mut cp =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("topk"), timestamp_writes: None });
+        cp.set_pipeline(&self.topk.pipeline.pipeline);
+        cp.set_bind_group(0, &self.topk.bind, &[]);
+        cp.dispatch_workgroups(lm_rows as u32, 1, 1);
     }
 
     /// Runs one pass and waits for it (tests and prefill; decoding uses `encode` directly).

@@ -133,6 +133,18 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The vocabulary entry of an id (None outside the vocabulary).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Whether two tokenizers map every id to the same text, so that one model's draft tokens mean
+    /// the same to another. Returns the first id where they differ.
+    pub fn first_difference(&self, other: &Tokenizer) -> Option<u32> {
+        let n = self.vocab_size().max(other.vocab_size()) as u32;
+        (0..n).find(|&id| self.id_to_token(id) != other.id_to_token(id))
+    }
+
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
         self.inner.token_to_id(t)
     }

@@ -5,6 +5,7 @@
 //! One proposer per method behind `Speculator`; acceptance lives in shaders/accept.wgsl; the
 //! numbers in `stats`.
 
+pub mod draft;
 pub mod stats;
 pub mod suffix;
 pub mod tree;
@@ -16,7 +17,10 @@ pub use tree::{Drafter, Node, TokenTree};
 pub enum SpecMode {
     Off,
     Suffix,
-    /// The best available speculator (the suffix speculator until the controller lands).
+    /// A smaller model of the target's family (`--draft`).
+    Draft,
+    /// The best available speculator for the device (until the controller lands: the draft
+    /// model when one is attached and the device is not CPU emulation, else the suffix index).
     Auto,
 }
 
@@ -27,8 +31,9 @@ impl std::str::FromStr for SpecMode {
             "off" => Ok(SpecMode::Off),
             "suffix" => Ok(SpecMode::Suffix),
             "auto" => Ok(SpecMode::Auto),
-            "draft" | "head" => Err(format!("--speculate {s} is not available yet; use off, suffix or auto")),
-            _ => Err(format!("unknown --speculate '{s}' (off, suffix, auto)")),
+            "draft" => Ok(SpecMode::Draft),
+            "head" => Err("--speculate head is not available yet; use off, suffix, draft or auto".into()),
+            _ => Err(format!("unknown --speculate '{s}' (off, suffix, draft, auto)")),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What speculation did in a request: rounds, drafted and accepted tokens, acceptance per depth,
 //! and where the time went.
 
+use super::Drafter;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -16,12 +17,28 @@ pub struct SpecStats {
     /// attempted[d - 1]: rounds whose accepted path reached depth d - 1 and had a child there.
     pub attempted_by_depth: Vec<usize>,
     pub accepted_by_depth: Vec<usize>,
+    /// Drafted and accepted nodes per speculator.
+    pub per_drafter: std::collections::BTreeMap<String, DrafterCounts>,
     pub draft_ms: f64,
     pub verify_ms: f64,
     pub other_ms: f64,
 }
 
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrafterCounts {
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
 impl SpecStats {
+    pub fn count_drafted(&mut self, d: Drafter) {
+        self.per_drafter.entry(d.name().into()).or_default().drafted += 1;
+    }
+
+    pub fn count_accepted(&mut self, d: Drafter) {
+        self.per_drafter.entry(d.name().into()).or_default().accepted += 1;
+    }
+
     /// Mean tokens produced per round (accepted drafts plus the bonus token).
     pub fn tau(&self) -> f64 {
         if self.rounds == 0 { 0.0 } else { (self.accepted + self.rounds) as f64 / self.rounds as f64 }
@@ -63,7 +80,8 @@ impl SpecStats {
             "accepted": self.accepted,
             "tau": self.tau(),
             "acceptance_by_depth": self.acceptance_by_depth(),
-            "per_speculator": { "suffix": { "rounds": self.rounds_with_draft, "drafted": self.drafted, "accepted": self.accepted } },
+            "rounds_with_draft": self.rounds_with_draft,
+            "per_speculator": self.per_drafter,
             "time_ms": { "draft": self.draft_ms, "verify": self.verify_ms, "other": self.other_ms },
         })
     }

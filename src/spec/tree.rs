@@ -10,6 +10,16 @@ pub enum Drafter {
     Head,
 }
 
+impl Drafter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Drafter::Suffix => "suffix",
+            Drafter::Draft => "draft",
+            Drafter::Head => "head",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub token: u32,
@@ -96,7 +106,7 @@ impl TokenTree {
             positions[row] = (n_past + n.depth) as u32;
             parents[row] = parent_row as u32;
         }
-        TreeRows { masks, positions, parents }
+        TreeRows { base: n_past, masks, positions, parents }
     }
 }
 
