@@ -8,5 +8,6 @@ pub mod model;
 pub mod pull;
 pub mod sampler;
 pub mod spec;
+pub mod train;
 
 pub use error::{Error, Result};

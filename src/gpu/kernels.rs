@@ -14,9 +14,10 @@ pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
 pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
 pub const TOPK: &str = include_str!("../../shaders/topk.wgsl");
+pub const HEAD: &str = include_str!("../../shaders/head.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 8] = [
+pub const ALL: [(&str, &str); 9] = [
     ("rmsnorm", RMSNORM),
     ("matmul", MATMUL),
     ("embed", EMBED),
@@ -25,6 +26,7 @@ pub const ALL: [(&str, &str); 8] = [
     ("accept", ACCEPT),
     ("kv_compact", KV_COMPACT),
     ("topk", TOPK),
+    ("head", HEAD),
 ];
 
 pub fn source(body: &str) -> String {
@@ -59,6 +61,21 @@ pub const ACCEPT_BINDS: [Bind; 6] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const TOPK_BINDS: [Bind; 4] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite];
+pub const HEAD_BINDS: [Bind; 13] = [
+    Bind::Uniform,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::ReadWrite,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+];
 pub const NORM_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
 pub const EMBED_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
@@ -117,6 +134,13 @@ impl Kernels {
 
     pub fn topk(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
         self.get(gpu, "topk".into(), || gpu.pipeline("topk", &source(TOPK), "main", &TOPK_BINDS, &[]))
+    }
+
+    /// One entry point of head.wgsl (the draft head and its trainer).
+    pub fn head(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("head {entry} {f:?}"), || {
+            gpu.pipeline(entry, &source(HEAD), entry, &HEAD_BINDS, &[("FORMAT", f as u32 as f64)])
+        })
     }
 
     pub fn embed(&self, gpu: &Gpu, f: Format) -> std::sync::Arc<Pipeline> {
@@ -180,6 +204,23 @@ pub struct AcceptParams {
     pub vocab: u32,
     pub row_stride: u32,
     pub _p: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct HeadParams {
+    pub d: u32,
+    pub r: u32,
+    pub batch: u32,
+    pub vocab: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub adam_eps: f32,
+    pub weight_decay: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+    pub norm_eps: f32,
 }
 
 /// Candidates per row that topk.wgsl returns.

@@ -92,6 +92,18 @@ impl GpuMatrix {
         let format = if m.is_q8() { Format::Q8 } else { Format::F16 };
         GpuMatrix { k, format, parts }
     }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The weights, scales and offsets when the matrix fits one binding (None when split).
+    pub fn single_part(&self) -> Option<[&wgpu::Buffer; 3]> {
+        match self.parts.as_slice() {
+            [p] => Some([&p.w, &p.scale, &p.offset]),
+            _ => None,
+        }
+    }
 }
 
 /// One matmul call site: pipeline, bind groups and dispatch width per part.
@@ -254,6 +266,9 @@ pub struct GpuModel {
     layers: Vec<LayerSites>,
     out_norm: Dispatch,
     lm_head: MatmulSite,
+    /// The LM head's weights and the final norm's, for the draft head that reuses them.
+    pub output: GpuMatrix,
+    pub out_gamma: wgpu::Buffer,
     _keep: Vec<wgpu::Buffer>,
 }
 
@@ -393,7 +408,11 @@ impl GpuModel {
             Some(o) => GpuMatrix::upload(g, o, "output"),
             None => embed_m,
         };
-        let out_norm = norm(&norm_lm_p, &w.out_norm, &mut keep);
+        let out_gamma = g.storage("final norm weight", &w.out_norm);
+        let out_norm = Dispatch {
+            pipeline: norm_lm_p.clone(),
+            bind: g.bind(&norm_lm_p, &[&pass_buf, &norm_prm, &x, &out_gamma, &xn]),
+        };
         let lm_head = sites.matmul(&out_m, &xn, &logits, None, Epilogue::Store, true, c.vocab);
         let accept_p = kernels.accept(g, false);
         let accept_prm =
@@ -408,9 +427,6 @@ impl GpuModel {
             g.uniform("topk params", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
         let topk =
             Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
-        for p in out_m.parts {
-            keep.extend([p.w, p.scale, p.offset]);
-        }
         keep.extend([
             topk_prm,
             rope_prm,
@@ -447,6 +463,8 @@ impl GpuModel {
             layers,
             out_norm,
             lm_head,
+            output: out_m,
+            out_gamma,
             _keep: keep,
         })
     }

@@ -1,0 +1,158 @@
+//! The draft head on the GPU: its parameters and AdamW state, a batch of inputs, and the passes
+//! of shaders/head.wgsl (forward, and the training step) recorded into the caller's encoder.
+//! Everything is made once; a step writes one small uniform and records dispatches.
+
+use super::head::{AdamW, CANDIDATES, HeadDims};
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{HeadParams, Kernels};
+use crate::gpu::{Gpu, Pipeline};
+use crate::model::gpu::GpuMatrix;
+use std::sync::Arc;
+
+pub struct GpuHead {
+    pub gpu: Arc<Gpu>,
+    pub dims: HeadDims,
+    pub max_batch: usize,
+    norm_eps: f32,
+    vocab: usize,
+    uniform: wgpu::Buffer,
+    pub params: wgpu::Buffer,
+    /// AdamW moments (saved with checkpoints).
+    pub adam_m: wgpu::Buffer,
+    pub adam_v: wgpu::Buffer,
+    /// Batch inputs: hidden states [max_batch][d], embeddings [max_batch][d], candidate ids and
+    /// target probabilities [max_batch][CANDIDATES].
+    pub h: wgpu::Buffer,
+    pub e: wgpu::Buffer,
+    pub cands: wgpu::Buffer,
+    pub target: wgpu::Buffer,
+    /// Activations: z | a | s | y | dy | da | loss, laid out for `max_batch` rows.
+    pub act: wgpu::Buffer,
+    pipelines: Vec<(&'static str, Arc<Pipeline>)>,
+    bind: wgpu::BindGroup,
+}
+
+const ENTRIES: [&str; 7] = ["head_in", "head_fc1", "head_fc2", "head_loss", "head_bw_s", "head_upd2", "head_upd1"];
+
+impl GpuHead {
+    /// A head for a target whose LM head is `output` (one binding) after a final norm with
+    /// weight `gamma` (a GPU buffer of d floats) and epsilon `norm_eps`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: Arc<Gpu>,
+        dims: HeadDims,
+        init: &[f32],
+        output: &GpuMatrix,
+        vocab: usize,
+        gamma: &wgpu::Buffer,
+        norm_eps: f32,
+        max_batch: usize,
+    ) -> Result<GpuHead> {
+        if init.len() != dims.n_params() {
+            return Err(Error::msg(format!("draft head has {} parameters, expected {}", init.len(), dims.n_params())));
+        }
+        let Some([w, scale, offset]) = output.single_part() else {
+            return Err(Error::msg(
+                "this model's LM head is too large for one GPU binding; the draft head needs it whole",
+            ));
+        };
+        let g = &*gpu;
+        let (d, r, b) = (dims.d as u64, dims.r as u64, max_batch as u64);
+        let uniform = g.uniform("head params", &HeadParams::default());
+        let params = g.storage("head params", init);
+        let adam_m = g.storage_zeroed("head adam m", dims.n_params() as u64 * 4);
+        let adam_v = g.storage_zeroed("head adam v", dims.n_params() as u64 * 4);
+        let h = g.storage_zeroed("head h", b * d * 4);
+        let e = g.storage_zeroed("head e", b * d * 4);
+        let cands = g.storage_zeroed("head cands", b * CANDIDATES as u64 * 4);
+        let target = g.storage_zeroed("head target", b * CANDIDATES as u64 * 4);
+        let act = g.storage_zeroed("head act", (b * (2 * d + 3 * r + 3 * d) + b) * 4);
+        let kernels = Kernels::default();
+        let pipelines: Vec<_> = ENTRIES.iter().map(|&en| (en, kernels.head(g, en, output.format()))).collect();
+        let bind = g.bind(
+            &pipelines[0].1,
+            &[&uniform, &params, &adam_m, &adam_v, &h, &e, &cands, &target, &act, gamma, w, scale, offset],
+        );
+        Ok(GpuHead {
+            gpu,
+            dims,
+            max_batch,
+            norm_eps,
+            vocab,
+            uniform,
+            params,
+            adam_m,
+            adam_v,
+            h,
+            e,
+            cands,
+            target,
+            act,
+            pipelines,
+            bind,
+        })
+    }
+
+    fn write_uniform(&self, batch: usize, opt: &AdamW, step: u32) {
+        let u = HeadParams {
+            d: self.dims.d as u32,
+            r: self.dims.r as u32,
+            batch: batch as u32,
+            vocab: self.vocab as u32,
+            lr: opt.lr,
+            beta1: opt.beta1,
+            beta2: opt.beta2,
+            adam_eps: opt.eps,
+            weight_decay: opt.weight_decay,
+            bc1: 1.0 - opt.beta1.powi(step as i32),
+            bc2: 1.0 - opt.beta2.powi(step as i32),
+            norm_eps: self.norm_eps,
+        };
+        self.gpu.queue.write_buffer(&self.uniform, 0, bytemuck::bytes_of(&u));
+    }
+
+    fn dispatch(&self, cp: &mut wgpu::ComputePass, entry: &str, size: [u32; 3]) {
+        let p = &self.pipelines.iter().find(|(e, _)| *e == entry).expect("known entry point").1;
+        cp.set_pipeline(&p.pipeline);
+        cp.set_bind_group(0, &self.bind, &[]);
+        cp.dispatch_workgroups(size[0], size[1], size[2]);
+    }
+
+    fn forward_dispatches(&self, cp: &mut wgpu::ComputePass, batch: usize) {
+        let (d, r, b) = (self.dims.d as u32, self.dims.r as u32, batch as u32);
+        self.dispatch(cp, "head_in", [b, 1, 1]);
+        self.dispatch(cp, "head_fc1", [r.div_ceil(64), b, 1]);
+        self.dispatch(cp, "head_fc2", [d.div_ceil(64), b, 1]);
+    }
+
+    /// One head operation per submission: each writes the shared uniform.
+    /// Records the forward pass for rows 0..batch of `h`/`e` (the prediction lands in `act`'s y).
+    pub fn encode_forward(&self, enc: &mut wgpu::CommandEncoder, batch: usize) {
+        self.write_uniform(batch, &AdamW::default(), 1);
+        let mut cp =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head"), timestamp_writes: None });
+        self.forward_dispatches(&mut cp, batch);
+    }
+
+    /// Records one training step (AdamW step number `step`, from 1) on rows 0..batch.
+    pub fn encode_train_step(&self, enc: &mut wgpu::CommandEncoder, batch: usize, opt: &AdamW, step: u32) {
+        let (r, b) = (self.dims.r as u32, batch as u32);
+        self.write_uniform(batch, opt, step);
+        let mut cp =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head train"), timestamp_writes: None });
+        self.forward_dispatches(&mut cp, batch);
+        self.dispatch(&mut cp, "head_loss", [b, 1, 1]);
+        self.dispatch(&mut cp, "head_bw_s", [r.div_ceil(64), b, 1]);
+        self.dispatch(&mut cp, "head_upd2", [256, 1, 1]);
+        self.dispatch(&mut cp, "head_upd1", [256, 1, 1]);
+    }
+
+    /// Offsets (in floats) of the predicted hidden states y [batch][d] and the per-row losses
+    /// [batch] within `act` after a pass over `batch` rows (head.wgsl lays `act` out per batch).
+    pub fn y_offset(&self, batch: usize) -> usize {
+        batch * (2 * self.dims.d + 2 * self.dims.r)
+    }
+    pub fn loss_offset(&self, batch: usize) -> usize {
+        batch * (4 * self.dims.d + 3 * self.dims.r)
+    }
+}

@@ -1,0 +1,5 @@
+//! Learning: the draft head, its trainer (WGSL passes with a plain-Rust reference), and the
+//! replay buffer of what verification saw.
+
+pub mod gpu;
+pub mod head;
