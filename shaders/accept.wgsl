@@ -51,12 +51,6 @@ var<workgroup> removed: array<u32, MAX_REMOVED>;
 var<workgroup> n_removed: u32;
 var<workgroup> pick: u32;
 
-fn hash(x: u32) -> u32 {
-    let s = x * 747796405u + 2891336453u;
-    let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
-    return (w >> 22u) ^ w;
-}
-
 // Uniform in [0, 1) for this pass's (seed, draw) and a decision number.
 fn uniform01(salt: u32) -> f32 {
     return f32(hash(pass_.seed ^ hash(pass_.draw ^ hash(salt))) >> 8u) * (1.0 / 16777216.0);

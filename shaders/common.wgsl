@@ -18,3 +18,11 @@ struct Pass {
 
 // Scores below this are masked out.
 const MASKED: f32 = -3.0e38;
+
+// PCG-style integer hash (src/sampler.rs `hash` is its CPU twin): every random decision on the
+// GPU is a hash of a seed and counters, so runs are reproducible.
+fn hash(x: u32) -> u32 {
+    let s = x * 747796405u + 2891336453u;
+    let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
+    return (w >> 22u) ^ w;
+}

@@ -104,3 +104,104 @@ fn head_forward_and_training_steps_match_cpu_reference() {
         }
     }
 }
+
+/// replay.wgsl against its reference: `record` stores the accepted path's samples (hidden state
+/// before each node, the node, the teacher's top tokens after it, what came next) and moves
+/// prev_h; `gather` builds training rows (embedding, candidates, target distribution);
+/// `embed_tokens` looks embeddings up.
+#[test]
+fn replay_record_and_gather_match_cpu_reference() {
+    use augur::gpu::kernels::CANDIDATES as TEACH;
+    use augur::model::gpu::{GpuModel, RESULT_BONUS, RESULT_LEN};
+    use augur::train::replay::{META, Replay, gather_cpu, record_cpu};
+    let gpu = gpu();
+    let (cfg, w) = tiny_model(21, true, augur::model::config::RopeStyle::Neox, false);
+    let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
+    let d = cfg.dim;
+    let dims = HeadDims { d, r: 32 };
+    let head =
+        GpuHead::new(gpu.clone(), dims, &head::init(dims, 1), &gm.output, cfg.vocab, &gm.out_gamma, 1e-5, 8).unwrap();
+    let capacity = 7; // small, so the ring wraps
+    let mut replay = Replay::new(&gm, &head, capacity).unwrap();
+    let mut rng = Rng(8);
+    let mut ring_h = vec![0f32; capacity * d];
+    let mut ring_meta = vec![0u32; capacity * META];
+    let mut prev_h = vec![0f32; d];
+    for (round, (k, have_prev)) in [(2usize, false), (0, true), (3, true), (4, true)].into_iter().enumerate() {
+        let rows = 6;
+        let mut result = vec![0u32; RESULT_LEN];
+        result[0] = k as u32;
+        let mut path: Vec<u32> = (1..rows as u32).collect();
+        path.rotate_left(round);
+        for j in 0..k {
+            result[1 + j] = path[j];
+        }
+        result[RESULT_BONUS] = (rng.next() % cfg.vocab as u64) as u32;
+        let x = rng.vec(rows * d, 2.0);
+        let tokens: Vec<u32> = (0..rows).map(|_| (rng.next() % cfg.vocab as u64) as u32).collect();
+        let topk: Vec<u32> = (0..rows * TEACH)
+            .flat_map(|_| [(rng.next() % cfg.vocab as u64) as u32, (0.05 + 0.1 * rng.f().abs()).to_bits()])
+            .collect();
+        let q = &gpu.queue;
+        q.write_buffer(&gm.result, 0, bytemuck::cast_slice(&result));
+        q.write_buffer(&gm.x, 0, bytemuck::cast_slice(&x));
+        q.write_buffer(&gm.tokens, 0, bytemuck::cast_slice(&tokens));
+        q.write_buffer(&gm.candidates, 0, bytemuck::cast_slice(&topk));
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        replay.encode_record(&mut enc, have_prev);
+        q.submit([enc.finish()]);
+        let (samples, new_prev) =
+            record_cpu(&result, &x, &tokens, &topk, &prev_h, have_prev, replay.write_pos, capacity);
+        assert_eq!(samples.len(), k + have_prev as usize);
+        for (slot, h, meta) in samples {
+            ring_h[slot * d..(slot + 1) * d].copy_from_slice(&h);
+            ring_meta[slot * META..(slot + 1) * META].copy_from_slice(&meta);
+        }
+        prev_h = new_prev;
+        replay.advance(k, have_prev);
+        assert_eq!(gpu.read_f32(&replay.ring_h, capacity * d), ring_h, "round {round}: ring hidden states");
+        let got_meta: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&gpu.read(&replay.ring_meta, (capacity * META * 4) as u64));
+        assert_eq!(got_meta, ring_meta, "round {round}: ring metadata");
+        assert_eq!(gpu.read_f32(&replay.prev_h, d), prev_h, "round {round}: prev_h");
+    }
+    assert_eq!(replay.filled, capacity);
+
+    // gather a batch of slots
+    let slots = [3u32, 0, 6, 3];
+    let (seed, alpha) = (77, 0.6);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    replay.encode_gather(&mut enc, &slots, seed, alpha);
+    gpu.queue.submit([enc.finish()]);
+    let n = slots.len();
+    let h = gpu.read_f32(&head.h, n * d);
+    let e = gpu.read_f32(&head.e, n * d);
+    let c: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&head.cands, (n * CANDIDATES * 4) as u64));
+    let t = gpu.read_f32(&head.target, n * CANDIDATES);
+    let mut row = vec![0f32; d];
+    for (b, &slot) in slots.iter().enumerate() {
+        let s = slot as usize;
+        assert_eq!(&h[b * d..(b + 1) * d], &ring_h[s * d..(s + 1) * d], "gather row {b}: hidden");
+        let meta: [u32; META] = ring_meta[s * META..(s + 1) * META].try_into().unwrap();
+        w.embed.row(meta[0] as usize, &mut row);
+        assert!(rel_l2(&e[b * d..(b + 1) * d], &row) < 1e-6, "gather row {b}: embedding");
+        let (wc, wt) = gather_cpu(&meta, b, seed, alpha, cfg.vocab);
+        assert_eq!(&c[b * CANDIDATES..(b + 1) * CANDIDATES], &wc, "gather row {b}: candidates");
+        for i in 0..CANDIDATES {
+            assert!((t[b * CANDIDATES + i] - wt[i]).abs() < 1e-6, "gather row {b} slot {i}: target");
+        }
+        let total: f32 = wt.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "targets sum to {total}");
+    }
+
+    // embeddings for drafting
+    let toks = [5u32, 300, 17];
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    replay.encode_embed(&mut enc, &toks);
+    gpu.queue.submit([enc.finish()]);
+    let e = gpu.read_f32(&head.e, toks.len() * d);
+    for (b, &tk) in toks.iter().enumerate() {
+        w.embed.row(tk as usize, &mut row);
+        assert!(rel_l2(&e[b * d..(b + 1) * d], &row) < 1e-6, "embed row {b}");
+    }
+}

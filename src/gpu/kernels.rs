@@ -15,9 +15,10 @@ pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
 pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
 pub const TOPK: &str = include_str!("../../shaders/topk.wgsl");
 pub const HEAD: &str = include_str!("../../shaders/head.wgsl");
+pub const REPLAY: &str = include_str!("../../shaders/replay.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 9] = [
+pub const ALL: [(&str, &str); 10] = [
     ("rmsnorm", RMSNORM),
     ("matmul", MATMUL),
     ("embed", EMBED),
@@ -27,6 +28,7 @@ pub const ALL: [(&str, &str); 9] = [
     ("kv_compact", KV_COMPACT),
     ("topk", TOPK),
     ("head", HEAD),
+    ("replay", REPLAY),
 ];
 
 pub fn source(body: &str) -> String {
@@ -75,6 +77,24 @@ pub const HEAD_BINDS: [Bind; 13] = [
     Bind::Read,
     Bind::Read,
     Bind::Read,
+];
+pub const REPLAY_BINDS: [Bind; 16] = [
+    Bind::Uniform,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
 ];
 pub const NORM_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
 pub const EMBED_BINDS: [Bind; 7] =
@@ -140,6 +160,13 @@ impl Kernels {
     pub fn head(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("head {entry} {f:?}"), || {
             gpu.pipeline(entry, &source(HEAD), entry, &HEAD_BINDS, &[("FORMAT", f as u32 as f64)])
+        })
+    }
+
+    /// One entry point of replay.wgsl (the draft head's training data).
+    pub fn replay(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("replay {entry} {f:?}"), || {
+            gpu.pipeline(entry, &source(REPLAY), entry, &REPLAY_BINDS, &[("FORMAT", f as u32 as f64)])
         })
     }
 
@@ -221,6 +248,19 @@ pub struct HeadParams {
     pub bc1: f32,
     pub bc2: f32,
     pub norm_eps: f32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ReplayParams {
+    pub d: u32,
+    pub vocab: u32,
+    pub capacity: u32,
+    pub base: u32,
+    pub batch: u32,
+    pub seed: u32,
+    pub alpha: f32,
+    pub have_prev: u32,
 }
 
 /// Candidates per row that topk.wgsl returns.

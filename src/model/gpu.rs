@@ -26,6 +26,7 @@ use crate::model::weights::{MatData, Matrix, Weights};
 use std::sync::Arc;
 
 /// One column range of a matrix, small enough for one storage binding.
+#[derive(Clone)]
 struct MatPart {
     w: wgpu::Buffer,
     scale: wgpu::Buffer,
@@ -34,6 +35,7 @@ struct MatPart {
     n_base: usize,
 }
 
+#[derive(Clone)]
 pub struct GpuMatrix {
     k: usize,
     format: Format,
@@ -254,6 +256,8 @@ pub struct GpuModel {
     positions: wgpu::Buffer,
     masks: wgpu::Buffer,
     pub logits: wgpu::Buffer,
+    /// The residual stream [max_batch][dim]: after a pass, each row's final hidden state.
+    pub x: wgpu::Buffer,
     /// Acceptance results (RESULT_* layout).
     pub result: wgpu::Buffer,
     parents: wgpu::Buffer,
@@ -266,7 +270,8 @@ pub struct GpuModel {
     layers: Vec<LayerSites>,
     out_norm: Dispatch,
     lm_head: MatmulSite,
-    /// The LM head's weights and the final norm's, for the draft head that reuses them.
+    /// The embedding, LM head and final norm weights, for the draft head that reuses them.
+    pub embedding: GpuMatrix,
     pub output: GpuMatrix,
     pub out_gamma: wgpu::Buffer,
     _keep: Vec<wgpu::Buffer>,
@@ -406,7 +411,7 @@ impl GpuModel {
         }
         let out_m = match &w.output {
             Some(o) => GpuMatrix::upload(g, o, "output"),
-            None => embed_m,
+            None => embed_m.clone(),
         };
         let out_gamma = g.storage("final norm weight", &w.out_norm);
         let out_norm = Dispatch {
@@ -433,7 +438,7 @@ impl GpuModel {
             attn_prm,
             norm_prm,
             compact_prm,
-            x,
+            x.clone(),
             xn,
             qkv,
             att,
@@ -453,6 +458,7 @@ impl GpuModel {
             positions,
             masks,
             logits,
+            x,
             result,
             parents,
             candidates,
@@ -463,6 +469,7 @@ impl GpuModel {
             layers,
             out_norm,
             lm_head,
+            embedding: embed_m,
             output: out_m,
             out_gamma,
             _keep: keep,

@@ -1,0 +1,159 @@
+// The draft head's replay buffer: free training data from verification (src/train/replay.rs is
+// the reference).
+//
+//   record       after acceptance, in the verify submission: for the accepted path
+//                c_0 = root, c_1..c_k, sample j holds the target's hidden state before c_j
+//                (prev_h for j = 0, else row c_{j-1}), the token c_j, the target's top tokens
+//                after c_j (the teacher) and the token that came next (c_{j+1}, or the bonus).
+//                Then prev_h = hidden of c_k: what the head drafts from next round.
+//   gather       a training batch from ring slots idx[b]: h, the embedding of the next token,
+//                and the candidate set with its target distribution (teacher top tokens x
+//                alpha, the realised token x (1 - alpha), hashed negatives x 0).
+//   embed_tokens e[b] = embedding of token idx[b] (inputs for drafting).
+// The embedding is read in the engine's K-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
+
+override FORMAT: u32 = 0u;
+
+struct ReplayParams {
+    d: u32,
+    vocab: u32,
+    capacity: u32,    // ring slots
+    base: u32,        // record: ring slot of sample 0
+    batch: u32,       // gather / embed_tokens rows
+    seed: u32,        // gather: negatives
+    alpha: f32,       // gather: weight of the teacher's distribution
+    have_prev: u32,   // record: prev_h holds the hidden state before the root
+};
+
+const META: u32 = 20u;   // per slot: next, realised, teacher ids [8], teacher probs [8], 2 spare
+const TEACH: u32 = 8u;
+const CANDS: u32 = 32u;
+const NO_TOKEN: u32 = 0xffffffffu;
+
+@group(0) @binding(0) var<uniform> rp: ReplayParams;
+@group(0) @binding(1) var<storage, read> result: array<u32>;     // acceptance (accept.wgsl layout)
+@group(0) @binding(2) var<storage, read> x: array<f32>;          // target hidden states [rows][d]
+@group(0) @binding(3) var<storage, read> tokens: array<u32>;     // verify pass inputs
+@group(0) @binding(4) var<storage, read> topk: array<u32>;       // [rows][TEACH][id, bits of p]
+@group(0) @binding(5) var<storage, read_write> prev_h: array<f32>;
+@group(0) @binding(6) var<storage, read_write> ring_h: array<f32>;   // [capacity][d]
+@group(0) @binding(7) var<storage, read_write> ring_meta: array<u32>; // [capacity][META]
+@group(0) @binding(8) var<storage, read> idx: array<u32>;
+@group(0) @binding(9) var<storage, read> emb_w: array<u32>;
+@group(0) @binding(10) var<storage, read> emb_scale: array<f32>;
+@group(0) @binding(11) var<storage, read> emb_offset: array<f32>;
+@group(0) @binding(12) var<storage, read_write> out_h: array<f32>;    // [batch][d]
+@group(0) @binding(13) var<storage, read_write> out_e: array<f32>;    // [batch][d]
+@group(0) @binding(14) var<storage, read_write> out_c: array<u32>;    // [batch][CANDS]
+@group(0) @binding(15) var<storage, read_write> out_t: array<f32>;    // [batch][CANDS]
+
+const RESULT_BONUS: u32 = 33u;
+
+// Embedding value k of token c.
+fn emb(k: u32, c: u32) -> f32 {
+    let n = rp.vocab;
+    if (FORMAT == 0u) {
+        let q = unpack4xI8(emb_w[(k / 4u) * n + c])[k % 4u];
+        let b = (k / 32u) * n + c;
+        return f32(q) * emb_scale[b] + emb_offset[b];
+    }
+    return unpack2x16float(emb_w[(k / 2u) * n + c])[k % 2u];
+}
+
+// One workgroup; invocations stride the hidden dimension.
+@compute @workgroup_size(64)
+fn record(@builtin(local_invocation_index) lid: u32) {
+    let d = rp.d;
+    let k = result[0];
+    let first = 1u - min(rp.have_prev, 1u);
+    for (var j = first; j <= k; j++) {
+        let slot = (rp.base + j - first) % rp.capacity;
+        let row = select(0u, result[j], j > 0u);
+        for (var i = lid; i < d; i += 64u) {
+            var v: f32;
+            if (j == 0u) {
+                v = prev_h[i];
+            } else {
+                let prow = select(0u, result[j - 1u], j > 1u);
+                v = x[prow * d + i];
+            }
+            ring_h[slot * d + i] = v;
+        }
+        if (lid == 0u) {
+            let m = slot * META;
+            ring_meta[m] = tokens[row];
+            var realised = result[RESULT_BONUS];
+            if (j < k) {
+                realised = tokens[result[j + 1u]];
+            }
+            ring_meta[m + 1u] = realised;
+            for (var t = 0u; t < TEACH; t++) {
+                ring_meta[m + 2u + t] = topk[(row * TEACH + t) * 2u];
+                ring_meta[m + 2u + TEACH + t] = topk[(row * TEACH + t) * 2u + 1u];
+            }
+        }
+    }
+    // each invocation rewrites only the prev_h entries it read above
+    let last = select(0u, result[k], k > 0u);
+    for (var i = lid; i < d; i += 64u) {
+        prev_h[i] = x[last * d + i];
+    }
+}
+
+// Workgroup per batch row.
+@compute @workgroup_size(64)
+fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let b = wid.x;
+    let d = rp.d;
+    let slot = idx[b];
+    let m = slot * META;
+    let next = ring_meta[m];
+    for (var i = lid; i < d; i += 64u) {
+        out_h[b * d + i] = ring_h[slot * d + i];
+        out_e[b * d + i] = emb(i, next);
+    }
+    if (lid == 0u) {
+        let realised = ring_meta[m + 1u];
+        var total = 0.0;
+        for (var t = 0u; t < TEACH; t++) {
+            total += bitcast<f32>(ring_meta[m + 2u + TEACH + t]);
+        }
+        var n = 0u;
+        var realised_in = false;
+        for (var t = 0u; t < TEACH; t++) {
+            let id = ring_meta[m + 2u + t];
+            var p = rp.alpha * bitcast<f32>(ring_meta[m + 2u + TEACH + t]) / max(total, 1e-30);
+            if (id == realised) {
+                p += 1.0 - rp.alpha;
+                realised_in = true;
+            }
+            out_c[b * CANDS + n] = id;
+            out_t[b * CANDS + n] = p;
+            n++;
+        }
+        if (!realised_in) {
+            out_c[b * CANDS + n] = realised;
+            out_t[b * CANDS + n] = 1.0 - rp.alpha;
+            n++;
+        }
+        for (var i = n; i < CANDS; i++) {
+            var neg = hash(rp.seed ^ hash(b * CANDS + i)) % rp.vocab;
+            for (var t = 0u; t < i; t++) {
+                if (out_c[b * CANDS + t] == neg) {
+                    neg = NO_TOKEN;
+                }
+            }
+            out_c[b * CANDS + i] = neg;
+            out_t[b * CANDS + i] = 0.0;
+        }
+    }
+}
+
+// Workgroup per row.
+@compute @workgroup_size(64)
+fn embed_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let b = wid.x;
+    for (var i = lid; i < rp.d; i += 64u) {
+        out_e[b * rp.d + i] = emb(i, idx[b]);
+    }
+}
