@@ -4,11 +4,14 @@
 //   record       after acceptance, in the verify submission: for the accepted path
 //                c_0 = root, c_1..c_k, sample j holds the target's hidden state before c_j
 //                (prev_h for j = 0, else row c_{j-1}), the token c_j, the target's top tokens
-//                after c_j (the teacher) and the token that came next (c_{j+1}, or the bonus).
-//                Then prev_h = hidden of c_k: what the head drafts from next round.
+//                after c_j (the teacher), the token that came next (c_{j+1}, or the bonus), and
+//                the head's own top tokens after c_j when it drafted there (its mistakes are the
+//                negatives that matter). Then prev_h = hidden of c_k: what the head drafts from
+//                next round.
 //   gather       a training batch from ring slots idx[b]: h, the embedding of the next token,
 //                and the candidate set with its target distribution (teacher top tokens x
-//                alpha, the realised token x (1 - alpha), hashed negatives x 0).
+//                alpha, the realised token x (1 - alpha), the head's own drafts and hashed
+//                negatives x 0).
 //   embed_tokens e[b] = embedding of token idx[b] (inputs for drafting).
 // The embedding is read in the engine's K-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
 
@@ -23,9 +26,13 @@ struct ReplayParams {
     seed: u32,        // gather: negatives
     alpha: f32,       // gather: weight of the teacher's distribution
     have_prev: u32,   // record: prev_h holds the hidden state before the root
+    // record: the head's expansion slot of each verified row (NO_TOKEN: not expanded), 4 per vec
+    row_slot: array<vec4<u32>, 16>,
 };
 
-const META: u32 = 20u;   // per slot: next, realised, teacher ids [8], teacher probs [8], 2 spare
+// per slot: next, realised, teacher ids [8], teacher probs [8], 2 spare, head's own top ids [8]
+const META: u32 = 28u;
+const NEG: u32 = 20u;
 const TEACH: u32 = 8u;
 const CANDS: u32 = 32u;
 const NO_TOKEN: u32 = 0xffffffffu;
@@ -38,6 +45,7 @@ const NO_TOKEN: u32 = 0xffffffffu;
 @group(0) @binding(5) var<storage, read_write> prev_h: array<f32>;
 @group(0) @binding(6) var<storage, read_write> ring_h: array<f32>;   // [capacity][d]
 @group(0) @binding(7) var<storage, read_write> ring_meta: array<u32>; // [capacity][META]
+// gather / embed_tokens: slots or tokens; record: the head's top-k pairs per expansion slot
 @group(0) @binding(8) var<storage, read> idx: array<u32>;
 @group(0) @binding(9) var<storage, read> emb_w: array<u32>;
 @group(0) @binding(10) var<storage, read> emb_scale: array<f32>;
@@ -87,9 +95,15 @@ fn record(@builtin(local_invocation_index) lid: u32) {
                 realised = tokens[result[j + 1u]];
             }
             ring_meta[m + 1u] = realised;
+            let hs = rp.row_slot[row / 4u][row % 4u];
             for (var t = 0u; t < TEACH; t++) {
                 ring_meta[m + 2u + t] = topk[(row * TEACH + t) * 2u];
                 ring_meta[m + 2u + TEACH + t] = topk[(row * TEACH + t) * 2u + 1u];
+                var own = NO_TOKEN;
+                if (hs != NO_TOKEN) {
+                    own = idx[(hs * TEACH + t) * 2u];
+                }
+                ring_meta[m + NEG + t] = own;
             }
         }
     }
@@ -135,6 +149,19 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
             out_c[b * CANDS + n] = realised;
             out_t[b * CANDS + n] = 1.0 - rp.alpha;
             n++;
+        }
+        for (var t = 0u; t < TEACH; t++) {
+            var neg = ring_meta[m + NEG + t];
+            for (var u = 0u; u < n; u++) {
+                if (out_c[b * CANDS + u] == neg) {
+                    neg = NO_TOKEN;
+                }
+            }
+            if (neg != NO_TOKEN) {
+                out_c[b * CANDS + n] = neg;
+                out_t[b * CANDS + n] = 0.0;
+                n++;
+            }
         }
         for (var i = n; i < CANDS; i++) {
             var neg = hash(rp.seed ^ hash(b * CANDS + i)) % rp.vocab;

@@ -18,9 +18,12 @@ use crate::model::LoadedModel;
 use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
 use crate::spec::draft::DraftModelSpeculator;
+use crate::spec::head::{HeadOptions, HeadSpeculator};
 use crate::spec::stats::SpecStats;
 use crate::spec::suffix::SuffixSpeculator;
 use crate::spec::{Drafter, SpecMode, Speculator};
+use crate::train::checkpoint::HeadFile;
+use crate::train::head::HeadDims;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -155,6 +158,10 @@ pub struct Engine {
     pub suffix: Option<Box<dyn Speculator + Send>>,
     /// A smaller model of the target's family (`attach_draft`).
     pub draft: Option<Box<dyn Speculator + Send>>,
+    /// The adaptive draft head (`attach_head`).
+    pub head: Option<HeadSpeculator>,
+    /// `LoadedModel::fingerprint` of the target (keys learned state).
+    pub fingerprint: String,
 }
 
 impl Engine {
@@ -171,6 +178,7 @@ impl Engine {
 
     pub fn with_gpu(gpu: Arc<Gpu>, loaded: LoadedModel, opts: &EngineOptions) -> Result<Engine> {
         let model = GpuModel::new(gpu.clone(), &loaded.config, &loaded.weights, opts.max_ctx, opts.max_batch)?;
+        let fingerprint = loaded.fingerprint();
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token readback"),
             size: 16,
@@ -195,7 +203,37 @@ impl Engine {
             result_staging,
             suffix: Some(Box::new(suffix)),
             draft: None,
+            head: None,
+            fingerprint,
         })
+    }
+
+    /// Adds the adaptive draft head for `--speculate head`: from a saved head (made for this
+    /// model: see `train::checkpoint::load`) or a fresh one.
+    pub fn attach_head(&mut self, saved: Option<HeadFile>, opts: HeadOptions) -> Result<()> {
+        let c = &self.model.cfg;
+        let (dims, params) = match &saved {
+            Some(f) => (f.meta.dims, f.params.clone()),
+            None => {
+                let dims = HeadDims { d: c.dim, r: 2 * c.dim };
+                (dims, crate::train::head::init(dims, 1))
+            }
+        };
+        if dims.d != c.dim {
+            return Err(Error::msg("the draft head's hidden size differs from the model's"));
+        }
+        let mut head = HeadSpeculator::new(&self.model, dims, &params, opts)?;
+        if let Some(f) = saved {
+            head.restore(&f);
+        }
+        self.head = Some(head);
+        Ok(())
+    }
+
+    /// The draft head's current state, ready to save (None without a head).
+    pub fn head_file(&self) -> Option<HeadFile> {
+        let h = self.head.as_ref()?;
+        Some(h.to_file(&self.fingerprint, &self.source))
     }
 
     /// Adds a draft model for `--speculate draft`; it must share the target's vocabulary.
@@ -215,6 +253,12 @@ impl Engine {
                 return Err(Error::msg("--speculate draft needs a draft model: add --draft <model>"));
             }
             SpecMode::Draft => Some(Drafter::Draft),
+            SpecMode::Head if self.head.is_none() => {
+                return Err(Error::msg(
+                    "--speculate head needs a draft head (Engine::attach_head; the CLI attaches one)",
+                ));
+            }
+            SpecMode::Head => Some(Drafter::Head),
             // On CPU emulation a draft model's passes cost nearly what the target's do, so it
             // never pays there (BENCHMARKS.md); elsewhere a draft model beats the suffix index
             // on text it has not seen.
@@ -313,6 +357,14 @@ impl Engine {
         if let (Some(s), Some(Drafter::Draft)) = (self.draft.as_mut(), drafter) {
             s.begin(prompt);
         }
+        if let Some(h) = self.head.as_mut() {
+            h.begin(prompt);
+            if speculate {
+                // every speculative round records for the head; it drafts from this hidden state
+                let last_rows = prompt.len() - (prompt.len() - 1) / mb * mb;
+                h.after_prefill(&self.model, last_rows - 1);
+            }
+        }
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let mut context = prompt.to_vec();
@@ -353,7 +405,7 @@ impl Engine {
             s.finish(&context, prompt.len());
         }
         let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-        spec_stats.other_ms = (decode_ms - spec_stats.draft_ms - spec_stats.verify_ms).max(0.0);
+        spec_stats.other_ms = (decode_ms - spec_stats.draft_ms - spec_stats.verify_ms - spec_stats.train_ms).max(0.0);
         let stats = Stats {
             prompt_tokens: prompt.len(),
             generated_tokens: tokens.len(),
@@ -394,9 +446,10 @@ impl Engine {
         }
         let budget = budget.min(self.model.max_batch - 1).min(63).min(room);
         let depth = depth.min(MAX_ACCEPT_DEPTH - 1);
-        let speculator = match drafter {
-            Drafter::Draft => self.draft.as_mut(),
-            _ => self.suffix.as_mut(),
+        let speculator: &mut dyn Speculator = match drafter {
+            Drafter::Draft => self.draft.as_deref_mut().map(|s| s as &mut dyn Speculator),
+            Drafter::Head => self.head.as_mut().map(|h| h as &mut dyn Speculator),
+            Drafter::Suffix => self.suffix.as_deref_mut().map(|s| s as &mut dyn Speculator),
         }
         .expect("drafter_for picks a speculator that exists");
         speculator.set_min_confidence(min_confidence);
@@ -422,6 +475,9 @@ impl Engine {
         let gpu = &self.model.gpu;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.model.encode(&mut enc, &spec, None)?;
+        if let Some(h) = &self.head {
+            h.encode_after_verify(&mut enc, &self.model, m);
+        }
         enc.copy_buffer_to_buffer(&self.model.result, 0, &self.result_staging, 0, (RESULT_LEN * 4) as u64);
         gpu.queue.submit([enc.finish()]);
         let r: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.result_staging, (RESULT_LEN * 4) as u64));
@@ -440,6 +496,11 @@ impl Engine {
         }
         for &row in &r[1..=k] {
             stats.count_accepted(tree.nodes[row as usize - 1].drafter);
+        }
+        if let Some(h) = self.head.as_mut() {
+            let before = h.stats.train_ms;
+            h.after_round(k, spec_t.elapsed().as_secs_f64() * 1e3)?;
+            stats.train_ms += h.stats.train_ms - before;
         }
         let mut new: Vec<u32> = r[RESULT_TOKENS..RESULT_TOKENS + k].to_vec();
         new.push(r[RESULT_BONUS]);

@@ -117,13 +117,20 @@ struct GenArgs {
 
 #[derive(Args)]
 struct SpecArgs {
-    /// Speculative decoding: off, suffix, draft (needs --draft), or auto (the best available
-    /// for the device, trees sized for it)
+    /// Speculative decoding: off, suffix, draft (needs --draft), head (the adaptive draft
+    /// head), or auto (the best available for the device, trees sized for it)
     #[arg(long, default_value = "auto")]
     speculate: augur::spec::SpecMode,
     /// A smaller model of the target's family to draft with (catalog id or path)
     #[arg(long)]
     draft: Option<String>,
+    /// Draft-head file for --speculate head (default: $AUGUR_HOME/heads/<model>.safetensors,
+    /// created on first use and saved after each run)
+    #[arg(long)]
+    head: Option<std::path::PathBuf>,
+    /// Use the draft head as it is: no online training, nothing saved
+    #[arg(long)]
+    no_learn: bool,
     /// Most drafted tokens verified per round (clamped to what the context and a pass hold)
     #[arg(long, default_value_t = 8)]
     tree_budget: usize,
@@ -145,15 +152,52 @@ impl ModelArgs {
         Engine::load(&path, &opts)
     }
 
-    /// The engine with the draft model that `spec` names attached.
-    fn engine_with(&self, spec: &SpecArgs) -> Result<Engine> {
+    /// The engine with the draft model and draft head that `spec` asks for attached. Returns
+    /// where to save the head afterwards (None: not learning, or its file was refused).
+    fn engine_with(&self, spec: &SpecArgs) -> Result<(Engine, Option<std::path::PathBuf>)> {
         let mut engine = self.engine()?;
         if let Some(d) = &spec.draft {
             let path = pull::resolve_model(d, true)?;
             engine.attach_draft(augur::model::LoadedModel::load(&path)?)?;
         }
-        Ok(engine)
+        let mut save_to = None;
+        if spec.speculate == augur::spec::SpecMode::Head || spec.head.is_some() {
+            let path = spec.head.clone().unwrap_or_else(|| {
+                let stem = std::path::Path::new(&engine.source).file_stem().map(|s| s.to_string_lossy().to_string());
+                pull::augur_home().join("heads").join(format!("{}.safetensors", stem.unwrap_or_else(|| "model".into())))
+            });
+            let saved = match path.exists() {
+                false => {
+                    save_to = Some(path);
+                    None
+                }
+                true => match augur::train::checkpoint::load(&path, &engine.fingerprint) {
+                    Ok(f) => {
+                        save_to = Some(path);
+                        Some(f)
+                    }
+                    Err(e) => {
+                        eprintln!("augur: {e}; starting a fresh draft head (the file is left as it is)");
+                        None
+                    }
+                },
+            };
+            let opts = augur::spec::head::HeadOptions { learn: !spec.no_learn, ..Default::default() };
+            engine.attach_head(saved, opts)?;
+            if spec.no_learn {
+                save_to = None;
+            }
+        }
+        Ok((engine, save_to))
     }
+}
+
+/// Saves the draft head after a run that trained it.
+fn save_head(engine: &Engine, path: Option<std::path::PathBuf>) -> Result<()> {
+    if let (Some(p), Some(f)) = (path, engine.head_file()) {
+        augur::train::checkpoint::save(&p, &f)?;
+    }
+    Ok(())
 }
 
 impl GenArgs {
@@ -196,7 +240,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
         }
         Cmd::Run(a) => {
-            let mut engine = a.model.engine_with(&a.spec)?;
+            let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
             let mut stdout = std::io::stdout();
             let out = engine.generate(&a.prompt, &a.params(), |t| {
                 let _ = stdout.write_all(t.as_bytes());
@@ -213,9 +257,10 @@ fn run(cli: Cli) -> Result<()> {
                 s.decode_tok_s(),
                 s.finish_reason
             );
+            save_head(&engine, head_path)?;
         }
         Cmd::Generate { gen_args: a, json } => {
-            let mut engine = a.model.engine_with(&a.spec)?;
+            let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
             let out = engine.generate(&a.prompt, &a.params(), |_| true)?;
             if json {
                 let s = &out.stats;
@@ -230,6 +275,13 @@ fn run(cli: Cli) -> Result<()> {
                     "decode_tok_s": s.decode_tok_s(),
                     "finish_reason": s.finish_reason,
                     "spec": out.spec.as_ref().map(|s| s.to_json()),
+                    "head": engine.head.as_ref().map(|h| serde_json::json!({
+                        "train_steps": h.stats.train_steps,
+                        "train_ms": h.stats.train_ms,
+                        "loss": h.stats.loss,
+                        "samples": h.stats.samples_recorded,
+                        "step": h.step,
+                    })),
                     "model": engine.source,
                     "device": engine.gpu().describe(),
                 });
@@ -237,6 +289,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("{}", out.text);
             }
+            save_head(&engine, head_path)?;
         }
         Cmd::Bench { model, runs, prompt_tokens, gen_tokens } => {
             let mut engine = model.engine()?;
@@ -253,7 +306,7 @@ fn run(cli: Cli) -> Result<()> {
                 "rewrite" => bench::rewrite_workload(&sources, per_category.max(1))?,
                 other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
-            let mut engine = model.engine_with(&spec)?;
+            let (mut engine, _) = model.engine_with(&spec)?;
             bench::spec_run(&mut engine, &items, max_tokens.max(2), spec.speculate, spec.tree_budget, spec.max_depth)?;
         }
         Cmd::Devices => {

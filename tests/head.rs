@@ -122,7 +122,9 @@ fn replay_record_and_gather_match_cpu_reference() {
     let head =
         GpuHead::new(gpu.clone(), dims, &head::init(dims, 1), &gm.output, cfg.vocab, &gm.out_gamma, 1e-5, 8).unwrap();
     let capacity = 7; // small, so the ring wraps
-    let mut replay = Replay::new(&gm, &head, capacity).unwrap();
+    let expansions: Vec<u32> = (0..4 * TEACH).flat_map(|i| [((i * 37) % cfg.vocab) as u32, 0.1f32.to_bits()]).collect();
+    let exp_b = gpu.storage("expansions", &expansions);
+    let mut replay = Replay::new(&gm, &head, &exp_b, capacity).unwrap();
     let mut rng = Rng(8);
     let mut ring_h = vec![0f32; capacity * d];
     let mut ring_meta = vec![0u32; capacity * META];
@@ -147,11 +149,24 @@ fn replay_record_and_gather_match_cpu_reference() {
         q.write_buffer(&gm.x, 0, bytemuck::cast_slice(&x));
         q.write_buffer(&gm.tokens, 0, bytemuck::cast_slice(&tokens));
         q.write_buffer(&gm.candidates, 0, bytemuck::cast_slice(&topk));
+        // the head drafted at some rows (expansion slots 0..4), not at others
+        let row_slot: Vec<u32> =
+            (0..rows as u32).map(|r| if (r + round as u32) % 3 == 0 { u32::MAX } else { r % 4 }).collect();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        replay.encode_record(&mut enc, have_prev);
+        replay.encode_record(&mut enc, have_prev, &row_slot);
         q.submit([enc.finish()]);
-        let (samples, new_prev) =
-            record_cpu(&result, &x, &tokens, &topk, &prev_h, have_prev, replay.write_pos, capacity);
+        let (samples, new_prev) = record_cpu(
+            &result,
+            &x,
+            &tokens,
+            &topk,
+            &prev_h,
+            have_prev,
+            replay.write_pos,
+            capacity,
+            &row_slot,
+            &expansions,
+        );
         assert_eq!(samples.len(), k + have_prev as usize);
         for (slot, h, meta) in samples {
             ring_h[slot * d..(slot + 1) * d].copy_from_slice(&h);

@@ -251,7 +251,7 @@ pub struct HeadParams {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ReplayParams {
     pub d: u32,
     pub vocab: u32,
@@ -261,6 +261,24 @@ pub struct ReplayParams {
     pub seed: u32,
     pub alpha: f32,
     pub have_prev: u32,
+    /// record: the head's expansion slot per verified row (u32::MAX: none).
+    pub row_slot: [u32; 64],
+}
+
+impl Default for ReplayParams {
+    fn default() -> Self {
+        ReplayParams {
+            d: 0,
+            vocab: 0,
+            capacity: 0,
+            base: 0,
+            batch: 0,
+            seed: 0,
+            alpha: 0.0,
+            have_prev: 0,
+            row_slot: [u32::MAX; 64],
+        }
+    }
 }
 
 /// Candidates per row that topk.wgsl returns.

@@ -649,6 +649,82 @@ impl GpuModel {
     }
 }
 
+/// The target's final norm, LM head and top-k on buffers of their own, for a drafter that
+/// predicts hidden states (the draft head): hidden states in `x`, CANDIDATES (id, probability)
+/// pairs per row out in `candidates`. Shares the target's weights; made once.
+pub struct LmHeadRig {
+    gpu: Arc<Gpu>,
+    pass_buf: wgpu::Buffer,
+    /// Input hidden states [rows][dim] (before the final norm).
+    pub x: wgpu::Buffer,
+    pub candidates: wgpu::Buffer,
+    pub rows: usize,
+    norm: Dispatch,
+    site: MatmulSite,
+    topk: Dispatch,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+impl GpuModel {
+    /// An LM-head rig for up to `rows` rows at a time.
+    pub fn lm_head_rig(&self, rows: usize) -> LmHeadRig {
+        let g = &*self.gpu;
+        let c = &self.cfg;
+        let pass_buf = g.uniform("lm rig pass", &PassUniform::default());
+        let x = g.storage_zeroed("lm rig x", (rows * c.dim * 4) as u64);
+        let xn = g.storage_zeroed("lm rig xn", (rows * c.dim * 4) as u64);
+        let logits = g.storage_zeroed("lm rig logits", (rows * c.vocab * 4) as u64);
+        let candidates = g.storage_zeroed("lm rig candidates", (rows * CANDIDATES * 8) as u64);
+        let dummy = g.storage("dummy", &[0f32; 4]);
+        let norm_prm = g.uniform("lm rig norm", &NormParams { k: c.dim as u32, eps: c.rms_eps, _p: [0; 2] });
+        let norm_p = self.kernels.rmsnorm(g, true);
+        let norm = Dispatch {
+            pipeline: norm_p.clone(),
+            bind: g.bind(&norm_p, &[&pass_buf, &norm_prm, &x, &self.out_gamma, &xn]),
+        };
+        let ctx = SiteCtx { gpu: g, kernels: &self.kernels, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
+        let site = ctx.matmul(&self.output, &xn, &logits, None, Epilogue::Store, true, c.vocab);
+        let topk_p = self.kernels.topk(g);
+        let topk_prm =
+            g.uniform("lm rig topk", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
+        let topk =
+            Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
+        LmHeadRig {
+            gpu: self.gpu.clone(),
+            pass_buf,
+            x,
+            candidates,
+            rows,
+            norm,
+            site,
+            topk,
+            _keep: vec![xn, logits, dummy, norm_prm, topk_prm],
+        }
+    }
+}
+
+impl LmHeadRig {
+    /// Records norm, LM head and top-k for rows 0..rows of `x` (one use per submission).
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, rows: usize) {
+        assert!(rows >= 1 && rows <= self.rows, "the LM-head rig holds 1..={} rows", self.rows);
+        let u = PassUniform { m: rows as u32, lm_row0: 0, lm_rows: rows as u32, ..Default::default() };
+        self.gpu.queue.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
+        let mut cp =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("lm rig"), timestamp_writes: None });
+        cp.set_pipeline(&self.norm.pipeline.pipeline);
+        cp.set_bind_group(0, &self.norm.bind, &[]);
+        cp.dispatch_workgroups(rows as u32, 1, 1);
+        cp.set_pipeline(&self.site.pipeline.pipeline);
+        for (b, gx) in &self.site.groups {
+            cp.set_bind_group(0, b, &[]);
+            cp.dispatch_workgroups(*gx, ceil(rows, 4), 1);
+        }
+        cp.set_pipeline(&self.topk.pipeline.pipeline);
+        cp.set_bind_group(0, &self.topk.bind, &[]);
+        cp.dispatch_workgroups(rows as u32, 1, 1);
+    }
+}
+
 /// Milliseconds per dispatch of one matmul over `rows` rows of random input, `reps` dispatches
 /// in one submission (so fixed submit costs are amortised): the kernel's own speed.
 pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {

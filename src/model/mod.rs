@@ -43,4 +43,32 @@ impl LoadedModel {
         let tokenizer = Tokenizer::from_gguf(&g)?;
         Ok(LoadedModel { config, weights, tokenizer, source: path.display().to_string() })
     }
+
+    /// A short id of these weights (architecture, sizes and a sample of the embedding and LM
+    /// head), so that learned state made for one model is not applied to another.
+    pub fn fingerprint(&self) -> String {
+        let c = &self.config;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        for b in c.arch.bytes() {
+            eat(b as u64);
+        }
+        for v in [c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab] {
+            eat(v as u64);
+        }
+        let mut row = vec![0f32; self.weights.embed.k];
+        for m in [&self.weights.embed, self.weights.output()] {
+            for r in [0, 1, m.n / 2, m.n - 1] {
+                m.row(r, &mut row);
+                for v in &row {
+                    eat(v.to_bits() as u64);
+                }
+            }
+        }
+        format!("{}-{}x{}-{h:016x}", c.arch, c.n_layers, c.dim)
+    }
 }

@@ -6,6 +6,7 @@
 //! numbers in `stats`.
 
 pub mod draft;
+pub mod head;
 pub mod stats;
 pub mod suffix;
 pub mod tree;
@@ -19,6 +20,8 @@ pub enum SpecMode {
     Suffix,
     /// A smaller model of the target's family (`--draft`).
     Draft,
+    /// The adaptive draft head on the target's hidden states, learning online.
+    Head,
     /// The best available speculator for the device (until the controller lands: the draft
     /// model when one is attached and the device is not CPU emulation, else the suffix index).
     Auto,
@@ -32,8 +35,8 @@ impl std::str::FromStr for SpecMode {
             "suffix" => Ok(SpecMode::Suffix),
             "auto" => Ok(SpecMode::Auto),
             "draft" => Ok(SpecMode::Draft),
-            "head" => Err("--speculate head is not available yet; use off, suffix, draft or auto".into()),
-            _ => Err(format!("unknown --speculate '{s}' (off, suffix, draft, auto)")),
+            "head" => Ok(SpecMode::Head),
+            _ => Err(format!("unknown --speculate '{s}' (off, suffix, draft, head, auto)")),
         }
     }
 }

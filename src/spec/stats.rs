@@ -21,6 +21,8 @@ pub struct SpecStats {
     pub per_drafter: std::collections::BTreeMap<String, DrafterCounts>,
     pub draft_ms: f64,
     pub verify_ms: f64,
+    /// Draft-head training between rounds.
+    pub train_ms: f64,
     pub other_ms: f64,
 }
 
@@ -82,7 +84,7 @@ impl SpecStats {
             "acceptance_by_depth": self.acceptance_by_depth(),
             "rounds_with_draft": self.rounds_with_draft,
             "per_speculator": self.per_drafter,
-            "time_ms": { "draft": self.draft_ms, "verify": self.verify_ms, "other": self.other_ms },
+            "time_ms": { "draft": self.draft_ms, "verify": self.verify_ms, "train": self.train_ms, "other": self.other_ms },
         })
     }
 }

@@ -191,8 +191,9 @@ pub fn adamw(opt: &AdamW, p: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f
     }
 }
 
-/// A fresh head: small random first layer, tiny second layer (its first drafts are near
-/// uniform, so nothing is drafted until it has learned; see the confidence threshold).
+/// A fresh head: a random first layer and a zero second one, so it predicts the zero hidden
+/// state, whose logits are uniform: it drafts nothing until it has learned (the confidence
+/// threshold), and its first gradient steps move the second layer.
 pub fn init(dims: HeadDims, seed: u64) -> Vec<f32> {
     let mut p = vec![0f32; dims.n_params()];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -205,10 +206,6 @@ pub fn init(dims: HeadDims, seed: u64) -> Vec<f32> {
     let s1 = (3.0 / (2 * dims.d) as f32).sqrt();
     for w in &mut p[dims.w1()] {
         *w = next() * s1;
-    }
-    let s2 = 0.01 * (3.0 / dims.r as f32).sqrt();
-    for w in &mut p[dims.w2()] {
-        *w = next() * s2;
     }
     p
 }

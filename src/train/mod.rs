@@ -1,6 +1,7 @@
 //! Learning: the draft head, its trainer (WGSL passes with a plain-Rust reference), and the
 //! replay buffer of what verification saw.
 
+pub mod checkpoint;
 pub mod gpu;
 pub mod head;
 pub mod replay;

@@ -12,8 +12,10 @@ use crate::model::gpu::{GpuModel, RESULT_BONUS};
 use crate::sampler::hash;
 use std::sync::Arc;
 
-/// u32s per ring slot: next token, realised token, teacher ids, teacher probabilities, spare.
-pub const META: usize = 20;
+/// u32s per ring slot: next token, realised token, teacher ids [8], teacher probabilities [8],
+/// 2 spare, the head's own top ids [8].
+pub const META: usize = 28;
+const NEG: usize = 20;
 
 pub struct Replay {
     gpu: Arc<Gpu>,
@@ -37,8 +39,9 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// A ring of `capacity` samples fed by `target`'s verification passes, feeding `head`.
-    pub fn new(target: &GpuModel, head: &GpuHead, capacity: usize) -> crate::Result<Replay> {
+    /// A ring of `capacity` samples fed by `target`'s verification passes, feeding `head`;
+    /// `expansions` holds the head's top-k pairs per drafting slot ([slot][8][id, p]).
+    pub fn new(target: &GpuModel, head: &GpuHead, expansions: &wgpu::Buffer, capacity: usize) -> crate::Result<Replay> {
         let gpu = target.gpu.clone();
         let g = &*gpu;
         let d = target.cfg.dim;
@@ -56,7 +59,7 @@ impl Replay {
         let kernels = Kernels::default();
         let f = target.embedding.format();
         let pipelines = ["record", "gather", "embed_tokens"].map(|e| kernels.replay(g, e, f));
-        let bind = |u: &wgpu::Buffer, p: &Pipeline| {
+        let bind = |u: &wgpu::Buffer, p: &Pipeline, idx: &wgpu::Buffer| {
             g.bind(
                 p,
                 &[
@@ -68,7 +71,7 @@ impl Replay {
                     &prev_h,
                     &ring_h,
                     &ring_meta,
-                    &idx,
+                    idx,
                     ew,
                     es,
                     eo,
@@ -79,7 +82,11 @@ impl Replay {
                 ],
             )
         };
-        let binds = [bind(&record_u, &pipelines[0]), bind(&gather_u, &pipelines[1]), bind(&embed_u, &pipelines[2])];
+        let binds = [
+            bind(&record_u, &pipelines[0], expansions),
+            bind(&gather_u, &pipelines[1], &idx),
+            bind(&embed_u, &pipelines[2], &idx),
+        ];
         Ok(Replay {
             gpu: gpu.clone(),
             d,
@@ -117,10 +124,14 @@ impl Replay {
     }
 
     /// Records, after a verify pass with acceptance and top-k candidates for every row, the
-    /// accepted path's samples (sample 0 only when `have_prev`). Call `advance` with the accepted
-    /// count once it is read back.
-    pub fn encode_record(&self, enc: &mut wgpu::CommandEncoder, have_prev: bool) {
-        let u = ReplayParams { base: self.write_pos as u32, have_prev: have_prev as u32, ..self.params() };
+    /// accepted path's samples (sample 0 only when `have_prev`); `row_slot[row]` is the head's
+    /// drafting slot for a verified row (u32::MAX: it did not draft there). Call `advance` with
+    /// the accepted count once it is read back.
+    pub fn encode_record(&self, enc: &mut wgpu::CommandEncoder, have_prev: bool, row_slot: &[u32]) {
+        let mut u = ReplayParams { base: self.write_pos as u32, have_prev: have_prev as u32, ..self.params() };
+        for (d, &s) in u.row_slot.iter_mut().zip(row_slot) {
+            *d = s;
+        }
         self.gpu.queue.write_buffer(&self.record_u, 0, bytemuck::bytes_of(&u));
         self.dispatch(enc, 0, 1);
     }
@@ -160,6 +171,8 @@ pub fn record_cpu(
     have_prev: bool,
     base: usize,
     capacity: usize,
+    row_slot: &[u32],
+    expansions: &[u32],
 ) -> (Vec<(usize, Vec<f32>, [u32; META])>, Vec<f32>) {
     let d = prev_h.len();
     let k = result[0] as usize;
@@ -173,9 +186,11 @@ pub fn record_cpu(
         let mut meta = [0u32; META];
         meta[0] = tokens[row];
         meta[1] = if j < k { tokens[result[j + 1] as usize] } else { result[RESULT_BONUS] };
+        let hs = row_slot.get(row).copied().unwrap_or(u32::MAX);
         for t in 0..TEACH {
             meta[2 + t] = topk[(row * TEACH + t) * 2];
             meta[2 + TEACH + t] = topk[(row * TEACH + t) * 2 + 1];
+            meta[NEG + t] = if hs == u32::MAX { NO_TOKEN } else { expansions[(hs as usize * TEACH + t) * 2] };
         }
         out.push((slot, h, meta));
     }
@@ -212,6 +227,13 @@ pub fn gather_cpu(
         c[n] = realised;
         t[n] = 1.0 - alpha;
         n += 1;
+    }
+    for t in 0..TEACH {
+        let neg = meta[NEG + t];
+        if neg != NO_TOKEN && !c[..n].contains(&neg) {
+            c[n] = neg;
+            n += 1;
+        }
     }
     for i in n..CANDIDATES {
         let mut neg = hash(seed ^ hash((b * CANDIDATES + i) as u32)) % vocab as u32;

@@ -1,0 +1,361 @@
+//! Adaptive speculator: the draft head (src/train/head.rs) drafting on the target's own hidden
+//! states, and learning online from what verification accepted.
+//!
+//! Drafting mirrors the draft-model speculator: depth by depth, the `width` most likely nodes of
+//! the newest level are expanded in one submission (embedding lookups, the head's forward, the
+//! target's final norm + LM head + top-k on the predicted hidden states) and only CANDIDATES
+//! (id, probability) pairs per node come back. A node's input hidden state is its parent's
+//! prediction (the target's real hidden state before the root for depth 1).
+//!
+//! Learning: every verify submission also records the accepted path into the replay ring
+//! (src/train/replay.rs) and moves `prev_h`; between rounds, training steps run as their own
+//! submissions while their measured cost stays within `train_share` of decoding time. Weights
+//! change only between rounds, so a round always drafts with one consistent head.
+
+use super::Speculator;
+use super::tree::{Drafter, TokenTree};
+use crate::error::Result;
+use crate::gpu::kernels::CANDIDATES;
+use crate::gpu::map_read;
+use crate::model::gpu::{GpuModel, LmHeadRig};
+use crate::train::checkpoint::{HeadFile, HeadMeta};
+use crate::train::gpu::GpuHead;
+use crate::train::head::{AdamW, HeadDims};
+use crate::train::replay::Replay;
+use std::time::Instant;
+
+/// Settings of the adaptive head.
+#[derive(Debug, Clone)]
+pub struct HeadOptions {
+    /// Train online (false: `--no-learn`, the head stays as loaded).
+    pub learn: bool,
+    /// Most of decoding time that training may take.
+    pub train_share: f64,
+    pub batch: usize,
+    pub replay_capacity: usize,
+    pub opt: AdamW,
+    /// Weight of the target's top-k distribution against the realised token in the loss.
+    pub alpha: f32,
+    /// Nodes expanded per level when drafting.
+    pub width: usize,
+}
+
+impl Default for HeadOptions {
+    fn default() -> Self {
+        HeadOptions {
+            learn: true,
+            train_share: 0.1,
+            batch: 16,
+            replay_capacity: 4096,
+            opt: AdamW::default(),
+            alpha: 0.5,
+            width: 2,
+        }
+    }
+}
+
+/// Counters a user (and the controller) can read.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HeadStats {
+    pub train_steps: u64,
+    pub train_ms: f64,
+    /// Accepted positions recorded into the replay ring.
+    pub samples_recorded: u64,
+    /// Training loss, exponentially weighted over steps.
+    pub loss: f64,
+}
+
+pub struct HeadSpeculator {
+    pub head: GpuHead,
+    pub replay: Replay,
+    lm: LmHeadRig,
+    /// Predicted hidden states of the nodes expanded this round, and their top-k pairs, by
+    /// expansion slot.
+    tree_y: wgpu::Buffer,
+    tree_cands: wgpu::Buffer,
+    /// Expansion slot of each verify row of the tree this round proposed (None: the round's
+    /// tree came from another speculator).
+    row_slots: Option<Vec<u32>>,
+    staging: wgpu::Buffer,
+    pub opts: HeadOptions,
+    min_confidence: f32,
+    /// prev_h holds the target's hidden state before the current root.
+    have_prev: bool,
+    /// AdamW steps taken (saved with the head).
+    pub step: u32,
+    rng: u64,
+    /// Decoding time not yet spent on training, times train_share.
+    train_credit_ms: f64,
+    pub stats: HeadStats,
+}
+
+/// Slots of `tree_y` (expanded nodes per round, plus the root's prediction).
+const TREE_SLOTS: usize = 64;
+
+impl HeadSpeculator {
+    /// A head for `target` with parameters `params` (from a checkpoint, or `train::head::init`).
+    pub fn new(target: &GpuModel, dims: HeadDims, params: &[f32], opts: HeadOptions) -> Result<HeadSpeculator> {
+        let gpu = target.gpu.clone();
+        let batch = opts.batch.max(opts.width).max(1);
+        let head = GpuHead::new(
+            gpu.clone(),
+            dims,
+            params,
+            &target.output,
+            target.cfg.vocab,
+            &target.out_gamma,
+            target.cfg.rms_eps,
+            batch,
+        )?;
+        let tree_cands = gpu.storage_zeroed("head tree candidates", (TREE_SLOTS * CANDIDATES * 8) as u64);
+        let replay = Replay::new(target, &head, &tree_cands, opts.replay_capacity.max(batch))?;
+        let lm = target.lm_head_rig(opts.width.max(1));
+        let tree_y = gpu.storage_zeroed("head tree y", (TREE_SLOTS * dims.d * 4) as u64);
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("head candidates readback"),
+            size: (lm.rows * CANDIDATES * 8) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(HeadSpeculator {
+            head,
+            replay,
+            lm,
+            tree_y,
+            tree_cands,
+            row_slots: None,
+            staging,
+            opts,
+            min_confidence: 0.0,
+            have_prev: false,
+            step: 0,
+            rng: 0x5EED,
+            train_credit_ms: 0.0,
+            stats: HeadStats::default(),
+        })
+    }
+
+    pub fn dims(&self) -> HeadDims {
+        self.head.dims
+    }
+
+    /// Continues from a saved head: AdamW moments and step count.
+    pub fn restore(&mut self, f: &HeadFile) {
+        let q = &self.head.gpu.queue;
+        q.write_buffer(&self.head.adam_m, 0, bytemuck::cast_slice(&f.adam_m));
+        q.write_buffer(&self.head.adam_v, 0, bytemuck::cast_slice(&f.adam_v));
+        self.step = f.meta.step;
+        self.stats.samples_recorded = f.meta.samples;
+    }
+
+    /// The head's parameters and optimiser state, read back from the GPU (not on a hot path).
+    pub fn to_file(&self, target: &str, source: &str) -> HeadFile {
+        let n = self.head.dims.n_params();
+        let g = &self.head.gpu;
+        let mut meta = HeadMeta::new(target, source, self.head.dims);
+        meta.step = self.step;
+        meta.samples = self.stats.samples_recorded;
+        HeadFile {
+            meta,
+            params: g.read_f32(&self.head.params, n),
+            adam_m: g.read_f32(&self.head.adam_m, n),
+            adam_v: g.read_f32(&self.head.adam_v, n),
+        }
+    }
+
+    /// After prefill: the target's hidden state of the prompt's last token (row `row` of its
+    /// last pass) is what the first round drafts from.
+    pub fn after_prefill(&mut self, target: &GpuModel, row: usize) {
+        let d = self.head.dims.d as u64;
+        let gpu = &target.gpu;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&target.x, row as u64 * d * 4, &self.replay.prev_h, 0, d * 4);
+        gpu.queue.submit([enc.finish()]);
+        self.have_prev = true;
+    }
+
+    /// Records into a verify submission (after acceptance): top-k of every verified row, then
+    /// the accepted path into the replay ring and the new prev_h.
+    pub fn encode_after_verify(&self, enc: &mut wgpu::CommandEncoder, target: &GpuModel, rows: usize) {
+        target.encode_candidates(enc, rows);
+        self.replay.encode_record(enc, self.have_prev, self.row_slots.as_deref().unwrap_or(&[]));
+    }
+
+    /// The verified round accepted `k` drafts and took `round_ms`; trains if the budget allows.
+    pub fn after_round(&mut self, k: usize, round_ms: f64) -> Result<()> {
+        self.stats.samples_recorded += (k + self.have_prev as usize) as u64;
+        self.row_slots = None;
+        self.replay.advance(k, self.have_prev);
+        self.have_prev = true;
+        if !self.opts.learn {
+            return Ok(());
+        }
+        self.train_credit_ms += round_ms * self.opts.train_share;
+        let batch = self.head.max_batch;
+        if self.replay.filled < batch || self.train_credit_ms <= 0.0 {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let slots: Vec<u32> = (0..batch).map(|_| (self.next_rand() % self.replay.filled as u64) as u32).collect();
+        let seed = self.next_rand() as u32;
+        self.step += 1;
+        let gpu = &self.head.gpu;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.replay.encode_gather(&mut enc, &slots, seed, self.opts.alpha);
+        self.head.encode_train_step(&mut enc, batch, &self.opts.opt, self.step);
+        gpu.queue.submit([enc.finish()]);
+        let losses = gpu.read_f32(&self.head.act, self.head.loss_offset(batch) + batch);
+        let loss = losses[self.head.loss_offset(batch)..].iter().map(|&l| l as f64).sum::<f64>() / batch as f64;
+        self.stats.loss = if self.stats.train_steps == 0 { loss } else { 0.95 * self.stats.loss + 0.05 * loss };
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        self.train_credit_ms -= ms;
+        self.stats.train_steps += 1;
+        self.stats.train_ms += ms;
+        Ok(())
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// One drafting level: for each (input slot, token) row, the head's prediction goes to
+    /// `tree_y[out slot]` and its top candidates come back. Input slot None = prev_h.
+    fn expand(&self, rows: &[(Option<usize>, u32, usize)]) -> Result<Vec<Vec<(u32, f32)>>> {
+        let gpu = &self.head.gpu;
+        let d4 = (self.head.dims.d * 4) as u64;
+        let w = rows.len();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for (r, &(src, _, _)) in rows.iter().enumerate() {
+            match src {
+                None => enc.copy_buffer_to_buffer(&self.replay.prev_h, 0, &self.head.h, r as u64 * d4, d4),
+                Some(s) => enc.copy_buffer_to_buffer(&self.tree_y, s as u64 * d4, &self.head.h, r as u64 * d4, d4),
+            }
+        }
+        let tokens: Vec<u32> = rows.iter().map(|r| r.1).collect();
+        self.replay.encode_embed(&mut enc, &tokens);
+        self.head.encode_forward(&mut enc, w);
+        let y0 = self.head.y_offset(w) as u64 * 4;
+        enc.copy_buffer_to_buffer(&self.head.act, y0, &self.lm.x, 0, w as u64 * d4);
+        for (r, &(_, _, dst)) in rows.iter().enumerate() {
+            enc.copy_buffer_to_buffer(&self.head.act, y0 + r as u64 * d4, &self.tree_y, dst as u64 * d4, d4);
+        }
+        self.lm.encode(&mut enc, w);
+        let bytes = (w * CANDIDATES * 8) as u64;
+        enc.copy_buffer_to_buffer(&self.lm.candidates, 0, &self.staging, 0, bytes);
+        // expansion slots of one level are consecutive
+        let first = rows[0].2 as u64 * (CANDIDATES * 8) as u64;
+        enc.copy_buffer_to_buffer(&self.lm.candidates, 0, &self.tree_cands, first, bytes);
+        gpu.queue.submit([enc.finish()]);
+        let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes));
+        Ok(raw
+            .chunks(CANDIDATES * 2)
+            .map(|r| r.chunks(2).map(|c| (c[0], f32::from_bits(c[1]))).filter(|c| c.1 > 0.0).collect())
+            .collect())
+    }
+
+    fn draft(&mut self, context: &[u32], budget: usize, max_depth: usize) -> Result<TokenTree> {
+        struct Cand {
+            token: u32,
+            parent: Option<usize>,
+            depth: usize,
+            prob: f32,
+            score: f32,
+            /// tree_y slot of this node's prediction once expanded
+            slot: Option<usize>,
+        }
+        let root = *context.last().expect("context is never empty");
+        // slot 0: the root's prediction (input: prev_h)
+        let first = self.expand(&[(None, root, 0)])?.remove(0);
+        let mut cands: Vec<Cand> = first
+            .into_iter()
+            .map(|(token, prob)| Cand { token, parent: None, depth: 1, prob, score: prob, slot: None })
+            .collect();
+        let mut used = 1;
+        let keep = |c: &Cand, min: f32| c.score >= min;
+        for depth in 1..max_depth {
+            let mut scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
+            scores.sort_by(|a, b| b.total_cmp(a));
+            let cutoff = if scores.len() >= budget && budget > 0 { scores[budget - 1] } else { 0.0 };
+            let mut level: Vec<usize> = (0..cands.len())
+                .filter(|&i| {
+                    cands[i].depth == depth && keep(&cands[i], self.min_confidence) && cands[i].score >= cutoff
+                })
+                .collect();
+            level.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score));
+            level.truncate(self.opts.width);
+            if level.is_empty() || used + level.len() > TREE_SLOTS {
+                break;
+            }
+            let rows: Vec<(Option<usize>, u32, usize)> = level
+                .iter()
+                .enumerate()
+                .map(|(r, &i)| {
+                    (Some(cands[i].parent.and_then(|p| cands[p].slot).unwrap_or(0)), cands[i].token, used + r)
+                })
+                .collect();
+            for (r, &i) in level.iter().enumerate() {
+                cands[i].slot = Some(used + r);
+            }
+            used += level.len();
+            let next = self.expand(&rows)?;
+            for (&i, row) in level.iter().zip(next) {
+                let score = cands[i].score;
+                for (token, prob) in row {
+                    cands.push(Cand {
+                        token,
+                        parent: Some(i),
+                        depth: depth + 1,
+                        prob,
+                        score: score * prob,
+                        slot: None,
+                    });
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..cands.len()).filter(|&i| keep(&cands[i], self.min_confidence)).collect();
+        order.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score).then(cands[a].depth.cmp(&cands[b].depth)));
+        order.truncate(budget);
+        order.sort_by_key(|&i| cands[i].depth);
+        let mut node_of = vec![usize::MAX; cands.len()];
+        let mut tree = TokenTree::default();
+        // verify row 0 is the root, whose prediction sits in slot 0
+        let mut row_slots = vec![0u32];
+        for i in order {
+            let parent = match cands[i].parent {
+                None => None,
+                Some(p) if node_of[p] != usize::MAX => Some(node_of[p]),
+                Some(_) => continue,
+            };
+            node_of[i] = tree.push(parent, cands[i].token, cands[i].prob, Drafter::Head);
+            row_slots.push(cands[i].slot.map_or(u32::MAX, |s| s as u32));
+        }
+        self.row_slots = Some(row_slots);
+        Ok(tree)
+    }
+}
+
+impl Speculator for HeadSpeculator {
+    fn drafter(&self) -> Drafter {
+        Drafter::Head
+    }
+
+    fn begin(&mut self, _prompt: &[u32]) {
+        self.have_prev = false; // until after_prefill
+    }
+
+    fn propose(&mut self, context: &[u32], budget: usize, max_depth: usize) -> TokenTree {
+        if budget == 0 || max_depth == 0 || context.is_empty() || !self.have_prev {
+            return TokenTree::default();
+        }
+        self.draft(context, budget, max_depth).unwrap_or_default()
+    }
+
+    fn set_min_confidence(&mut self, c: f32) {
+        self.min_confidence = c;
+    }
+
+    fn finish(&mut self, _context: &[u32], _prompt_len: usize) {}
+}

@@ -1,0 +1,97 @@
+//! Draft-head files: safetensors with the parameters and AdamW moments, and a JSON header
+//! (`augur` metadata key) naming the target model (a fingerprint of its weights), the head's
+//! dimensions, its training step and running acceptance. Written atomically (temp file + rename);
+//! a file for another target, or one that does not parse, is refused with a clear message.
+
+use super::head::HeadDims;
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+const FORMAT: &str = "augur-draft-head-1";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeadMeta {
+    pub format: String,
+    /// `LoadedModel::fingerprint` of the target.
+    pub target: String,
+    /// Where the target came from (for messages).
+    pub target_source: String,
+    pub dims: HeadDims,
+    pub step: u32,
+    /// Training samples seen and running acceptance of its drafts (for the guard rails).
+    pub samples: u64,
+    pub acceptance: f64,
+}
+
+pub struct HeadFile {
+    pub meta: HeadMeta,
+    pub params: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+}
+
+impl HeadMeta {
+    pub fn new(target: &str, target_source: &str, dims: HeadDims) -> HeadMeta {
+        HeadMeta {
+            format: FORMAT.into(),
+            target: target.into(),
+            target_source: target_source.into(),
+            dims,
+            step: 0,
+            samples: 0,
+            acceptance: 0.0,
+        }
+    }
+}
+
+pub fn save(path: &Path, f: &HeadFile) -> Result<()> {
+    let bytes = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
+    let (p, m, v) = (bytes(&f.params), bytes(&f.adam_m), bytes(&f.adam_v));
+    let n = f.params.len();
+    fn view(b: &[u8], n: usize) -> Result<TensorView<'_>> {
+        TensorView::new(Dtype::F32, vec![n], b).map_err(|e| Error::msg(format!("draft head: {e}")))
+    }
+    let tensors = vec![("adam_m", view(&m, n)?), ("adam_v", view(&v, n)?), ("params", view(&p, n)?)];
+    let meta = HashMap::from([("augur".to_string(), serde_json::to_string(&f.meta).expect("plain struct"))]);
+    let data = safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::msg(format!("draft head: {e}")))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, &data).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Loads a head for the target with fingerprint `target`.
+pub fn load(path: &Path, target: &str) -> Result<HeadFile> {
+    let bad = |why: String| Error::msg(format!("{}: not a usable draft head ({why})", path.display()));
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
+    let (_, md) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
+    let json = md.metadata().as_ref().and_then(|m| m.get("augur")).ok_or_else(|| bad("no augur header".into()))?;
+    let meta: HeadMeta = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!("format {}", meta.format)));
+    }
+    if meta.target != target {
+        return Err(Error::msg(format!(
+            "{}: this draft head was trained for another model ({}); delete it or pass --head with a head for this model",
+            path.display(),
+            meta.target_source
+        )));
+    }
+    let tensor = |name: &str| -> Result<Vec<f32>> {
+        let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+        if t.dtype() != Dtype::F32 || t.shape() != [meta.dims.n_params()] {
+            return Err(bad(format!("tensor {name} has the wrong type or size")));
+        }
+        Ok(bytemuck::pod_collect_to_vec(t.data()))
+    };
+    let (params, adam_m, adam_v) = (tensor("params")?, tensor("adam_m")?, tensor("adam_v")?);
+    if params.iter().any(|v| !v.is_finite()) {
+        return Err(bad("non-finite parameters".into()));
+    }
+    Ok(HeadFile { meta, params, adam_m, adam_v })
+}
