@@ -2,7 +2,7 @@
 // step, for a batch of `batch` rows:
 //   head_in    z = [h / rms(h), e / rms(e)]                       workgroup per row
 //   head_fc1   a = z W1 + b1, s = silu(a)                         invocation per (j, row)
-//   head_fc2   y = s W2 + b2                                      invocation per (c, row)
+//   head_fc2   y = h / rms(h) + s W2 + b2                         invocation per (c, row)
 // and training (sampled softmax over 32 candidates per row, then AdamW):
 //   head_loss  logits over the candidates through the frozen final norm and LM head, loss,
 //              dy = d loss / d y                                  workgroup per row
@@ -133,7 +133,7 @@ fn head_fc2(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= hp.d) {
         return;
     }
-    var acc = params[o_b2() + c];
+    var acc = act[o_z() + row * 2u * hp.d + c] + params[o_b2() + c];
     let sb = o_s() + row * hp.r;
     for (var j = 0u; j < hp.r; j++) {
         acc += act[sb + j] * params[o_w2() + j * hp.d + c];

@@ -215,7 +215,7 @@ impl Engine {
         let (dims, params) = match &saved {
             Some(f) => (f.meta.dims, f.params.clone()),
             None => {
-                let dims = HeadDims { d: c.dim, r: 2 * c.dim };
+                let dims = HeadDims { d: c.dim, r: c.dim };
                 (dims, crate::train::head::init(dims, 1))
             }
         };
@@ -499,7 +499,8 @@ impl Engine {
         }
         if let Some(h) = self.head.as_mut() {
             let before = h.stats.train_ms;
-            h.after_round(k, spec_t.elapsed().as_secs_f64() * 1e3)?;
+            let next = if k > 0 { r[RESULT_TOKENS] } else { r[RESULT_BONUS] };
+            h.after_round(k, next, spec_t.elapsed().as_secs_f64() * 1e3)?;
             stats.train_ms += h.stats.train_ms - before;
         }
         let mut new: Vec<u32> = r[RESULT_TOKENS..RESULT_TOKENS + k].to_vec();

@@ -281,6 +281,8 @@ fn run(cli: Cli) -> Result<()> {
                         "loss": h.stats.loss,
                         "samples": h.stats.samples_recorded,
                         "step": h.step,
+                        "agreement": h.stats.agreement,
+                        "probes": h.stats.probes,
                     })),
                     "model": engine.source,
                     "device": engine.gpu().describe(),

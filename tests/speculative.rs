@@ -204,3 +204,35 @@ fn draft_model_with_another_vocabulary_is_refused() {
     assert!(err.contains("vocabulary entries"), "{err}");
     assert!(e.draft.is_none());
 }
+
+/// The adaptive head drafts, records and trains between rounds without changing the output:
+/// greedy tokens stay those of plain decoding while it learns, and its training stays within
+/// its time budget.
+#[test]
+fn head_speculation_with_online_learning_is_identical_to_plain_decoding() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 512, ..Default::default() }).unwrap();
+    let opts = augur::spec::head::HeadOptions { batch: 8, ..Default::default() };
+    e.attach_head(None, opts).unwrap();
+    let c = CancelToken::default();
+    let plain = GenerateParams { max_tokens: 24, chat: true, speculate: SpecMode::Off, ..Default::default() };
+    let head = GenerateParams { speculate: SpecMode::Head, tree_budget: 4, max_depth: 3, ..plain.clone() };
+    let (mut train_ms, mut decode_ms) = (0.0, 0.0);
+    for (cat, p) in prompts().iter().step_by(3) {
+        let ids = e.encode_prompt(p, true).unwrap();
+        let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+        let got = e.generate_tokens(&ids, &head, &c, |_| true).unwrap();
+        assert_eq!(got.tokens, want.tokens, "[{cat}] head speculation changed the output of {p:?}");
+        train_ms += got.spec.as_ref().unwrap().train_ms;
+        decode_ms += got.stats.decode_ms;
+    }
+    let h = e.head.as_ref().unwrap();
+    assert!(h.stats.train_steps > 0, "the head never trained");
+    assert!(h.stats.loss.is_finite());
+    // the budget is 10% of decoding; one step may overshoot it at the end of a request
+    assert!(train_ms < 0.2 * decode_ms, "training took {train_ms:.0} ms of {decode_ms:.0} ms");
+    // its state can be saved and is keyed to this model
+    let f = e.head_file().unwrap();
+    assert_eq!(f.meta.target, e.fingerprint);
+    assert_eq!(f.meta.step as u64, h.stats.train_steps);
+}

@@ -38,6 +38,11 @@ pub struct HeadOptions {
     pub alpha: f32,
     /// Nodes expanded per level when drafting.
     pub width: usize,
+    /// Draft only while the head's top guess after the root matches the target's next token at
+    /// least this often (exponentially weighted); below it, only probe every `probe_every`
+    /// rounds to keep measuring.
+    pub min_agreement: f64,
+    pub probe_every: u64,
 }
 
 impl Default for HeadOptions {
@@ -50,6 +55,8 @@ impl Default for HeadOptions {
             opt: AdamW::default(),
             alpha: 0.5,
             width: 2,
+            min_agreement: 0.3,
+            probe_every: 4,
         }
     }
 }
@@ -63,6 +70,11 @@ pub struct HeadStats {
     pub samples_recorded: u64,
     /// Training loss, exponentially weighted over steps.
     pub loss: f64,
+    /// How often the head's top token after the root was the target's next token, and the
+    /// probability the head gave it (both exponentially weighted over probed rounds).
+    pub agreement: f64,
+    pub top1_prob: f64,
+    pub probes: u64,
 }
 
 pub struct HeadSpeculator {
@@ -86,6 +98,9 @@ pub struct HeadSpeculator {
     rng: u64,
     /// Decoding time not yet spent on training, times train_share.
     train_credit_ms: f64,
+    rounds: u64,
+    /// The head's top guess after this round's root (when it probed).
+    root_top1: Option<(u32, f32)>,
     pub stats: HeadStats,
 }
 
@@ -131,6 +146,8 @@ impl HeadSpeculator {
             step: 0,
             rng: 0x5EED,
             train_credit_ms: 0.0,
+            rounds: 0,
+            root_top1: None,
             stats: HeadStats::default(),
         })
     }
@@ -146,6 +163,9 @@ impl HeadSpeculator {
         q.write_buffer(&self.head.adam_v, 0, bytemuck::cast_slice(&f.adam_v));
         self.step = f.meta.step;
         self.stats.samples_recorded = f.meta.samples;
+        self.stats.agreement = f.meta.acceptance;
+        self.stats.top1_prob = f.meta.top1_prob;
+        self.stats.probes = f.meta.probes;
     }
 
     /// The head's parameters and optimiser state, read back from the GPU (not on a hot path).
@@ -155,6 +175,9 @@ impl HeadSpeculator {
         let mut meta = HeadMeta::new(target, source, self.head.dims);
         meta.step = self.step;
         meta.samples = self.stats.samples_recorded;
+        meta.acceptance = self.stats.agreement;
+        meta.top1_prob = self.stats.top1_prob;
+        meta.probes = self.stats.probes;
         HeadFile {
             meta,
             params: g.read_f32(&self.head.params, n),
@@ -181,8 +204,21 @@ impl HeadSpeculator {
         self.replay.encode_record(enc, self.have_prev, self.row_slots.as_deref().unwrap_or(&[]));
     }
 
-    /// The verified round accepted `k` drafts and took `round_ms`; trains if the budget allows.
-    pub fn after_round(&mut self, k: usize, round_ms: f64) -> Result<()> {
+    /// Whether the head's measured agreement lets it draft.
+    pub fn trusted(&self) -> bool {
+        self.stats.agreement >= self.opts.min_agreement
+    }
+
+    /// The verified round accepted `k` drafts, `next` followed the root, and the round took
+    /// `round_ms`; updates the agreement and trains if the budget allows.
+    pub fn after_round(&mut self, k: usize, next: u32, round_ms: f64) -> Result<()> {
+        if let Some((t, p)) = self.root_top1.take() {
+            // a fast start, then a window of ~20 probes
+            let a = (1.0 / (self.stats.probes + 1) as f64).max(0.05);
+            self.stats.agreement += a * ((t == next) as u32 as f64 - self.stats.agreement);
+            self.stats.top1_prob += a * (p as f64 - self.stats.top1_prob);
+            self.stats.probes += 1;
+        }
         self.stats.samples_recorded += (k + self.have_prev as usize) as u64;
         self.row_slots = None;
         self.replay.advance(k, self.have_prev);
@@ -267,11 +303,26 @@ impl HeadSpeculator {
             slot: Option<usize>,
         }
         let root = *context.last().expect("context is never empty");
+        self.rounds += 1;
+        let trusted = self.trusted();
+        if !trusted && self.rounds % self.opts.probe_every.max(1) != 0 {
+            return Ok(TokenTree::default());
+        }
         // slot 0: the root's prediction (input: prev_h)
         let first = self.expand(&[(None, root, 0)])?.remove(0);
+        self.root_top1 = first.first().copied();
+        if !trusted {
+            self.row_slots = Some(vec![0]); // the probe's guesses still teach the head
+            return Ok(TokenTree::default());
+        }
+        // calibrate: the head's own probabilities scaled by how often its top guess is right
+        let calib = (self.stats.agreement / self.stats.top1_prob.max(1e-3)).min(1.5) as f32;
         let mut cands: Vec<Cand> = first
             .into_iter()
-            .map(|(token, prob)| Cand { token, parent: None, depth: 1, prob, score: prob, slot: None })
+            .map(|(token, prob)| {
+                let prob = (prob * calib).min(1.0);
+                Cand { token, parent: None, depth: 1, prob, score: prob, slot: None }
+            })
             .collect();
         let mut used = 1;
         let keep = |c: &Cand, min: f32| c.score >= min;

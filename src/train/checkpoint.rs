@@ -20,9 +20,14 @@ pub struct HeadMeta {
     pub target_source: String,
     pub dims: HeadDims,
     pub step: u32,
-    /// Training samples seen and running acceptance of its drafts (for the guard rails).
+    /// Training samples seen; how often its top guess after the root was the target's next
+    /// token and the probability it gave that guess (its trust, spec/head.rs), over `probes`.
     pub samples: u64,
     pub acceptance: f64,
+    #[serde(default)]
+    pub top1_prob: f64,
+    #[serde(default)]
+    pub probes: u64,
 }
 
 pub struct HeadFile {
@@ -42,6 +47,8 @@ impl HeadMeta {
             step: 0,
             samples: 0,
             acceptance: 0.0,
+            top1_prob: 0.0,
+            probes: 0,
         }
     }
 }
@@ -94,4 +101,44 @@ pub fn load(path: &Path, target: &str) -> Result<HeadFile> {
         return Err(bad("non-finite parameters".into()));
     }
     Ok(HeadFile { meta, params, adam_m, adam_v })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HeadFile {
+        let dims = HeadDims { d: 8, r: 4 };
+        let n = dims.n_params();
+        let mut meta = HeadMeta::new("llama-2x8-00ff", "tiny.gguf", dims);
+        meta.step = 42;
+        HeadFile {
+            meta,
+            params: (0..n).map(|i| i as f32 * 0.5 - 3.0).collect(),
+            adam_m: (0..n).map(|i| i as f32 * 1e-3).collect(),
+            adam_v: (0..n).map(|i| i as f32 * 1e-6).collect(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let dir = std::env::temp_dir().join(format!("augur-head-test-{}", std::process::id()));
+        let path = dir.join("heads").join("tiny.safetensors");
+        let f = sample();
+        save(&path, &f).unwrap();
+        let g = load(&path, "llama-2x8-00ff").unwrap();
+        assert_eq!((g.params, g.adam_m, g.adam_v, g.meta.step), (f.params, f.adam_m, f.adam_v, 42));
+        assert!(!path.with_extension("safetensors.tmp").exists(), "no temp file left behind");
+
+        let e = load(&path, "qwen2-28x1536-1234").err().unwrap().to_string();
+        assert!(e.contains("another model") && e.contains("tiny.gguf"), "{e}");
+
+        let data = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &data[..data.len() / 2]).unwrap();
+        let e = load(&path, "llama-2x8-00ff").err().unwrap().to_string();
+        assert!(e.contains("not a usable draft head"), "{e}");
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(load(&path, "llama-2x8-00ff").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -7,7 +7,7 @@
 //!
 //!   z = [h / rms(h), e / rms(e)]            (2d)
 //!   a = z W1 + b1,  s = silu(a)             (r)
-//!   y = s W2 + b2                           (d)  the predicted hidden state
+//!   y = h / rms(h) + s W2 + b2              (d)  the predicted hidden state
 //!   logits = LM_head(gamma * y / rms(y))
 //!
 //! Drafting deeper feeds `y` back as the next `h` with the drafted token's embedding.
@@ -106,7 +106,9 @@ pub fn forward(dims: HeadDims, p: &[f32], h: &[f32], e: &[f32]) -> Forward {
     let (w1, b1, w2, b2) = (&p[dims.w1()], &p[dims.b1()], &p[dims.w2()], &p[dims.b2()]);
     let a: Vec<f32> = (0..r).map(|j| b1[j] + (0..2 * d).map(|i| z[i] * w1[i * r + j]).sum::<f32>()).collect();
     let s: Vec<f32> = a.iter().map(|&v| silu(v)).collect();
-    let y: Vec<f32> = (0..d).map(|c| b2[c] + (0..r).map(|j| s[j] * w2[j * d + c]).sum::<f32>()).collect();
+    // the residual path carries the normalised hidden state (the final norm ignores scale, and
+    // a unit-scale base lets the learned part matter from the first steps)
+    let y: Vec<f32> = (0..d).map(|c| z[c] + b2[c] + (0..r).map(|j| s[j] * w2[j * d + c]).sum::<f32>()).collect();
     Forward { z, a, s, y }
 }
 
@@ -175,7 +177,7 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        AdamW { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
     }
 }
 
@@ -191,9 +193,9 @@ pub fn adamw(opt: &AdamW, p: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f
     }
 }
 
-/// A fresh head: a random first layer and a zero second one, so it predicts the zero hidden
-/// state, whose logits are uniform: it drafts nothing until it has learned (the confidence
-/// threshold), and its first gradient steps move the second layer.
+/// A fresh head: a random first layer and a zero second one, so it starts as the identity on
+/// the hidden state (the residual path) and learns the step to the next position. It drafts
+/// nothing until its measured agreement with the target says it can (spec/head.rs).
 pub fn init(dims: HeadDims, seed: u64) -> Vec<f32> {
     let mut p = vec![0f32; dims.n_params()];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
