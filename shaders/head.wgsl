@@ -3,7 +3,8 @@
 //   head_in    z = [h / rms(h), e / rms(e)]                       workgroup per row
 //   head_fc1   a = z W1 + b1, s = silu(a)                         invocation per (j, row)
 //   head_fc2   y = h / rms(h) + s W2 + b2                         invocation per (c, row)
-// and training (sampled softmax over 32 candidates per row, then AdamW):
+// and training (regression onto the target's next hidden state plus a sampled softmax over 32
+// candidates per row, then AdamW):
 //   head_loss  logits over the candidates through the frozen final norm and LM head, loss,
 //              dy = d loss / d y                                  workgroup per row
 //   head_bw_s  da = (W2 dy) * silu'(a)     (before W2 changes)    invocation per (j, row)
@@ -30,6 +31,8 @@ struct HeadParams {
 };
 
 const CANDS: u32 = 32u;
+const REG_WEIGHT: f32 = 1.0;
+const TOKEN_WEIGHT: f32 = 0.1;
 const NO_TOKEN: u32 = 0xffffffffu;
 const IN_EPS: f32 = 1e-6;
 
@@ -46,6 +49,7 @@ const IN_EPS: f32 = 1e-6;
 @group(0) @binding(10) var<storage, read> wout: array<u32>;
 @group(0) @binding(11) var<storage, read> wscale: array<f32>;
 @group(0) @binding(12) var<storage, read> woffset: array<f32>;
+@group(0) @binding(13) var<storage, read> h_next: array<f32>;  // [batch][d] regression target
 
 // offsets into params
 fn o_b1() -> u32 { return 2u * hp.d * hp.r; }
@@ -153,6 +157,11 @@ fn head_loss(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         ss += act[yb + k] * act[yb + k];
     }
     let iy = 1.0 / sqrt(wg_sum(lid, ss) / f32(d) + hp.norm_eps);
+    var st = 0.0;
+    for (var k = lid; k < d; k += 64u) {
+        st += h_next[row * d + k] * h_next[row * d + k];
+    }
+    let it = 1.0 / sqrt(wg_sum(lid, st) / f32(d) + IN_EPS);
     // candidate logits, one invocation each
     var logit = 0.0;
     var tok = NO_TOKEN;
@@ -183,8 +192,8 @@ fn head_loss(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
             if (red[i] > MASKED) {
                 let logp = red[i] - mx - log(z);
                 let t = target_p[row * CANDS + i];
-                loss -= t * logp;
-                grad_l[i] = (exp(logp) - t) * scale;
+                loss -= TOKEN_WEIGHT * t * logp;
+                grad_l[i] = TOKEN_WEIGHT * (exp(logp) - t) * scale;
             } else {
                 grad_l[i] = 0.0;
             }
@@ -192,8 +201,12 @@ fn head_loss(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         act[o_loss() + row] = loss;
     }
     workgroupBarrier();
-    // gy = gamma * (sum over candidates of g * W[k][c]); dy = iy gy - y (gy . y) iy^3 / d
+    // the regression term: (u - h_next / rms(h_next))^2 / d with u = y * iy
+    // gy = d loss / d u = gamma * (sum over candidates of g * W[k][c]) + 2 (u - t) / d;
+    // dy = iy gy - y (gy . y) iy^3 / d
+    let scale = 1.0 / f32(hp.batch);
     var dot_part = 0.0;
+    var reg_part = 0.0;
     for (var k = lid; k < d; k += 64u) {
         var dx = 0.0;
         for (var i = 0u; i < CANDS; i++) {
@@ -202,11 +215,17 @@ fn head_loss(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
                 dx += grad_l[i] * w_out(k, t);
             }
         }
-        let gy = dx * gamma[k];
+        let diff = act[yb + k] * iy - h_next[row * d + k] * it;
+        reg_part += diff * diff;
+        let gy = dx * gamma[k] + REG_WEIGHT * 2.0 * diff / f32(d) * scale;
         act[o_dy() + row * d + k] = gy;
         dot_part += gy * act[yb + k];
     }
     let dot_all = wg_sum(lid, dot_part);
+    let reg_all = wg_sum(lid, reg_part);
+    if (lid == 0u) {
+        act[o_loss() + row] += REG_WEIGHT * reg_all / f32(d);
+    }
     for (var k = lid; k < d; k += 64u) {
         let gy = act[o_dy() + row * d + k];
         act[o_dy() + row * d + k] = iy * gy - act[yb + k] * dot_all * iy * iy * iy / f32(d);

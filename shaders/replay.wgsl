@@ -3,15 +3,15 @@
 //
 //   record       after acceptance, in the verify submission: for the accepted path
 //                c_0 = root, c_1..c_k, sample j holds the target's hidden state before c_j
-//                (prev_h for j = 0, else row c_{j-1}), the token c_j, the target's top tokens
+//                (prev_h for j = 0, else row c_{j-1}) and at c_j, the token c_j, the target's top tokens
 //                after c_j (the teacher), the token that came next (c_{j+1}, or the bonus), and
 //                the head's own top tokens after c_j when it drafted there (its mistakes are the
 //                negatives that matter). Then prev_h = hidden of c_k: what the head drafts from
 //                next round.
 //   gather       a training batch from ring slots idx[b]: h, the embedding of the next token,
 //                and the candidate set with its target distribution (teacher top tokens x
-//                alpha, the realised token x (1 - alpha), the head's own drafts and hashed
-//                negatives x 0).
+//                alpha, the realised token x (1 - alpha); the fed token, the head's own drafts
+//                and hashed negatives x 0).
 //   embed_tokens e[b] = embedding of token idx[b] (inputs for drafting).
 // The embedding is read in the engine's K-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
 
@@ -43,7 +43,7 @@ const NO_TOKEN: u32 = 0xffffffffu;
 @group(0) @binding(3) var<storage, read> tokens: array<u32>;     // verify pass inputs
 @group(0) @binding(4) var<storage, read> topk: array<u32>;       // [rows][TEACH][id, bits of p]
 @group(0) @binding(5) var<storage, read_write> prev_h: array<f32>;
-@group(0) @binding(6) var<storage, read_write> ring_h: array<f32>;   // [capacity][d]
+@group(0) @binding(6) var<storage, read_write> ring_h: array<f32>;   // [capacity][2d]: h, h_next
 @group(0) @binding(7) var<storage, read_write> ring_meta: array<u32>; // [capacity][META]
 // gather / embed_tokens: slots or tokens; record: the head's top-k pairs per expansion slot
 @group(0) @binding(8) var<storage, read> idx: array<u32>;
@@ -54,6 +54,7 @@ const NO_TOKEN: u32 = 0xffffffffu;
 @group(0) @binding(13) var<storage, read_write> out_e: array<f32>;    // [batch][d]
 @group(0) @binding(14) var<storage, read_write> out_c: array<u32>;    // [batch][CANDS]
 @group(0) @binding(15) var<storage, read_write> out_t: array<f32>;    // [batch][CANDS]
+@group(0) @binding(16) var<storage, read_write> out_hn: array<f32>;   // [batch][d]
 
 const RESULT_BONUS: u32 = 33u;
 
@@ -85,7 +86,8 @@ fn record(@builtin(local_invocation_index) lid: u32) {
                 let prow = select(0u, result[j - 1u], j > 1u);
                 v = x[prow * d + i];
             }
-            ring_h[slot * d + i] = v;
+            ring_h[slot * 2u * d + i] = v;
+            ring_h[slot * 2u * d + d + i] = x[row * d + i];
         }
         if (lid == 0u) {
             let m = slot * META;
@@ -123,7 +125,8 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let m = slot * META;
     let next = ring_meta[m];
     for (var i = lid; i < d; i += 64u) {
-        out_h[b * d + i] = ring_h[slot * d + i];
+        out_h[b * d + i] = ring_h[slot * 2u * d + i];
+        out_hn[b * d + i] = ring_h[slot * 2u * d + d + i];
         out_e[b * d + i] = emb(i, next);
     }
     if (lid == 0u) {
@@ -148,6 +151,18 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         if (!realised_in) {
             out_c[b * CANDS + n] = realised;
             out_t[b * CANDS + n] = 1.0 - rp.alpha;
+            n++;
+        }
+        // the fed token itself: what a head that has not learned the step yet predicts
+        var own_next = next;
+        for (var u = 0u; u < n; u++) {
+            if (out_c[b * CANDS + u] == own_next) {
+                own_next = NO_TOKEN;
+            }
+        }
+        if (own_next != NO_TOKEN) {
+            out_c[b * CANDS + n] = own_next;
+            out_t[b * CANDS + n] = 0.0;
             n++;
         }
         for (var t = 0u; t < TEACH; t++) {

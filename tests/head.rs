@@ -43,7 +43,13 @@ fn head_forward_and_training_steps_match_cpu_reference() {
                 for t in target.iter_mut() {
                     *t /= total;
                 }
-                Sample { h: rng.vec(dims.d, 3.0), e: rng.vec(dims.d, 0.05), cands, target }
+                Sample {
+                    h: rng.vec(dims.d, 3.0),
+                    e: rng.vec(dims.d, 0.05),
+                    h_next: rng.vec(dims.d, 2.0),
+                    cands,
+                    target,
+                }
             })
             .collect();
         let n = batch.len();
@@ -54,6 +60,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
         let flat = |f: &dyn Fn(&Sample) -> Vec<f32>| batch.iter().flat_map(f).collect::<Vec<f32>>();
         gpu.queue.write_buffer(&gh.h, 0, bytemuck::cast_slice(&flat(&|s| s.h.clone())));
         gpu.queue.write_buffer(&gh.e, 0, bytemuck::cast_slice(&flat(&|s| s.e.clone())));
+        gpu.queue.write_buffer(&gh.h_next, 0, bytemuck::cast_slice(&flat(&|s| s.h_next.clone())));
         let cands: Vec<u32> = batch.iter().flat_map(|s| s.cands).collect();
         gpu.queue.write_buffer(&gh.cands, 0, bytemuck::cast_slice(&cands));
         gpu.queue.write_buffer(&gh.target, 0, bytemuck::cast_slice(&flat(&|s| s.target.to_vec())));
@@ -126,7 +133,7 @@ fn replay_record_and_gather_match_cpu_reference() {
     let exp_b = gpu.storage("expansions", &expansions);
     let mut replay = Replay::new(&gm, &head, &exp_b, capacity).unwrap();
     let mut rng = Rng(8);
-    let mut ring_h = vec![0f32; capacity * d];
+    let mut ring_h = vec![0f32; capacity * 2 * d];
     let mut ring_meta = vec![0u32; capacity * META];
     let mut prev_h = vec![0f32; d];
     for (round, (k, have_prev)) in [(2usize, false), (0, true), (3, true), (4, true)].into_iter().enumerate() {
@@ -135,9 +142,7 @@ fn replay_record_and_gather_match_cpu_reference() {
         result[0] = k as u32;
         let mut path: Vec<u32> = (1..rows as u32).collect();
         path.rotate_left(round);
-        for j in 0..k {
-            result[1 + j] = path[j];
-        }
+        result[1..=k].copy_from_slice(&path[..k]);
         result[RESULT_BONUS] = (rng.next() % cfg.vocab as u64) as u32;
         let x = rng.vec(rows * d, 2.0);
         let tokens: Vec<u32> = (0..rows).map(|_| (rng.next() % cfg.vocab as u64) as u32).collect();
@@ -151,7 +156,7 @@ fn replay_record_and_gather_match_cpu_reference() {
         q.write_buffer(&gm.candidates, 0, bytemuck::cast_slice(&topk));
         // the head drafted at some rows (expansion slots 0..4), not at others
         let row_slot: Vec<u32> =
-            (0..rows as u32).map(|r| if (r + round as u32) % 3 == 0 { u32::MAX } else { r % 4 }).collect();
+            (0..rows as u32).map(|r| if (r + round as u32).is_multiple_of(3) { u32::MAX } else { r % 4 }).collect();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         replay.encode_record(&mut enc, have_prev, &row_slot);
         q.submit([enc.finish()]);
@@ -169,12 +174,12 @@ fn replay_record_and_gather_match_cpu_reference() {
         );
         assert_eq!(samples.len(), k + have_prev as usize);
         for (slot, h, meta) in samples {
-            ring_h[slot * d..(slot + 1) * d].copy_from_slice(&h);
+            ring_h[slot * 2 * d..(slot + 1) * 2 * d].copy_from_slice(&h);
             ring_meta[slot * META..(slot + 1) * META].copy_from_slice(&meta);
         }
         prev_h = new_prev;
         replay.advance(k, have_prev);
-        assert_eq!(gpu.read_f32(&replay.ring_h, capacity * d), ring_h, "round {round}: ring hidden states");
+        assert_eq!(gpu.read_f32(&replay.ring_h, capacity * 2 * d), ring_h, "round {round}: ring hidden states");
         let got_meta: Vec<u32> =
             bytemuck::pod_collect_to_vec(&gpu.read(&replay.ring_meta, (capacity * META * 4) as u64));
         assert_eq!(got_meta, ring_meta, "round {round}: ring metadata");
@@ -190,13 +195,15 @@ fn replay_record_and_gather_match_cpu_reference() {
     gpu.queue.submit([enc.finish()]);
     let n = slots.len();
     let h = gpu.read_f32(&head.h, n * d);
+    let hn = gpu.read_f32(&head.h_next, n * d);
     let e = gpu.read_f32(&head.e, n * d);
     let c: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&head.cands, (n * CANDIDATES * 4) as u64));
     let t = gpu.read_f32(&head.target, n * CANDIDATES);
     let mut row = vec![0f32; d];
     for (b, &slot) in slots.iter().enumerate() {
         let s = slot as usize;
-        assert_eq!(&h[b * d..(b + 1) * d], &ring_h[s * d..(s + 1) * d], "gather row {b}: hidden");
+        assert_eq!(&h[b * d..(b + 1) * d], &ring_h[s * 2 * d..s * 2 * d + d], "gather row {b}: hidden");
+        assert_eq!(&hn[b * d..(b + 1) * d], &ring_h[s * 2 * d + d..(s + 1) * 2 * d], "gather row {b}: next hidden");
         let meta: [u32; META] = ring_meta[s * META..(s + 1) * META].try_into().unwrap();
         w.embed.row(meta[0] as usize, &mut row);
         assert!(rel_l2(&e[b * d..(b + 1) * d], &row) < 1e-6, "gather row {b}: embedding");

@@ -63,7 +63,7 @@ pub const ACCEPT_BINDS: [Bind; 6] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const TOPK_BINDS: [Bind; 4] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite];
-pub const HEAD_BINDS: [Bind; 13] = [
+pub const HEAD_BINDS: [Bind; 14] = [
     Bind::Uniform,
     Bind::ReadWrite,
     Bind::ReadWrite,
@@ -73,12 +73,13 @@ pub const HEAD_BINDS: [Bind; 13] = [
     Bind::Read,
     Bind::Read,
     Bind::ReadWrite,
+    Bind::Read,
     Bind::Read,
     Bind::Read,
     Bind::Read,
     Bind::Read,
 ];
-pub const REPLAY_BINDS: [Bind; 16] = [
+pub const REPLAY_BINDS: [Bind; 17] = [
     Bind::Uniform,
     Bind::Read,
     Bind::Read,
@@ -91,6 +92,7 @@ pub const REPLAY_BINDS: [Bind; 16] = [
     Bind::Read,
     Bind::Read,
     Bind::Read,
+    Bind::ReadWrite,
     Bind::ReadWrite,
     Bind::ReadWrite,
     Bind::ReadWrite,

@@ -305,7 +305,7 @@ impl HeadSpeculator {
         let root = *context.last().expect("context is never empty");
         self.rounds += 1;
         let trusted = self.trusted();
-        if !trusted && self.rounds % self.opts.probe_every.max(1) != 0 {
+        if !trusted && !self.rounds.is_multiple_of(self.opts.probe_every.max(1)) {
             return Ok(TokenTree::default());
         }
         // slot 0: the root's prediction (input: prev_h)

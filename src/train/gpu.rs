@@ -24,6 +24,8 @@ pub struct GpuHead {
     /// target probabilities [max_batch][CANDIDATES].
     pub h: wgpu::Buffer,
     pub e: wgpu::Buffer,
+    /// The regression targets (the target's hidden state at t+1) [max_batch][d].
+    pub h_next: wgpu::Buffer,
     pub cands: wgpu::Buffer,
     pub target: wgpu::Buffer,
     /// Activations: z | a | s | y | dy | da | loss, laid out for `max_batch` rows.
@@ -64,6 +66,7 @@ impl GpuHead {
         let adam_v = g.storage_zeroed("head adam v", dims.n_params() as u64 * 4);
         let h = g.storage_zeroed("head h", b * d * 4);
         let e = g.storage_zeroed("head e", b * d * 4);
+        let h_next = g.storage_zeroed("head h_next", b * d * 4);
         let cands = g.storage_zeroed("head cands", b * CANDIDATES as u64 * 4);
         let target = g.storage_zeroed("head target", b * CANDIDATES as u64 * 4);
         let act = g.storage_zeroed("head act", (b * (2 * d + 3 * r + 3 * d) + b) * 4);
@@ -71,7 +74,7 @@ impl GpuHead {
         let pipelines: Vec<_> = ENTRIES.iter().map(|&en| (en, kernels.head(g, en, output.format()))).collect();
         let bind = g.bind(
             &pipelines[0].1,
-            &[&uniform, &params, &adam_m, &adam_v, &h, &e, &cands, &target, &act, gamma, w, scale, offset],
+            &[&uniform, &params, &adam_m, &adam_v, &h, &e, &cands, &target, &act, gamma, w, scale, offset, &h_next],
         );
         Ok(GpuHead {
             gpu,
@@ -85,6 +88,7 @@ impl GpuHead {
             adam_v,
             h,
             e,
+            h_next,
             cands,
             target,
             act,

@@ -12,16 +12,22 @@
 //!
 //! Drafting deeper feeds `y` back as the next `h` with the drafted token's embedding.
 //!
-//! Training: the loss is cross-entropy between a target distribution `t` and the head's softmax
-//! over a candidate set S of tokens per sample (the target's top tokens, the realised token and
-//! sampled negatives), a sampled softmax: the full vocabulary would cost one LM-head pass
-//! forward and one backward per sample, which on a small GPU is most of a decode step. With `t`
-//! = a mix of the target's top-k distribution and the realised token, this is forward KL to the
-//! target plus cross-entropy on what was generated. Gradients are averaged over the batch and
-//! applied with AdamW.
+//! Training (EAGLE's two terms): regression of the normalised prediction onto the target's own
+//! normalised hidden state at t+1 (`h_next`; it carries the target's whole next-token
+//! distribution in d numbers, since the LM head is frozen), plus a token term: cross-entropy
+//! between a target distribution `t` and the head's softmax over a candidate set S per sample
+//! (the target's top tokens, the realised token, the head's own mistakes and sampled negatives),
+//! a sampled softmax: the full vocabulary would cost one LM-head pass forward and one backward
+//! per sample, most of a decode step on a small GPU. With `t` = a mix of the target's top-k
+//! distribution and the realised token, the token term is forward KL to the target plus
+//! cross-entropy on what was generated. Gradients are averaged over the batch and applied with
+//! AdamW.
 
 /// Candidate tokens per training sample.
 pub const CANDIDATES: usize = 32;
+/// Weights of the loss terms: hidden-state regression (mean squared error over d) and tokens.
+pub const REG_WEIGHT: f32 = 1.0;
+pub const TOKEN_WEIGHT: f32 = 0.1;
 /// A candidate slot left empty.
 pub const NO_TOKEN: u32 = u32::MAX;
 const NORM_EPS: f32 = 1e-6;
@@ -79,6 +85,8 @@ pub struct Forward {
 pub struct Sample {
     pub h: Vec<f32>,
     pub e: Vec<f32>,
+    /// The target's hidden state at t+1 (the regression target).
+    pub h_next: Vec<f32>,
     /// Candidate token ids (NO_TOKEN: unused slot).
     pub cands: [u32; CANDIDATES],
     /// Target probability of each candidate (sums to 1 over used slots).
@@ -131,14 +139,21 @@ pub fn loss_and_grad(dims: HeadDims, p: &[f32], batch: &[Sample], out: &OutputHe
         let mut dxn = vec![0f32; d];
         for (u, &i) in used.iter().enumerate() {
             let logp = logits[u] - mx - z.ln();
-            loss -= smp.target[i] * logp * scale;
-            let g = (logp.exp() - smp.target[i]) * scale;
+            loss -= TOKEN_WEIGHT * smp.target[i] * logp * scale;
+            let g = TOKEN_WEIGHT * (logp.exp() - smp.target[i]) * scale;
             for (k, dx) in dxn.iter_mut().enumerate() {
                 *dx += g * (out.weight)(k, smp.cands[i] as usize);
             }
         }
-        // back through xn = gamma * y * iy
-        let gy: Vec<f32> = (0..d).map(|k| dxn[k] * out.gamma[k]).collect();
+        // gy = d loss / d u for u = y * iy: the token term through xn = gamma * u, and the
+        // regression of u onto the normalised h_next
+        let it = inv_rms(&smp.h_next, NORM_EPS);
+        let mut gy = vec![0f32; d];
+        for k in 0..d {
+            let diff = f.y[k] * iy - smp.h_next[k] * it;
+            loss += REG_WEIGHT * diff * diff / d as f32 * scale;
+            gy[k] = dxn[k] * out.gamma[k] + REG_WEIGHT * 2.0 * diff / d as f32 * scale;
+        }
         let dot: f32 = (0..d).map(|k| gy[k] * f.y[k]).sum();
         let dy: Vec<f32> = (0..d).map(|k| iy * gy[k] - f.y[k] * dot * iy * iy * iy / d as f32).collect();
         // back through the MLP
@@ -253,6 +268,7 @@ mod tests {
                 Sample {
                     h: (0..dims.d).map(|_| 2.0 * rnd()).collect(),
                     e: (0..dims.d).map(|_| 0.1 * rnd()).collect(),
+                    h_next: (0..dims.d).map(|_| 3.0 * rnd()).collect(),
                     cands,
                     target,
                 }

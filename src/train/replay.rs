@@ -51,7 +51,7 @@ impl Replay {
             ));
         };
         let prev_h = g.storage_zeroed("replay prev_h", (d * 4) as u64);
-        let ring_h = g.storage_zeroed("replay h", (capacity * d * 4) as u64);
+        let ring_h = g.storage_zeroed("replay h", (capacity * 2 * d * 4) as u64);
         let ring_meta = g.storage_zeroed("replay meta", (capacity * META * 4) as u64);
         let idx = g.storage_zeroed("replay idx", (head.max_batch.max(64) * 4) as u64);
         let uni = || g.uniform("replay params", &ReplayParams::default());
@@ -79,6 +79,7 @@ impl Replay {
                     &head.e,
                     &head.cands,
                     &head.target,
+                    &head.h_next,
                 ],
             )
         };
@@ -160,8 +161,9 @@ impl Replay {
     }
 }
 
-/// What `record` writes: (slot, hidden, meta) per sample, and the new prev_h.
-#[allow(clippy::type_complexity)]
+/// What `record` writes: (slot, hidden before and at the node, meta) per sample, and the new
+/// prev_h.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn record_cpu(
     result: &[u32],
     x: &[f32],
@@ -181,8 +183,9 @@ pub fn record_cpu(
     let first = if have_prev { 0 } else { 1 };
     for j in first..=k {
         let slot = (base + j - first) % capacity;
-        let h = if j == 0 { prev_h.to_vec() } else { x[row_of(j - 1) * d..(row_of(j - 1) + 1) * d].to_vec() };
+        let mut h = if j == 0 { prev_h.to_vec() } else { x[row_of(j - 1) * d..(row_of(j - 1) + 1) * d].to_vec() };
         let row = row_of(j);
+        h.extend_from_slice(&x[row * d..(row + 1) * d]);
         let mut meta = [0u32; META];
         meta[0] = tokens[row];
         meta[1] = if j < k { tokens[result[j + 1] as usize] } else { result[RESULT_BONUS] };
@@ -226,6 +229,10 @@ pub fn gather_cpu(
     if !realised_in {
         c[n] = realised;
         t[n] = 1.0 - alpha;
+        n += 1;
+    }
+    if !c[..n].contains(&meta[0]) {
+        c[n] = meta[0];
         n += 1;
     }
     for t in 0..TEACH {
