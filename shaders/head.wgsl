@@ -32,7 +32,7 @@ struct HeadParams {
 
 const CANDS: u32 = 32u;
 const REG_WEIGHT: f32 = 1.0;
-const TOKEN_WEIGHT: f32 = 0.1;
+const TOKEN_WEIGHT: f32 = 1.0;
 const NO_TOKEN: u32 = 0xffffffffu;
 const IN_EPS: f32 = 1e-6;
 

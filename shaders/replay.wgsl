@@ -26,6 +26,10 @@ struct ReplayParams {
     seed: u32,        // gather: negatives
     alpha: f32,       // gather: weight of the teacher's distribution
     have_prev: u32,   // record: prev_h holds the hidden state before the root
+    root: u32,        // record: the root token (acceptance has already put the bonus in tokens[0])
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
     // record: the head's expansion slot of each verified row (NO_TOKEN: not expanded), 4 per vec
     row_slot: array<vec4<u32>, 16>,
 };
@@ -91,7 +95,7 @@ fn record(@builtin(local_invocation_index) lid: u32) {
         }
         if (lid == 0u) {
             let m = slot * META;
-            ring_meta[m] = tokens[row];
+            ring_meta[m] = select(tokens[row], rp.root, row == 0u);
             var realised = result[RESULT_BONUS];
             if (j < k) {
                 realised = tokens[result[j + 1u]];

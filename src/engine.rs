@@ -476,7 +476,7 @@ impl Engine {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.model.encode(&mut enc, &spec, None)?;
         if let Some(h) = &self.head {
-            h.encode_after_verify(&mut enc, &self.model, m);
+            h.encode_after_verify(&mut enc, &self.model, m, root);
         }
         enc.copy_buffer_to_buffer(&self.model.result, 0, &self.result_staging, 0, (RESULT_LEN * 4) as u64);
         gpu.queue.submit([enc.finish()]);

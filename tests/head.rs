@@ -158,7 +158,9 @@ fn replay_record_and_gather_match_cpu_reference() {
         let row_slot: Vec<u32> =
             (0..rows as u32).map(|r| if (r + round as u32).is_multiple_of(3) { u32::MAX } else { r % 4 }).collect();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        replay.encode_record(&mut enc, have_prev, &row_slot);
+        // acceptance has overwritten tokens[0] with the bonus; the root comes separately
+        let root = (rng.next() % cfg.vocab as u64) as u32;
+        replay.encode_record(&mut enc, have_prev, root, &row_slot);
         q.submit([enc.finish()]);
         let (samples, new_prev) = record_cpu(
             &result,
@@ -171,6 +173,7 @@ fn replay_record_and_gather_match_cpu_reference() {
             capacity,
             &row_slot,
             &expansions,
+            root,
         );
         assert_eq!(samples.len(), k + have_prev as usize);
         for (slot, h, meta) in samples {

@@ -263,6 +263,9 @@ pub struct ReplayParams {
     pub seed: u32,
     pub alpha: f32,
     pub have_prev: u32,
+    /// record: the root token (acceptance has already replaced tokens[0] with the bonus).
+    pub root: u32,
+    pub _p: [u32; 3],
     /// record: the head's expansion slot per verified row (u32::MAX: none).
     pub row_slot: [u32; 64],
 }
@@ -278,6 +281,8 @@ impl Default for ReplayParams {
             seed: 0,
             alpha: 0.0,
             have_prev: 0,
+            root: 0,
+            _p: [0; 3],
             row_slot: [u32::MAX; 64],
         }
     }

@@ -75,6 +75,8 @@ pub struct HeadStats {
     pub agreement: f64,
     pub top1_prob: f64,
     pub probes: u64,
+    /// How often its top guess was the token it was fed (the untrained identity's guess).
+    pub repeats: f64,
 }
 
 pub struct HeadSpeculator {
@@ -99,8 +101,9 @@ pub struct HeadSpeculator {
     /// Decoding time not yet spent on training, times train_share.
     train_credit_ms: f64,
     rounds: u64,
-    /// The head's top guess after this round's root (when it probed).
+    /// The head's top guess after this round's root (when it probed), and the root.
     root_top1: Option<(u32, f32)>,
+    root: u32,
     pub stats: HeadStats,
 }
 
@@ -148,6 +151,7 @@ impl HeadSpeculator {
             train_credit_ms: 0.0,
             rounds: 0,
             root_top1: None,
+            root: 0,
             stats: HeadStats::default(),
         })
     }
@@ -199,9 +203,9 @@ impl HeadSpeculator {
 
     /// Records into a verify submission (after acceptance): top-k of every verified row, then
     /// the accepted path into the replay ring and the new prev_h.
-    pub fn encode_after_verify(&self, enc: &mut wgpu::CommandEncoder, target: &GpuModel, rows: usize) {
+    pub fn encode_after_verify(&self, enc: &mut wgpu::CommandEncoder, target: &GpuModel, rows: usize, root: u32) {
         target.encode_candidates(enc, rows);
-        self.replay.encode_record(enc, self.have_prev, self.row_slots.as_deref().unwrap_or(&[]));
+        self.replay.encode_record(enc, self.have_prev, root, self.row_slots.as_deref().unwrap_or(&[]));
     }
 
     /// Whether the head's measured agreement lets it draft.
@@ -217,6 +221,7 @@ impl HeadSpeculator {
             let a = (1.0 / (self.stats.probes + 1) as f64).max(0.05);
             self.stats.agreement += a * ((t == next) as u32 as f64 - self.stats.agreement);
             self.stats.top1_prob += a * (p as f64 - self.stats.top1_prob);
+            self.stats.repeats += a * ((t == self.root) as u32 as f64 - self.stats.repeats);
             self.stats.probes += 1;
         }
         self.stats.samples_recorded += (k + self.have_prev as usize) as u64;
@@ -311,6 +316,7 @@ impl HeadSpeculator {
         // slot 0: the root's prediction (input: prev_h)
         let first = self.expand(&[(None, root, 0)])?.remove(0);
         self.root_top1 = first.first().copied();
+        self.root = root;
         if !trusted {
             self.row_slots = Some(vec![0]); // the probe's guesses still teach the head
             return Ok(TokenTree::default());

@@ -27,7 +27,7 @@
 pub const CANDIDATES: usize = 32;
 /// Weights of the loss terms: hidden-state regression (mean squared error over d) and tokens.
 pub const REG_WEIGHT: f32 = 1.0;
-pub const TOKEN_WEIGHT: f32 = 0.1;
+pub const TOKEN_WEIGHT: f32 = 1.0;
 /// A candidate slot left empty.
 pub const NO_TOKEN: u32 = u32::MAX;
 const NORM_EPS: f32 = 1e-6;

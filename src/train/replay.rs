@@ -128,8 +128,8 @@ impl Replay {
     /// accepted path's samples (sample 0 only when `have_prev`); `row_slot[row]` is the head's
     /// drafting slot for a verified row (u32::MAX: it did not draft there). Call `advance` with
     /// the accepted count once it is read back.
-    pub fn encode_record(&self, enc: &mut wgpu::CommandEncoder, have_prev: bool, row_slot: &[u32]) {
-        let mut u = ReplayParams { base: self.write_pos as u32, have_prev: have_prev as u32, ..self.params() };
+    pub fn encode_record(&self, enc: &mut wgpu::CommandEncoder, have_prev: bool, root: u32, row_slot: &[u32]) {
+        let mut u = ReplayParams { base: self.write_pos as u32, have_prev: have_prev as u32, root, ..self.params() };
         for (d, &s) in u.row_slot.iter_mut().zip(row_slot) {
             *d = s;
         }
@@ -175,6 +175,7 @@ pub fn record_cpu(
     capacity: usize,
     row_slot: &[u32],
     expansions: &[u32],
+    root: u32,
 ) -> (Vec<(usize, Vec<f32>, [u32; META])>, Vec<f32>) {
     let d = prev_h.len();
     let k = result[0] as usize;
@@ -187,7 +188,7 @@ pub fn record_cpu(
         let row = row_of(j);
         h.extend_from_slice(&x[row * d..(row + 1) * d]);
         let mut meta = [0u32; META];
-        meta[0] = tokens[row];
+        meta[0] = if row == 0 { root } else { tokens[row] };
         meta[1] = if j < k { tokens[result[j + 1] as usize] } else { result[RESULT_BONUS] };
         let hs = row_slot.get(row).copied().unwrap_or(u32::MAX);
         for t in 0..TEACH {
