@@ -235,4 +235,12 @@ fn head_speculation_with_online_learning_is_identical_to_plain_decoding() {
     let f = e.head_file().unwrap();
     assert_eq!(f.meta.target, e.fingerprint);
     assert_eq!(f.meta.step as u64, h.stats.train_steps);
+    // a head restored from it continues with the same step, statistics and replay ring
+    let (filled, pos, agreement) = (h.replay.filled, h.replay.write_pos, h.stats.agreement);
+    assert!(filled > 0);
+    e.attach_head(Some(f), augur::spec::head::HeadOptions::default()).unwrap();
+    let h = e.head.as_ref().unwrap();
+    assert_eq!((h.replay.filled, h.replay.write_pos, h.stats.agreement), (filled, pos, agreement));
+    let g = e.head_file().unwrap();
+    assert_eq!(g.replay.as_ref().unwrap().meta.len(), h.replay.capacity * augur::train::replay::META);
 }

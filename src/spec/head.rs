@@ -18,10 +18,10 @@ use crate::error::Result;
 use crate::gpu::kernels::CANDIDATES;
 use crate::gpu::map_read;
 use crate::model::gpu::{GpuModel, LmHeadRig};
-use crate::train::checkpoint::{HeadFile, HeadMeta};
+use crate::train::checkpoint::{HeadFile, HeadMeta, ReplayState};
 use crate::train::gpu::GpuHead;
 use crate::train::head::{AdamW, HeadDims};
-use crate::train::replay::Replay;
+use crate::train::replay::{META, Replay};
 use std::time::Instant;
 
 /// Settings of the adaptive head.
@@ -170,6 +170,16 @@ impl HeadSpeculator {
         self.stats.agreement = f.meta.acceptance;
         self.stats.top1_prob = f.meta.top1_prob;
         self.stats.probes = f.meta.probes;
+        if let Some(r) = &f.replay {
+            let d = self.head.dims.d;
+            let cap = self.replay.capacity;
+            if r.h.len() == cap * 2 * d && r.meta.len() == cap * META && f.meta.replay_filled <= cap {
+                q.write_buffer(&self.replay.ring_h, 0, bytemuck::cast_slice(&r.h));
+                q.write_buffer(&self.replay.ring_meta, 0, bytemuck::cast_slice(&r.meta));
+                self.replay.write_pos = f.meta.replay_write_pos % cap;
+                self.replay.filled = f.meta.replay_filled;
+            }
+        }
     }
 
     /// The head's parameters and optimiser state, read back from the GPU (not on a hot path).
@@ -182,11 +192,19 @@ impl HeadSpeculator {
         meta.acceptance = self.stats.agreement;
         meta.top1_prob = self.stats.top1_prob;
         meta.probes = self.stats.probes;
+        meta.replay_write_pos = self.replay.write_pos;
+        meta.replay_filled = self.replay.filled;
+        let cap = self.replay.capacity;
+        let replay = ReplayState {
+            h: g.read_f32(&self.replay.ring_h, cap * 2 * self.head.dims.d),
+            meta: bytemuck::pod_collect_to_vec(&g.read(&self.replay.ring_meta, (cap * META * 4) as u64)),
+        };
         HeadFile {
             meta,
             params: g.read_f32(&self.head.params, n),
             adam_m: g.read_f32(&self.head.adam_m, n),
             adam_v: g.read_f32(&self.head.adam_v, n),
+            replay: Some(replay),
         }
     }
 

@@ -1,7 +1,9 @@
 //! Draft-head files: safetensors with the parameters and AdamW moments, and a JSON header
 //! (`augur` metadata key) naming the target model (a fingerprint of its weights), the head's
-//! dimensions, its training step and running acceptance. Written atomically (temp file + rename);
-//! a file for another target, or one that does not parse, is refused with a clear message.
+//! dimensions, its training step and running acceptance, and optionally the replay ring (so the
+//! next process trains on past requests too, not only its own). Written atomically (temp file +
+//! rename); a file for another target, or one that does not parse, is refused with a clear
+//! message.
 
 use super::head::HeadDims;
 use crate::error::{Error, Result};
@@ -28,6 +30,18 @@ pub struct HeadMeta {
     pub top1_prob: f64,
     #[serde(default)]
     pub probes: u64,
+    /// The replay ring's write position and fill when the file holds the ring.
+    #[serde(default)]
+    pub replay_write_pos: usize,
+    #[serde(default)]
+    pub replay_filled: usize,
+}
+
+/// The replay ring's contents ([capacity][2d] hidden states, [capacity][META] metadata).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayState {
+    pub h: Vec<f32>,
+    pub meta: Vec<u32>,
 }
 
 pub struct HeadFile {
@@ -35,6 +49,7 @@ pub struct HeadFile {
     pub params: Vec<f32>,
     pub adam_m: Vec<f32>,
     pub adam_v: Vec<f32>,
+    pub replay: Option<ReplayState>,
 }
 
 impl HeadMeta {
@@ -49,6 +64,8 @@ impl HeadMeta {
             acceptance: 0.0,
             top1_prob: 0.0,
             probes: 0,
+            replay_write_pos: 0,
+            replay_filled: 0,
         }
     }
 }
@@ -57,10 +74,22 @@ pub fn save(path: &Path, f: &HeadFile) -> Result<()> {
     let bytes = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
     let (p, m, v) = (bytes(&f.params), bytes(&f.adam_m), bytes(&f.adam_v));
     let n = f.params.len();
-    fn view(b: &[u8], n: usize) -> Result<TensorView<'_>> {
-        TensorView::new(Dtype::F32, vec![n], b).map_err(|e| Error::msg(format!("draft head: {e}")))
+    fn view(b: &[u8], n: usize, t: Dtype) -> Result<TensorView<'_>> {
+        TensorView::new(t, vec![n], b).map_err(|e| Error::msg(format!("draft head: {e}")))
     }
-    let tensors = vec![("adam_m", view(&m, n)?), ("adam_v", view(&v, n)?), ("params", view(&p, n)?)];
+    let (rh, rm) = match &f.replay {
+        Some(r) => (bytes(&r.h), bytemuck::cast_slice::<u32, u8>(&r.meta).to_vec()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut tensors = vec![
+        ("adam_m", view(&m, n, Dtype::F32)?),
+        ("adam_v", view(&v, n, Dtype::F32)?),
+        ("params", view(&p, n, Dtype::F32)?),
+    ];
+    if let Some(r) = &f.replay {
+        tensors.push(("replay_h", view(&rh, r.h.len(), Dtype::F32)?));
+        tensors.push(("replay_meta", view(&rm, r.meta.len(), Dtype::U32)?));
+    }
     let meta = HashMap::from([("augur".to_string(), serde_json::to_string(&f.meta).expect("plain struct"))]);
     let data = safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::msg(format!("draft head: {e}")))?;
     if let Some(dir) = path.parent() {
@@ -100,7 +129,15 @@ pub fn load(path: &Path, target: &str) -> Result<HeadFile> {
     if params.iter().any(|v| !v.is_finite()) {
         return Err(bad("non-finite parameters".into()));
     }
-    Ok(HeadFile { meta, params, adam_m, adam_v })
+    // the ring is optional: a file without it (or with a damaged one) still gives the head
+    let replay = match (st.tensor("replay_h"), st.tensor("replay_meta")) {
+        (Ok(h), Ok(m)) if h.dtype() == Dtype::F32 && m.dtype() == Dtype::U32 => Some(ReplayState {
+            h: bytemuck::pod_collect_to_vec(h.data()),
+            meta: bytemuck::pod_collect_to_vec(m.data()),
+        }),
+        _ => None,
+    };
+    Ok(HeadFile { meta, params, adam_m, adam_v, replay })
 }
 
 #[cfg(test)]
@@ -117,6 +154,7 @@ mod tests {
             params: (0..n).map(|i| i as f32 * 0.5 - 3.0).collect(),
             adam_m: (0..n).map(|i| i as f32 * 1e-3).collect(),
             adam_v: (0..n).map(|i| i as f32 * 1e-6).collect(),
+            replay: Some(ReplayState { h: vec![0.25; 3 * 16], meta: (0..3 * 28).collect() }),
         }
     }
 
@@ -127,6 +165,7 @@ mod tests {
         let f = sample();
         save(&path, &f).unwrap();
         let g = load(&path, "llama-2x8-00ff").unwrap();
+        assert_eq!(g.replay, f.replay);
         assert_eq!((g.params, g.adam_m, g.adam_v, g.meta.step), (f.params, f.adam_m, f.adam_v, 42));
         assert!(!path.with_extension("safetensors.tmp").exists(), "no temp file left behind");
 
