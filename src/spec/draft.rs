@@ -15,6 +15,7 @@
 //! when sampling too.
 
 use super::Speculator;
+use super::candidates::{self, Candidates};
 use super::tree::{Drafter, TokenTree};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::CANDIDATES;
@@ -35,20 +36,6 @@ pub struct DraftModelSpeculator {
     min_confidence: f32,
     /// Where the model came from (for messages).
     pub source: String,
-}
-
-/// A drafted token before the tree is chosen.
-#[derive(Debug, Clone)]
-struct Candidate {
-    token: u32,
-    parent: Option<usize>,
-    depth: usize,
-    /// The draft model's probability of the token after its parent.
-    prob: f32,
-    /// Product of `prob` along the path.
-    score: f32,
-    /// Tree slot (above the committed rows) once the node has been fed, and its visibility mask.
-    slot: Option<(usize, [u32; 2])>,
 }
 
 impl DraftModelSpeculator {
@@ -102,10 +89,7 @@ impl DraftModelSpeculator {
         enc.copy_buffer_to_buffer(&self.model.candidates, 0, &self.staging, 0, bytes);
         gpu.queue.submit([enc.finish()]);
         let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes));
-        Ok(raw
-            .chunks(CANDIDATES * 2)
-            .map(|r| r.chunks(2).map(|c| (c[0], f32::from_bits(c[1]))).filter(|c| c.1 > 0.0).collect())
-            .collect())
+        Ok(candidates::parse(&raw))
     }
 
     /// Feeds the committed tokens the draft cache lacks; returns the candidates after the last.
@@ -139,22 +123,13 @@ impl DraftModelSpeculator {
     fn draft(&mut self, context: &[u32], budget: usize, max_depth: usize) -> Result<TokenTree> {
         let root = self.catch_up(context)?;
         let base = self.fed.len(); // the root sits at slot base - 1
-        let keep = |c: &Candidate, min: f32| c.score >= min;
-        let mut cands: Vec<Candidate> = root
-            .into_iter()
-            .map(|(token, prob)| Candidate { token, parent: None, depth: 1, prob, score: prob, slot: None })
-            .collect();
-        let mut used_slots = 0;
+        let mut cands = Candidates::default();
+        cands.add(None, root, 1.0);
+        // visibility mask of each tree slot the draft model has written this round
+        let mut masks: Vec<[u32; 2]> = Vec::new();
         for depth in 1..max_depth {
-            // the best nodes of the newest level that could still make the final tree
-            let cutoff = kth_score(&cands, budget);
-            let mut level: Vec<usize> = (0..cands.len())
-                .filter(|&i| {
-                    cands[i].depth == depth && keep(&cands[i], self.min_confidence) && cands[i].score >= cutoff
-                })
-                .collect();
-            level.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score));
-            level.truncate(self.width);
+            let level = cands.level(depth, budget, self.width, self.min_confidence);
+            let used_slots = masks.len();
             if level.is_empty()
                 || used_slots + level.len() > 64
                 || base + used_slots + level.len() > self.model.max_ctx
@@ -163,16 +138,18 @@ impl DraftModelSpeculator {
                 break;
             }
             let mut rows = TreeRows { base, ..Default::default() };
-            for (r, &i) in level.iter().enumerate() {
-                let slot = used_slots + r;
-                let mut mask = cands[i].parent.and_then(|p| cands[p].slot).map_or([0; 2], |(_, m)| m);
+            for &i in &level {
+                let slot = masks.len();
+                let c = &cands.nodes[i];
+                let mut mask = c.parent.and_then(|p| cands.nodes[p].slot).map_or([0; 2], |s| masks[s]);
                 mask[slot / 32] |= 1 << (slot % 32);
-                cands[i].slot = Some((slot, mask));
+                masks.push(mask);
+                cands.nodes[i].slot = Some(slot);
                 rows.masks.push(mask);
                 rows.positions.push((base - 1 + depth) as u32);
                 rows.parents.push(u32::MAX);
             }
-            let tokens: Vec<u32> = level.iter().map(|&i| cands[i].token).collect();
+            let tokens: Vec<u32> = level.iter().map(|&i| cands.nodes[i].token).collect();
             self.model.set_tokens(&tokens);
             let spec = PassSpec {
                 m: level.len(),
@@ -182,49 +159,12 @@ impl DraftModelSpeculator {
                 accept: None,
                 compact: false,
             };
-            let next = self.candidates(&spec)?;
-            used_slots += level.len();
-            for (&i, row) in level.iter().zip(next) {
-                let score = cands[i].score;
-                for (token, prob) in row {
-                    cands.push(Candidate {
-                        token,
-                        parent: Some(i),
-                        depth: depth + 1,
-                        prob,
-                        score: score * prob,
-                        slot: None,
-                    });
-                }
+            for (&i, row) in level.iter().zip(self.candidates(&spec)?) {
+                cands.add(Some(i), row, 1.0);
             }
         }
-        // the `budget` best nodes, parents first
-        let mut order: Vec<usize> = (0..cands.len()).filter(|&i| keep(&cands[i], self.min_confidence)).collect();
-        order.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score).then(cands[a].depth.cmp(&cands[b].depth)));
-        order.truncate(budget);
-        order.sort_by_key(|&i| cands[i].depth);
-        let mut node_of = vec![usize::MAX; cands.len()];
-        let mut tree = TokenTree::default();
-        for i in order {
-            let parent = match cands[i].parent {
-                None => None,
-                Some(p) if node_of[p] != usize::MAX => Some(node_of[p]),
-                Some(_) => continue, // parent left out (equal scores): drop the orphan
-            };
-            node_of[i] = tree.push(parent, cands[i].token, cands[i].prob, Drafter::Draft);
-        }
-        Ok(tree)
+        Ok(cands.best_tree(budget, self.min_confidence, Drafter::Draft).0)
     }
-}
-
-/// The score of the k-th best candidate (0 when there are fewer).
-fn kth_score(cands: &[Candidate], k: usize) -> f32 {
-    if k == 0 || cands.len() < k {
-        return 0.0;
-    }
-    let mut s: Vec<f32> = cands.iter().map(|c| c.score).collect();
-    s.sort_by(|a, b| b.total_cmp(a));
-    s[k - 1]
 }
 
 impl Speculator for DraftModelSpeculator {

@@ -13,6 +13,7 @@
 //! change only between rounds, so a round always drafts with one consistent head.
 
 use super::Speculator;
+use super::candidates::{self, Candidates};
 use super::tree::{Drafter, TokenTree};
 use crate::error::Result;
 use crate::gpu::kernels::CANDIDATES;
@@ -156,10 +157,6 @@ impl HeadSpeculator {
         })
     }
 
-    pub fn dims(&self) -> HeadDims {
-        self.head.dims
-    }
-
     /// Continues from a saved head: AdamW moments and step count.
     pub fn restore(&mut self, f: &HeadFile) {
         let q = &self.head.gpu.queue;
@@ -263,8 +260,7 @@ impl HeadSpeculator {
         self.replay.encode_gather(&mut enc, &slots, seed, self.opts.alpha);
         self.head.encode_train_step(&mut enc, batch, &self.opts.opt, self.step);
         gpu.queue.submit([enc.finish()]);
-        let losses = gpu.read_f32(&self.head.act, self.head.loss_offset(batch) + batch);
-        let loss = losses[self.head.loss_offset(batch)..].iter().map(|&l| l as f64).sum::<f64>() / batch as f64;
+        let loss = self.head.read_losses(batch).iter().map(|&l| l as f64).sum::<f64>() / batch as f64;
         self.stats.loss = if self.stats.train_steps == 0 { loss } else { 0.95 * self.stats.loss + 0.05 * loss };
         let ms = t.elapsed().as_secs_f64() * 1e3;
         self.train_credit_ms -= ms;
@@ -309,22 +305,10 @@ impl HeadSpeculator {
         enc.copy_buffer_to_buffer(&self.lm.candidates, 0, &self.tree_cands, first, bytes);
         gpu.queue.submit([enc.finish()]);
         let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes));
-        Ok(raw
-            .chunks(CANDIDATES * 2)
-            .map(|r| r.chunks(2).map(|c| (c[0], f32::from_bits(c[1]))).filter(|c| c.1 > 0.0).collect())
-            .collect())
+        Ok(candidates::parse(&raw))
     }
 
     fn draft(&mut self, context: &[u32], budget: usize, max_depth: usize) -> Result<TokenTree> {
-        struct Cand {
-            token: u32,
-            parent: Option<usize>,
-            depth: usize,
-            prob: f32,
-            score: f32,
-            /// tree_y slot of this node's prediction once expanded
-            slot: Option<usize>,
-        }
         let root = *context.last().expect("context is never empty");
         self.rounds += 1;
         let trusted = self.trusted();
@@ -341,73 +325,34 @@ impl HeadSpeculator {
         }
         // calibrate: the head's own probabilities scaled by how often its top guess is right
         let calib = (self.stats.agreement / self.stats.top1_prob.max(1e-3)).min(1.5) as f32;
-        let mut cands: Vec<Cand> = first
-            .into_iter()
-            .map(|(token, prob)| {
-                let prob = (prob * calib).min(1.0);
-                Cand { token, parent: None, depth: 1, prob, score: prob, slot: None }
-            })
-            .collect();
+        let mut cands = Candidates::default();
+        cands.add(None, first, calib);
         let mut used = 1;
-        let keep = |c: &Cand, min: f32| c.score >= min;
         for depth in 1..max_depth {
-            let mut scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
-            scores.sort_by(|a, b| b.total_cmp(a));
-            let cutoff = if scores.len() >= budget && budget > 0 { scores[budget - 1] } else { 0.0 };
-            let mut level: Vec<usize> = (0..cands.len())
-                .filter(|&i| {
-                    cands[i].depth == depth && keep(&cands[i], self.min_confidence) && cands[i].score >= cutoff
-                })
-                .collect();
-            level.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score));
-            level.truncate(self.opts.width);
+            let level = cands.level(depth, budget, self.opts.width, self.min_confidence);
             if level.is_empty() || used + level.len() > TREE_SLOTS {
                 break;
             }
+            // a node's input is its parent's prediction (slot 0 for the root's children)
+            let c = &cands.nodes;
             let rows: Vec<(Option<usize>, u32, usize)> = level
                 .iter()
                 .enumerate()
-                .map(|(r, &i)| {
-                    (Some(cands[i].parent.and_then(|p| cands[p].slot).unwrap_or(0)), cands[i].token, used + r)
-                })
+                .map(|(r, &i)| (Some(c[i].parent.and_then(|p| c[p].slot).unwrap_or(0)), c[i].token, used + r))
                 .collect();
             for (r, &i) in level.iter().enumerate() {
-                cands[i].slot = Some(used + r);
+                cands.nodes[i].slot = Some(used + r);
             }
             used += level.len();
-            let next = self.expand(&rows)?;
-            for (&i, row) in level.iter().zip(next) {
-                let score = cands[i].score;
-                for (token, prob) in row {
-                    cands.push(Cand {
-                        token,
-                        parent: Some(i),
-                        depth: depth + 1,
-                        prob,
-                        score: score * prob,
-                        slot: None,
-                    });
-                }
+            for (&i, row) in level.iter().zip(self.expand(&rows)?) {
+                cands.add(Some(i), row, 1.0);
             }
         }
-        let mut order: Vec<usize> = (0..cands.len()).filter(|&i| keep(&cands[i], self.min_confidence)).collect();
-        order.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score).then(cands[a].depth.cmp(&cands[b].depth)));
-        order.truncate(budget);
-        order.sort_by_key(|&i| cands[i].depth);
-        let mut node_of = vec![usize::MAX; cands.len()];
-        let mut tree = TokenTree::default();
+        let (tree, picked) = cands.best_tree(budget, self.min_confidence, Drafter::Head);
         // verify row 0 is the root, whose prediction sits in slot 0
-        let mut row_slots = vec![0u32];
-        for i in order {
-            let parent = match cands[i].parent {
-                None => None,
-                Some(p) if node_of[p] != usize::MAX => Some(node_of[p]),
-                Some(_) => continue,
-            };
-            node_of[i] = tree.push(parent, cands[i].token, cands[i].prob, Drafter::Head);
-            row_slots.push(cands[i].slot.map_or(u32::MAX, |s| s as u32));
-        }
-        self.row_slots = Some(row_slots);
+        let row_slots =
+            std::iter::once(0).chain(picked.iter().map(|&i| cands.nodes[i].slot.map_or(u32::MAX, |s| s as u32)));
+        self.row_slots = Some(row_slots.collect());
         Ok(tree)
     }
 }

@@ -5,6 +5,7 @@
 //! One proposer per method behind `Speculator`; acceptance lives in shaders/accept.wgsl; the
 //! numbers in `stats`.
 
+pub mod candidates;
 pub mod draft;
 pub mod head;
 pub mod stats;

@@ -30,6 +30,8 @@ pub struct GpuHead {
     pub target: wgpu::Buffer,
     /// Activations: z | a | s | y | dy | da | loss, laid out for `max_batch` rows.
     pub act: wgpu::Buffer,
+    /// Where a training step leaves its per-row losses for the host.
+    loss_staging: wgpu::Buffer,
     pipelines: Vec<(&'static str, Arc<Pipeline>)>,
     bind: wgpu::BindGroup,
 }
@@ -76,6 +78,12 @@ impl GpuHead {
             &pipelines[0].1,
             &[&uniform, &params, &adam_m, &adam_v, &h, &e, &cands, &target, &act, gamma, w, scale, offset, &h_next],
         );
+        let loss_staging = g.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("head loss readback"),
+            size: b * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(GpuHead {
             gpu,
             dims,
@@ -92,6 +100,7 @@ impl GpuHead {
             cands,
             target,
             act,
+            loss_staging,
             pipelines,
             bind,
         })
@@ -142,13 +151,21 @@ impl GpuHead {
     pub fn encode_train_step(&self, enc: &mut wgpu::CommandEncoder, batch: usize, opt: &AdamW, step: u32) {
         let (r, b) = (self.dims.r as u32, batch as u32);
         self.write_uniform(batch, opt, step);
-        let mut cp =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head train"), timestamp_writes: None });
-        self.forward_dispatches(&mut cp, batch);
-        self.dispatch(&mut cp, "head_loss", [b, 1, 1]);
-        self.dispatch(&mut cp, "head_bw_s", [r.div_ceil(64), b, 1]);
-        self.dispatch(&mut cp, "head_upd2", [256, 1, 1]);
-        self.dispatch(&mut cp, "head_upd1", [256, 1, 1]);
+        {
+            let mut cp = enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head train"), timestamp_writes: None });
+            self.forward_dispatches(&mut cp, batch);
+            self.dispatch(&mut cp, "head_loss", [b, 1, 1]);
+            self.dispatch(&mut cp, "head_bw_s", [r.div_ceil(64), b, 1]);
+            self.dispatch(&mut cp, "head_upd2", [256, 1, 1]);
+            self.dispatch(&mut cp, "head_upd1", [256, 1, 1]);
+        }
+        enc.copy_buffer_to_buffer(&self.act, self.loss_offset(batch) as u64 * 4, &self.loss_staging, 0, b as u64 * 4);
+    }
+
+    /// The per-row losses of the last submitted training step (waits for it).
+    pub fn read_losses(&self, batch: usize) -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&crate::gpu::map_read(&self.gpu, &self.loss_staging, batch as u64 * 4))
     }
 
     /// Offsets (in floats) of the predicted hidden states y [batch][d] and the per-row losses

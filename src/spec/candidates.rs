@@ -1,0 +1,82 @@
+//! Growing a draft tree from top-k candidates, shared by the drafters that expand it level by
+//! level (a draft model, the draft head): a node's score is the product of the drafter's
+//! probabilities along its path (its estimated chance of acceptance); each level expands the
+//! best nodes that could still make the final tree, and the tree verified is the `budget`
+//! best-scoring nodes (a child never outscores its parent, so that set is a tree).
+
+use super::tree::{Drafter, TokenTree};
+use crate::gpu::kernels::CANDIDATES;
+
+/// A drafted token before the tree is chosen.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub token: u32,
+    pub parent: Option<usize>,
+    pub depth: usize,
+    /// The drafter's (calibrated) probability of the token after its parent.
+    pub prob: f32,
+    /// Product of `prob` along the path.
+    pub score: f32,
+    /// The drafter's slot for this node once it has been expanded.
+    pub slot: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+pub struct Candidates {
+    pub nodes: Vec<Candidate>,
+}
+
+/// Top-k readback ([row][CANDIDATES][id, bits of p]) as (id, p) lists, empty slots dropped.
+pub fn parse(raw: &[u32]) -> Vec<Vec<(u32, f32)>> {
+    raw.chunks(CANDIDATES * 2)
+        .map(|r| r.chunks(2).map(|c| (c[0], f32::from_bits(c[1]))).filter(|c| c.1 > 0.0).collect())
+        .collect()
+}
+
+impl Candidates {
+    /// Adds the children `row` of `parent` (None: the root), probabilities times `scale`.
+    pub fn add(&mut self, parent: Option<usize>, row: Vec<(u32, f32)>, scale: f32) {
+        let (depth, score) = parent.map_or((1, 1.0), |p| (self.nodes[p].depth + 1, self.nodes[p].score));
+        for (token, p) in row {
+            let prob = (p * scale).min(1.0);
+            self.nodes.push(Candidate { token, parent, depth, prob, score: score * prob, slot: None });
+        }
+    }
+
+    /// The best (at most `width`) nodes at `depth` scoring at least `min` that could still be
+    /// among the `budget` best: the ones worth expanding.
+    pub fn level(&self, depth: usize, budget: usize, width: usize, min: f32) -> Vec<usize> {
+        let mut scores: Vec<f32> = self.nodes.iter().map(|c| c.score).collect();
+        scores.sort_by(|a, b| b.total_cmp(a));
+        let cutoff = if budget > 0 && scores.len() >= budget { scores[budget - 1] } else { 0.0 };
+        let c = &self.nodes;
+        let mut level: Vec<usize> =
+            (0..c.len()).filter(|&i| c[i].depth == depth && c[i].score >= min && c[i].score >= cutoff).collect();
+        level.sort_by(|&a, &b| c[b].score.total_cmp(&c[a].score));
+        level.truncate(width);
+        level
+    }
+
+    /// The `budget` best nodes scoring at least `min`, parents first, and the candidate behind
+    /// each tree node.
+    pub fn best_tree(&self, budget: usize, min: f32, drafter: Drafter) -> (TokenTree, Vec<usize>) {
+        let c = &self.nodes;
+        let mut order: Vec<usize> = (0..c.len()).filter(|&i| c[i].score >= min).collect();
+        order.sort_by(|&a, &b| c[b].score.total_cmp(&c[a].score).then(c[a].depth.cmp(&c[b].depth)));
+        order.truncate(budget);
+        order.sort_by_key(|&i| c[i].depth);
+        let mut node_of = vec![usize::MAX; c.len()];
+        let mut tree = TokenTree::default();
+        let mut picked = Vec::new();
+        for i in order {
+            let parent = match c[i].parent {
+                None => None,
+                Some(p) if node_of[p] != usize::MAX => Some(node_of[p]),
+                Some(_) => continue, // parent left out (equal scores): drop the orphan
+            };
+            node_of[i] = tree.push(parent, c[i].token, c[i].prob, drafter);
+            picked.push(i);
+        }
+        (tree, picked)
+    }
+}
