@@ -3,7 +3,9 @@
 //! and each line shows tau, acceptance, tokens/s, training share and the head's agreement with
 //! the target. `augur bench-adapt` (issue 4) will grow out of this.
 //!
-//!     cargo run --release --example head_learning -- coding 40
+//!     cargo run --release --example head_learning -- coding 40 [questions.jsonl]
+//!
+//! HEAD_TRAIN_SHARE and HEAD_BATCH override the training share and batch for experiments.
 
 use augur::engine::{CancelToken, Engine, EngineOptions, GenerateParams};
 use augur::spec::SpecMode;
@@ -15,8 +17,15 @@ fn main() -> augur::Result<()> {
     let requests: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(40);
     let path = augur::pull::resolve_model("smollm2-135m", true)?;
     let mut engine = Engine::load(&path, &EngineOptions { max_ctx: 512, ..Default::default() })?;
-    engine.attach_head(None, HeadOptions::default())?;
-    let questions = "../shared/data/spec_bench/question.jsonl";
+    let mut opts = HeadOptions::default();
+    if let Some(share) = std::env::var("HEAD_TRAIN_SHARE").ok().and_then(|s| s.parse().ok()) {
+        opts.train_share = share;
+    }
+    if let Some(batch) = std::env::var("HEAD_BATCH").ok().and_then(|s| s.parse().ok()) {
+        opts.batch = batch;
+    }
+    engine.attach_head(None, opts)?;
+    let questions = args.get(3).cloned().unwrap_or_else(|| "../shared/data/spec_bench/question.jsonl".into());
     let items = augur::bench::spec_bench_workload(questions.as_ref(), usize::MAX)?;
     let prompts: Vec<&str> = items.iter().filter(|i| i.category == category).map(|i| i.prompt.as_str()).collect();
     if prompts.is_empty() {

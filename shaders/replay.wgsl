@@ -8,6 +8,11 @@
 //                the head's own top tokens after c_j when it drafted there (its mistakes are the
 //                negatives that matter). Then prev_h = hidden of c_k: what the head drafts from
 //                next round.
+//   record_prompt after a prefill pass over prompt rows 0..rows-1: sample s = 0..batch-1 is
+//                row r = s + 1: the hidden states of rows r-1 and r, the token of row r, and the
+//                prompt token after it (row r+1's, or `root` after the last row); no teacher
+//                distribution (prefill computes logits for the last row only), so training
+//                uses the realised token alone for these.
 //   gather       a training batch from ring slots idx[b]: h, the embedding of the next token,
 //                and the candidate set with its target distribution (teacher top tokens x
 //                alpha, the realised token x (1 - alpha); the fed token, the head's own drafts
@@ -26,8 +31,9 @@ struct ReplayParams {
     seed: u32,        // gather: negatives
     alpha: f32,       // gather: weight of the teacher's distribution
     have_prev: u32,   // record: prev_h holds the hidden state before the root
-    root: u32,        // record: the root token (acceptance has already put the bonus in tokens[0])
-    _p0: u32,
+    root: u32,        // record: the root token (acceptance has already put the bonus in tokens[0]);
+                      // record_prompt: the prompt token after the pass's rows (NO_TOKEN: none)
+    rows: u32,        // record_prompt: rows in the pass
     _p1: u32,
     _p2: u32,
     // record: the head's expansion slot of each verified row (NO_TOKEN: not expanded), 4 per vec
@@ -120,6 +126,28 @@ fn record(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
+// Workgroup per sample.
+@compute @workgroup_size(64)
+fn record_prompt(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let d = rp.d;
+    let row = wid.x + 1u;
+    let slot = (rp.base + wid.x) % rp.capacity;
+    for (var i = lid; i < d; i += 64u) {
+        ring_h[slot * 2u * d + i] = x[(row - 1u) * d + i];
+        ring_h[slot * 2u * d + d + i] = x[row * d + i];
+    }
+    if (lid == 0u) {
+        let m = slot * META;
+        ring_meta[m] = tokens[row];
+        ring_meta[m + 1u] = select(rp.root, tokens[row + 1u], row + 1u < rp.rows);
+        for (var t = 0u; t < TEACH; t++) {
+            ring_meta[m + 2u + t] = NO_TOKEN;
+            ring_meta[m + 2u + TEACH + t] = 0u;
+            ring_meta[m + NEG + t] = NO_TOKEN;
+        }
+    }
+}
+
 // Workgroup per batch row.
 @compute @workgroup_size(64)
 fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -139,13 +167,15 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         for (var t = 0u; t < TEACH; t++) {
             total += bitcast<f32>(ring_meta[m + 2u + TEACH + t]);
         }
+        // samples without a teacher (from prompts) learn the realised token alone
+        let alpha = select(0.0, rp.alpha, total > 0.0);
         var n = 0u;
         var realised_in = false;
         for (var t = 0u; t < TEACH; t++) {
             let id = ring_meta[m + 2u + t];
-            var p = rp.alpha * bitcast<f32>(ring_meta[m + 2u + TEACH + t]) / max(total, 1e-30);
+            var p = alpha * bitcast<f32>(ring_meta[m + 2u + TEACH + t]) / max(total, 1e-30);
             if (id == realised) {
-                p += 1.0 - rp.alpha;
+                p += 1.0 - alpha;
                 realised_in = true;
             }
             out_c[b * CANDS + n] = id;
@@ -154,7 +184,7 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         }
         if (!realised_in) {
             out_c[b * CANDS + n] = realised;
-            out_t[b * CANDS + n] = 1.0 - rp.alpha;
+            out_t[b * CANDS + n] = 1.0 - alpha;
             n++;
         }
         // the fed token itself: what a head that has not learned the step yet predicts

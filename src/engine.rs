@@ -347,6 +347,11 @@ impl Engine {
             } else {
                 self.model.run(&spec)?;
             }
+            if let (Some(h), true) = (self.head.as_mut(), speculate) {
+                // the prompt's hidden states are training data too (before the next chunk
+                // overwrites them)
+                h.record_prompt(&self.model, chunk.len(), prompt.get((ci + 1) * mb).copied());
+            }
             n_past += chunk.len();
         }
         let mut spec_stats = SpecStats { mode: format!("{:?}", params.speculate).to_lowercase(), ..Default::default() };

@@ -88,7 +88,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
             let (loss, grad) = head::loss_and_grad(dims, &cpu, &batch, &out);
             head::adamw(&opt, &mut cpu, &grad, &mut m, &mut v, step);
             let mut enc = gpu.device.create_command_encoder(&Default::default());
-            gh.encode_train_step(&mut enc, n, &opt, step);
+            gh.encode_train_step(&mut enc, n, &opt, step, None);
             gpu.queue.submit([enc.finish()]);
             let act = gpu.read_f32(&gh.act, gh.loss_offset(n) + n);
             let gpu_loss: f32 = act[gh.loss_offset(n)..].iter().sum::<f32>() / n as f32;
@@ -120,7 +120,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
 fn replay_record_and_gather_match_cpu_reference() {
     use augur::gpu::kernels::CANDIDATES as TEACH;
     use augur::model::gpu::{GpuModel, RESULT_BONUS, RESULT_LEN};
-    use augur::train::replay::{META, Replay, gather_cpu, record_cpu};
+    use augur::train::replay::{META, Replay, gather_cpu, record_cpu, record_prompt_cpu};
     let gpu = gpu();
     let (cfg, w) = tiny_model(21, true, augur::model::config::RopeStyle::Neox, false);
     let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
@@ -190,8 +190,33 @@ fn replay_record_and_gather_match_cpu_reference() {
     }
     assert_eq!(replay.filled, capacity);
 
+    // prompt rows from prefill passes: one followed by more prompt, one at the prompt's end
+    for (pass, (rows, next)) in [(4usize, Some(11u32)), (3, None)].into_iter().enumerate() {
+        let x = rng.vec(rows * d, 2.0);
+        let tokens: Vec<u32> = (0..rows).map(|_| (rng.next() % cfg.vocab as u64) as u32).collect();
+        gpu.queue.write_buffer(&gm.x, 0, bytemuck::cast_slice(&x));
+        gpu.queue.write_buffer(&gm.tokens, 0, bytemuck::cast_slice(&tokens));
+        let samples = record_prompt_cpu(&x, &tokens, next, d, replay.write_pos, capacity);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        let n = replay.encode_record_prompt(&mut enc, rows, next);
+        gpu.queue.submit([enc.finish()]);
+        assert_eq!((n, samples.len()), (rows + next.is_some() as usize - 2, n), "prompt pass {pass}");
+        for (slot, h, meta) in samples {
+            ring_h[slot * 2 * d..(slot + 1) * 2 * d].copy_from_slice(&h);
+            ring_meta[slot * META..(slot + 1) * META].copy_from_slice(&meta);
+        }
+        assert_eq!(gpu.read_f32(&replay.ring_h, capacity * 2 * d), ring_h, "prompt pass {pass}: hidden states");
+        let got_meta: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&gpu.read(&replay.ring_meta, (capacity * META * 4) as u64));
+        assert_eq!(got_meta, ring_meta, "prompt pass {pass}: metadata");
+    }
+    // the last 4 slots written hold prompt samples (no teacher), the other 3 verified ones
+    let slot = |back: usize| ((replay.write_pos + capacity - back) % capacity) as u32;
+    assert_eq!(ring_meta[slot(1) as usize * META + 2], u32::MAX);
+    assert_ne!(ring_meta[slot(5) as usize * META + 2], u32::MAX);
+
     // gather a batch of slots
-    let slots = [3u32, 0, 6, 3];
+    let slots = [slot(7), slot(6), slot(5), slot(1), slot(4), slot(7)];
     let (seed, alpha) = (77, 0.6);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     replay.encode_gather(&mut enc, &slots, seed, alpha);

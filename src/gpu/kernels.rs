@@ -263,9 +263,12 @@ pub struct ReplayParams {
     pub seed: u32,
     pub alpha: f32,
     pub have_prev: u32,
-    /// record: the root token (acceptance has already replaced tokens[0] with the bonus).
+    /// record: the root token (acceptance has already replaced tokens[0] with the bonus);
+    /// record_prompt: the prompt token after the pass's rows (u32::MAX: none).
     pub root: u32,
-    pub _p: [u32; 3],
+    /// record_prompt: rows in the pass.
+    pub rows: u32,
+    pub _p: [u32; 2],
     /// record: the head's expansion slot per verified row (u32::MAX: none).
     pub row_slot: [u32; 64],
 }
@@ -282,7 +285,8 @@ impl Default for ReplayParams {
             alpha: 0.0,
             have_prev: 0,
             root: 0,
-            _p: [0; 3],
+            rows: 0,
+            _p: [0; 2],
             row_slot: [u32::MAX; 64],
         }
     }

@@ -51,7 +51,7 @@ impl Default for HeadOptions {
         HeadOptions {
             learn: true,
             train_share: 0.1,
-            batch: 16,
+            batch: 32,
             replay_capacity: 4096,
             opt: AdamW::default(),
             alpha: 0.5,
@@ -216,6 +216,18 @@ impl HeadSpeculator {
         self.have_prev = true;
     }
 
+    /// After a prefill pass over `rows` prompt tokens followed by `next` (if the prompt goes on):
+    /// its rows become training samples (when learning).
+    pub fn record_prompt(&mut self, target: &GpuModel, rows: usize, next: Option<u32>) {
+        if !self.opts.learn {
+            return;
+        }
+        let mut enc = target.gpu.device.create_command_encoder(&Default::default());
+        let n = self.replay.encode_record_prompt(&mut enc, rows, next);
+        target.gpu.queue.submit([enc.finish()]);
+        self.stats.samples_recorded += n as u64;
+    }
+
     /// Records into a verify submission (after acceptance): top-k of every verified row, then
     /// the accepted path into the replay ring and the new prev_h.
     pub fn encode_after_verify(&self, enc: &mut wgpu::CommandEncoder, target: &GpuModel, rows: usize, root: u32) {
@@ -258,7 +270,7 @@ impl HeadSpeculator {
         let gpu = &self.head.gpu;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.replay.encode_gather(&mut enc, &slots, seed, self.opts.alpha);
-        self.head.encode_train_step(&mut enc, batch, &self.opts.opt, self.step);
+        self.head.encode_train_step(&mut enc, batch, &self.opts.opt, self.step, None);
         gpu.queue.submit([enc.finish()]);
         let loss = self.head.read_losses(batch).iter().map(|&l| l as f64).sum::<f64>() / batch as f64;
         self.stats.loss = if self.stats.train_steps == 0 { loss } else { 0.95 * self.stats.loss + 0.05 * loss };

@@ -5,6 +5,7 @@
 use super::head::{AdamW, CANDIDATES, HeadDims};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{HeadParams, Kernels};
+use crate::gpu::profile::Profiler;
 use crate::gpu::{Gpu, Pipeline};
 use crate::model::gpu::GpuMatrix;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub struct GpuHead {
     pub h_next: wgpu::Buffer,
     pub cands: wgpu::Buffer,
     pub target: wgpu::Buffer,
-    /// Activations: z | a | s | y | dy | da | loss, laid out for `max_batch` rows.
+    /// Activations: z | a | s | y | dy | da | loss, laid out per batch size (head.wgsl).
     pub act: wgpu::Buffer,
     /// Where a training step leaves its per-row losses for the host.
     loss_staging: wgpu::Buffer,
@@ -71,7 +72,11 @@ impl GpuHead {
         let h_next = g.storage_zeroed("head h_next", b * d * 4);
         let cands = g.storage_zeroed("head cands", b * CANDIDATES as u64 * 4);
         let target = g.storage_zeroed("head target", b * CANDIDATES as u64 * 4);
-        let act = g.storage_zeroed("head act", (b * (2 * d + 3 * r + 3 * d) + b) * 4);
+        if dims.d % 4 != 0 || dims.r % 4 != 0 {
+            return Err(Error::msg(format!("draft head sizes must be multiples of 4 (d {}, r {})", dims.d, dims.r)));
+        }
+        // z [b][2d+4] | a [b][r] | s [b][r+4] | y, dy [b][d] | da [b][r] | loss [b] (head.wgsl)
+        let act = g.storage_zeroed("head act", (b * (4 * d + 3 * r + 8) + b.next_multiple_of(4)) * 4);
         let kernels = Kernels::default();
         let pipelines: Vec<_> = ENTRIES.iter().map(|&en| (en, kernels.head(g, en, output.format()))).collect();
         let bind = g.bind(
@@ -131,11 +136,19 @@ impl GpuHead {
         cp.dispatch_workgroups(size[0], size[1], size[2]);
     }
 
-    fn forward_dispatches(&self, cp: &mut wgpu::ComputePass, batch: usize) {
+    /// The kernels of a training step and their workgroup counts; the first three are the
+    /// forward pass.
+    fn plan(&self, batch: usize) -> [(&'static str, [u32; 3]); 7] {
         let (d, r, b) = (self.dims.d as u32, self.dims.r as u32, batch as u32);
-        self.dispatch(cp, "head_in", [b, 1, 1]);
-        self.dispatch(cp, "head_fc1", [r.div_ceil(64), b, 1]);
-        self.dispatch(cp, "head_fc2", [d.div_ceil(64), b, 1]);
+        [
+            ("head_in", [b, 1, 1]),
+            ("head_fc1", [blocks(r), b.div_ceil(4), 1]),
+            ("head_fc2", [blocks(d), b.div_ceil(4), 1]),
+            ("head_loss", [b, 1, 1]),
+            ("head_bw_s", [blocks(r), b.div_ceil(4), 1]),
+            ("head_upd2", [blocks(d), (r + 1).div_ceil(4), 1]),
+            ("head_upd1", [blocks(r), (2 * d + 1).div_ceil(4), 1]),
+        ]
     }
 
     /// One head operation per submission: each writes the shared uniform.
@@ -144,23 +157,46 @@ impl GpuHead {
         self.write_uniform(batch, &AdamW::default(), 1);
         let mut cp =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head"), timestamp_writes: None });
-        self.forward_dispatches(&mut cp, batch);
+        for (entry, size) in &self.plan(batch)[..3] {
+            self.dispatch(&mut cp, entry, *size);
+        }
     }
 
-    /// Records one training step (AdamW step number `step`, from 1) on rows 0..batch.
-    pub fn encode_train_step(&self, enc: &mut wgpu::CommandEncoder, batch: usize, opt: &AdamW, step: u32) {
-        let (r, b) = (self.dims.r as u32, batch as u32);
+    /// Records one training step (AdamW step number `step`, from 1) on rows 0..batch; with a
+    /// profiler, each kernel runs in its own timed pass.
+    pub fn encode_train_step(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        batch: usize,
+        opt: &AdamW,
+        step: u32,
+        mut prof: Option<&mut Profiler>,
+    ) {
         self.write_uniform(batch, opt, step);
-        {
+        let plan = self.plan(batch);
+        if let Some(p) = prof.as_deref_mut() {
+            for (entry, size) in plan {
+                let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(entry),
+                    timestamp_writes: p.writes(entry),
+                });
+                self.dispatch(&mut cp, entry, size);
+            }
+            p.resolve(enc);
+        } else {
             let mut cp = enc
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head train"), timestamp_writes: None });
-            self.forward_dispatches(&mut cp, batch);
-            self.dispatch(&mut cp, "head_loss", [b, 1, 1]);
-            self.dispatch(&mut cp, "head_bw_s", [r.div_ceil(64), b, 1]);
-            self.dispatch(&mut cp, "head_upd2", [256, 1, 1]);
-            self.dispatch(&mut cp, "head_upd1", [256, 1, 1]);
+            for (entry, size) in plan {
+                self.dispatch(&mut cp, entry, size);
+            }
         }
-        enc.copy_buffer_to_buffer(&self.act, self.loss_offset(batch) as u64 * 4, &self.loss_staging, 0, b as u64 * 4);
+        enc.copy_buffer_to_buffer(
+            &self.act,
+            self.loss_offset(batch) as u64 * 4,
+            &self.loss_staging,
+            0,
+            batch as u64 * 4,
+        );
     }
 
     /// The per-row losses of the last submitted training step (waits for it).
@@ -171,9 +207,14 @@ impl GpuHead {
     /// Offsets (in floats) of the predicted hidden states y [batch][d] and the per-row losses
     /// [batch] within `act` after a pass over `batch` rows (head.wgsl lays `act` out per batch).
     pub fn y_offset(&self, batch: usize) -> usize {
-        batch * (2 * self.dims.d + 2 * self.dims.r)
+        batch * (2 * self.dims.d + 2 * self.dims.r + 8)
     }
     pub fn loss_offset(&self, batch: usize) -> usize {
-        batch * (4 * self.dims.d + 3 * self.dims.r)
+        batch * (4 * self.dims.d + 3 * self.dims.r + 8)
     }
+}
+
+/// Workgroups covering `n` columns at 4 per invocation, 64 invocations per workgroup.
+fn blocks(n: u32) -> u32 {
+    n.div_ceil(4).div_ceil(64)
 }

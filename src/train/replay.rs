@@ -31,8 +31,9 @@ pub struct Replay {
     record_u: wgpu::Buffer,
     gather_u: wgpu::Buffer,
     embed_u: wgpu::Buffer,
-    pipelines: [Arc<Pipeline>; 3],
-    binds: [wgpu::BindGroup; 3],
+    prompt_u: wgpu::Buffer,
+    pipelines: [Arc<Pipeline>; 4],
+    binds: [wgpu::BindGroup; 4],
     /// Next slot to write, and how many slots hold samples.
     pub write_pos: usize,
     pub filled: usize,
@@ -55,10 +56,10 @@ impl Replay {
         let ring_meta = g.storage_zeroed("replay meta", (capacity * META * 4) as u64);
         let idx = g.storage_zeroed("replay idx", (head.max_batch.max(64) * 4) as u64);
         let uni = || g.uniform("replay params", &ReplayParams::default());
-        let (record_u, gather_u, embed_u) = (uni(), uni(), uni());
+        let (record_u, gather_u, embed_u, prompt_u) = (uni(), uni(), uni(), uni());
         let kernels = Kernels::default();
         let f = target.embedding.format();
-        let pipelines = ["record", "gather", "embed_tokens"].map(|e| kernels.replay(g, e, f));
+        let pipelines = ["record", "gather", "embed_tokens", "record_prompt"].map(|e| kernels.replay(g, e, f));
         let bind = |u: &wgpu::Buffer, p: &Pipeline, idx: &wgpu::Buffer| {
             g.bind(
                 p,
@@ -87,6 +88,7 @@ impl Replay {
             bind(&record_u, &pipelines[0], expansions),
             bind(&gather_u, &pipelines[1], &idx),
             bind(&embed_u, &pipelines[2], &idx),
+            bind(&prompt_u, &pipelines[3], &idx),
         ];
         Ok(Replay {
             gpu: gpu.clone(),
@@ -100,6 +102,7 @@ impl Replay {
             record_u,
             gather_u,
             embed_u,
+            prompt_u,
             pipelines,
             binds,
             write_pos: 0,
@@ -142,6 +145,28 @@ impl Replay {
         let n = k + have_prev as usize;
         self.write_pos = (self.write_pos + n) % self.capacity;
         self.filled = (self.filled + n).min(self.capacity);
+    }
+
+    /// Records, after a prefill pass over `rows` prompt tokens, a sample for each row from 1 on
+    /// whose following token is known (`next`: the prompt token after the pass, if any), and
+    /// advances the ring; returns the number of samples.
+    pub fn encode_record_prompt(&mut self, enc: &mut wgpu::CommandEncoder, rows: usize, next: Option<u32>) -> usize {
+        let n = (rows + next.is_some() as usize).saturating_sub(2).min(self.capacity);
+        if n == 0 {
+            return 0;
+        }
+        let u = ReplayParams {
+            base: self.write_pos as u32,
+            batch: n as u32,
+            root: next.unwrap_or(NO_TOKEN),
+            rows: rows as u32,
+            ..self.params()
+        };
+        self.gpu.queue.write_buffer(&self.prompt_u, 0, bytemuck::bytes_of(&u));
+        self.dispatch(enc, 3, n as u32);
+        self.write_pos = (self.write_pos + n) % self.capacity;
+        self.filled = (self.filled + n).min(self.capacity);
+        n
     }
 
     /// Records a training batch from ring `slots` into the head's inputs.
@@ -202,6 +227,30 @@ pub fn record_cpu(
     (out, x[last * d..(last + 1) * d].to_vec())
 }
 
+/// What `record_prompt` writes after a prefill pass over `tokens` (hidden states `x`, one row
+/// per token) followed by `next`: (slot, hidden before and at the row, meta) per sample.
+pub fn record_prompt_cpu(
+    x: &[f32],
+    tokens: &[u32],
+    next: Option<u32>,
+    d: usize,
+    base: usize,
+    capacity: usize,
+) -> Vec<(usize, Vec<f32>, [u32; META])> {
+    let rows = tokens.len();
+    let n = (rows + next.is_some() as usize).saturating_sub(2).min(capacity);
+    (1..=n)
+        .map(|r| {
+            let mut meta = [0u32; META];
+            meta[0] = tokens[r];
+            meta[1] = tokens.get(r + 1).copied().or(next).expect("a following token");
+            meta[2..2 + TEACH].fill(NO_TOKEN);
+            meta[NEG..NEG + TEACH].fill(NO_TOKEN);
+            ((base + r - 1) % capacity, x[(r - 1) * d..(r + 1) * d].to_vec(), meta)
+        })
+        .collect()
+}
+
 /// The candidate set and target distribution that `gather` builds for batch row `b`.
 pub fn gather_cpu(
     meta: &[u32; META],
@@ -214,6 +263,7 @@ pub fn gather_cpu(
     let mut t = [0f32; CANDIDATES];
     let realised = meta[1];
     let total: f32 = (0..TEACH).map(|i| f32::from_bits(meta[2 + TEACH + i])).sum();
+    let alpha = if total > 0.0 { alpha } else { 0.0 }; // prompt samples: the realised token alone
     let mut n = 0;
     let mut realised_in = false;
     for i in 0..TEACH {
