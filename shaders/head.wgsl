@@ -235,12 +235,19 @@ fn head_loss(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         }
         var loss = 0.0;
         let scale = 1.0 / f32(hp.batch);
+        // the target's mass (1, or 0 for samples that learn by regression alone)
+        var mass = 0.0;
+        for (var i = 0u; i < CANDS; i++) {
+            if (red[i] > MASKED) {
+                mass += target_p[row * CANDS + i];
+            }
+        }
         for (var i = 0u; i < CANDS; i++) {
             if (red[i] > MASKED) {
                 let logp = red[i] - mx - log(z);
                 let t = target_p[row * CANDS + i];
                 loss -= TOKEN_WEIGHT * t * logp;
-                grad_l[i] = TOKEN_WEIGHT * (exp(logp) - t) * scale;
+                grad_l[i] = TOKEN_WEIGHT * (exp(logp) * mass - t) * scale;
             } else {
                 grad_l[i] = 0.0;
             }

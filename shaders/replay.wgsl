@@ -11,8 +11,8 @@
 //   record_prompt after a prefill pass over prompt rows 0..rows-1: sample s = 0..batch-1 is
 //                row r = s + 1: the hidden states of rows r-1 and r, the token of row r, and the
 //                prompt token after it (row r+1's, or `root` after the last row); no teacher
-//                distribution (prefill computes logits for the last row only), so training
-//                uses the realised token alone for these.
+//                distribution (prefill computes logits for the last row only), so these
+//                train the regression onto the target's next hidden state alone.
 //   gather       a training batch from ring slots idx[b]: h, the embedding of the next token,
 //                and the candidate set with its target distribution (teacher top tokens x
 //                alpha, the realised token x (1 - alpha); the fed token, the head's own drafts
@@ -167,15 +167,17 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         for (var t = 0u; t < TEACH; t++) {
             total += bitcast<f32>(ring_meta[m + 2u + TEACH + t]);
         }
-        // samples without a teacher (from prompts) learn the realised token alone
-        let alpha = select(0.0, rp.alpha, total > 0.0);
+        // samples without a teacher (prompt rows) learn by regression alone: the user's next
+        // token is not what the target would have said
+        let alpha = rp.alpha;
+        let realised_w = select(0.0, 1.0 - alpha, total > 0.0);
         var n = 0u;
         var realised_in = false;
         for (var t = 0u; t < TEACH; t++) {
             let id = ring_meta[m + 2u + t];
             var p = alpha * bitcast<f32>(ring_meta[m + 2u + TEACH + t]) / max(total, 1e-30);
             if (id == realised) {
-                p += 1.0 - alpha;
+                p += realised_w;
                 realised_in = true;
             }
             out_c[b * CANDS + n] = id;
@@ -184,7 +186,7 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         }
         if (!realised_in) {
             out_c[b * CANDS + n] = realised;
-            out_t[b * CANDS + n] = 1.0 - alpha;
+            out_t[b * CANDS + n] = realised_w;
             n++;
         }
         // the fed token itself: what a head that has not learned the step yet predicts

@@ -9,5 +9,6 @@ pub mod pull;
 pub mod sampler;
 pub mod spec;
 pub mod train;
+pub mod util;
 
 pub use error::{Error, Result};

@@ -68,6 +68,57 @@ enum Cmd {
         #[command(flatten)]
         spec: SpecArgs,
     },
+    /// Adaptive speculation over a stream with a domain shift: each request decoded plainly,
+    /// with the suffix speculator, the static head (--head) and the adaptive head, side by side
+    BenchAdapt {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Questions file (jsonl with `category` and `turns` or `prompt`)
+        #[arg(long, default_value = "../shared/data/spec_bench/question.jsonl")]
+        questions: std::path::PathBuf,
+        /// A phase of the stream: comma-separated categories (repeat the flag for each phase)
+        #[arg(long = "phase", default_values_t = ["qa".to_string(), "math_reasoning".to_string()])]
+        phases: Vec<String>,
+        /// Requests per phase
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+        /// Requests per reported window
+        #[arg(long, default_value_t = 5)]
+        window: usize,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// A trained draft head used as the static arm and as the adaptive head's start
+        #[arg(long)]
+        head: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 4)]
+        tree_budget: usize,
+        #[arg(long, default_value_t = 3)]
+        max_depth: usize,
+        /// Where to write the SVG plot of tau and tokens/s over the stream
+        #[arg(long, default_value = "bench-adapt.svg")]
+        svg: std::path::PathBuf,
+    },
+    /// Train a draft head offline on a corpus: the static speculator, and the start of the
+    /// adaptive head when it has no file of its own yet
+    TrainHead {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Corpus files: .jsonl (prompt / turns / text fields) or plain text
+        #[arg(long, required = true, num_args = 1..)]
+        corpus: Vec<std::path::PathBuf>,
+        /// Output file (default: $AUGUR_HOME/heads/<model>.static.safetensors)
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Average passes over each training sample
+        #[arg(long, default_value_t = 2.0)]
+        epochs: f64,
+        /// Tokens of the model's own answer to learn per prompt (0: prompts only)
+        #[arg(long, default_value_t = 64)]
+        generate: usize,
+        /// Continue from this head file instead of a fresh head
+        #[arg(long)]
+        from: Option<std::path::PathBuf>,
+    },
     /// List the GPU adapters wgpu can see
     Devices,
     /// List the catalog and what is cached
@@ -162,11 +213,24 @@ impl ModelArgs {
         }
         let mut save_to = None;
         if spec.speculate == augur::spec::SpecMode::Head || spec.head.is_some() {
-            let path = spec.head.clone().unwrap_or_else(|| {
-                let stem = std::path::Path::new(&engine.source).file_stem().map(|s| s.to_string_lossy().to_string());
-                pull::augur_home().join("heads").join(format!("{}.safetensors", stem.unwrap_or_else(|| "model".into())))
-            });
+            let stem = model_stem(&engine);
+            let path = spec
+                .head
+                .clone()
+                .unwrap_or_else(|| pull::augur_home().join("heads").join(format!("{stem}.safetensors")));
+            // a head that has not learned yet starts from the offline-trained one, if any
+            let static_path = augur::train::offline::static_head_path(&pull::augur_home(), &stem);
             let saved = match path.exists() {
+                false if spec.head.is_none() && static_path.exists() => {
+                    save_to = Some(path);
+                    match augur::train::checkpoint::load(&static_path, &engine.fingerprint) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            eprintln!("augur: {e}; starting a fresh draft head");
+                            None
+                        }
+                    }
+                }
                 false => {
                     save_to = Some(path);
                     None
@@ -190,6 +254,26 @@ impl ModelArgs {
         }
         Ok((engine, save_to))
     }
+}
+
+/// The model file's name without extension (names the files learned for it).
+fn model_stem(engine: &Engine) -> String {
+    std::path::Path::new(&engine.source).file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().to_string())
+}
+
+/// Up to `n` items taking the categories in turn (each in file order).
+fn round_robin(all: &[bench::WorkItem], cats: &[&str], n: usize) -> Vec<bench::WorkItem> {
+    let mut per: Vec<std::collections::VecDeque<&bench::WorkItem>> =
+        cats.iter().map(|c| all.iter().filter(|i| i.category == *c).collect()).collect();
+    let mut out = Vec::new();
+    while out.len() < n && per.iter().any(|q| !q.is_empty()) {
+        for q in per.iter_mut() {
+            if let (Some(it), true) = (q.pop_front(), out.len() < n) {
+                out.push(it.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Saves the draft head after a run that trained it.
@@ -310,6 +394,90 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (mut engine, _) = model.engine_with(&spec)?;
             bench::spec_run(&mut engine, &items, max_tokens.max(2), spec.speculate, spec.tree_budget, spec.max_depth)?;
+        }
+        Cmd::BenchAdapt {
+            model,
+            questions,
+            phases,
+            requests,
+            window,
+            max_tokens,
+            head,
+            tree_budget,
+            max_depth,
+            svg,
+        } => {
+            let all = bench::spec_bench_workload(&questions, usize::MAX)?;
+            let phases = phases
+                .iter()
+                .map(|p| {
+                    let cats: Vec<&str> = p.split(',').map(str::trim).collect();
+                    let items = round_robin(&all, &cats, requests.max(1));
+                    if items.is_empty() {
+                        let known: std::collections::BTreeSet<&str> = all.iter().map(|i| i.category.as_str()).collect();
+                        return Err(Error::msg(format!(
+                            "no questions in categories '{p}' of {} (known: {})",
+                            questions.display(),
+                            known.into_iter().collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    Ok(bench::adapt::Phase { name: p.clone(), items })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut engine = model.engine()?;
+            let static_head = match &head {
+                Some(p) => Some(augur::train::checkpoint::load(p, &engine.fingerprint)?),
+                None => None,
+            };
+            let b = bench::adapt::AdaptBench {
+                phases,
+                window: window.max(1),
+                max_tokens: max_tokens.max(2),
+                tree_budget,
+                max_depth,
+                static_head,
+                svg: Some(svg),
+            };
+            bench::adapt::run(&mut engine, &b)?;
+        }
+        Cmd::TrainHead { model, corpus, out, epochs, generate, from } => {
+            if !(epochs > 0.0 && epochs.is_finite()) {
+                return Err(Error::msg("--epochs must be a positive number"));
+            }
+            let docs = augur::train::offline::read_corpus(&corpus)?;
+            let mut engine = model.engine()?;
+            let out = out
+                .unwrap_or_else(|| augur::train::offline::static_head_path(&pull::augur_home(), &model_stem(&engine)));
+            let start = match &from {
+                Some(p) => Some(augur::train::checkpoint::load(p, &engine.fingerprint)?),
+                None => None,
+            };
+            engine.attach_head(start, augur::spec::head::HeadOptions::default())?;
+            let bar = indicatif::ProgressBar::new(docs.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} documents, {msg} [{elapsed}<{eta}]")
+                    .expect("valid template"),
+            );
+            let o = augur::train::offline::OfflineOptions { generate, epochs };
+            augur::train::offline::train(&mut engine, &docs, &o, |_, _, st| {
+                bar.inc(1);
+                bar.set_message(format!(
+                    "{} steps, loss {:.3}, agreement {:.2}",
+                    st.train_steps, st.loss, st.agreement
+                ));
+            })?;
+            bar.finish();
+            save_head(&engine, Some(out.clone()))?;
+            let st = &engine.head.as_ref().expect("attached").stats;
+            println!(
+                "{}: {} steps over {} samples, loss {:.3}, agreement {:.2} ({} probes)",
+                out.display(),
+                st.train_steps,
+                st.samples_recorded,
+                st.loss,
+                st.agreement,
+                st.probes
+            );
         }
         Cmd::Devices => {
             let list = augur::gpu::list_adapters();

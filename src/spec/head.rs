@@ -259,11 +259,26 @@ impl HeadSpeculator {
             return Ok(());
         }
         self.train_credit_ms += round_ms * self.opts.train_share;
-        let batch = self.head.max_batch;
-        if self.replay.filled < batch || self.train_credit_ms <= 0.0 {
-            return Ok(());
+        if self.train_credit_ms > 0.0 && self.replay.filled >= self.head.max_batch {
+            self.train_credit_ms -= self.train_step();
         }
+        Ok(())
+    }
+
+    /// `n` training steps now, whatever the budget (offline training: `augur train-head`).
+    pub fn train_steps(&mut self, n: usize) {
+        for _ in 0..n {
+            if self.replay.filled < self.head.max_batch {
+                return;
+            }
+            self.train_step();
+        }
+    }
+
+    /// One AdamW step on a batch drawn uniformly from the ring; returns its wall time in ms.
+    fn train_step(&mut self) -> f64 {
         let t = Instant::now();
+        let batch = self.head.max_batch;
         let slots: Vec<u32> = (0..batch).map(|_| (self.next_rand() % self.replay.filled as u64) as u32).collect();
         let seed = self.next_rand() as u32;
         self.step += 1;
@@ -275,10 +290,9 @@ impl HeadSpeculator {
         let loss = self.head.read_losses(batch).iter().map(|&l| l as f64).sum::<f64>() / batch as f64;
         self.stats.loss = if self.stats.train_steps == 0 { loss } else { 0.95 * self.stats.loss + 0.05 * loss };
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        self.train_credit_ms -= ms;
         self.stats.train_steps += 1;
         self.stats.train_ms += ms;
-        Ok(())
+        ms
     }
 
     fn next_rand(&mut self) -> u64 {

@@ -250,20 +250,13 @@ fn load_store(path: &Path) -> Result<Vec<u32>> {
 
 /// Writes to a temporary file and renames it over the old one: never half-written.
 fn save_store(path: &Path, seq: &[u32]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut b = Vec::with_capacity(16 + 4 * seq.len());
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&(seq.len() as u64).to_le_bytes());
     for t in seq {
         b.extend_from_slice(&t.to_le_bytes());
     }
-    let res = std::fs::write(&tmp, &b).and_then(|_| std::fs::rename(&tmp, path));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(|e| Error::io(path, e))
+    crate::util::write_atomic(path, &b)
 }
 
 #[cfg(test)]

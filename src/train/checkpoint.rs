@@ -44,6 +44,7 @@ pub struct ReplayState {
     pub meta: Vec<u32>,
 }
 
+#[derive(Clone)]
 pub struct HeadFile {
     pub meta: HeadMeta,
     pub params: Vec<f32>,
@@ -92,12 +93,7 @@ pub fn save(path: &Path, f: &HeadFile) -> Result<()> {
     }
     let meta = HashMap::from([("augur".to_string(), serde_json::to_string(&f.meta).expect("plain struct"))]);
     let data = safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::msg(format!("draft head: {e}")))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, &data).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::util::write_atomic(path, &data)
 }
 
 /// Loads a head for the target with fingerprint `target`.

@@ -1,7 +1,8 @@
 //! Learning: the draft head, its trainer (WGSL passes with a plain-Rust reference), and the
-//! replay buffer of what verification saw.
+//! replay buffer of what verification saw, and offline training over a corpus.
 
 pub mod checkpoint;
 pub mod gpu;
 pub mod head;
+pub mod offline;
 pub mod replay;

@@ -263,14 +263,15 @@ pub fn gather_cpu(
     let mut t = [0f32; CANDIDATES];
     let realised = meta[1];
     let total: f32 = (0..TEACH).map(|i| f32::from_bits(meta[2 + TEACH + i])).sum();
-    let alpha = if total > 0.0 { alpha } else { 0.0 }; // prompt samples: the realised token alone
+    // prompt samples (no teacher) learn by regression alone
+    let realised_w = if total > 0.0 { 1.0 - alpha } else { 0.0 };
     let mut n = 0;
     let mut realised_in = false;
     for i in 0..TEACH {
         let id = meta[2 + i];
         let mut p = alpha * f32::from_bits(meta[2 + TEACH + i]) / total.max(1e-30);
         if id == realised {
-            p += 1.0 - alpha;
+            p += realised_w;
             realised_in = true;
         }
         c[n] = id;
@@ -279,7 +280,7 @@ pub fn gather_cpu(
     }
     if !realised_in {
         c[n] = realised;
-        t[n] = 1.0 - alpha;
+        t[n] = realised_w;
         n += 1;
     }
     if !c[..n].contains(&meta[0]) {

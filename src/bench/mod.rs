@@ -2,6 +2,9 @@
 //! from timestamp queries, the cost of an M-token pass relative to one token (the curve that
 //! speculative verification lives on), and the fixed cost of one submitted round.
 
+pub mod adapt;
+pub mod plot;
+
 use crate::engine::{CancelToken, Engine, GenerateParams};
 use crate::error::Result;
 use crate::gpu::map_read;
@@ -184,6 +187,7 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
 }
 
 /// One prompt of a speculation workload.
+#[derive(Debug, Clone)]
 pub struct WorkItem {
     pub category: String,
     pub prompt: String,

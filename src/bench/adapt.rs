@@ -1,0 +1,326 @@
+//! `augur bench-adapt`: a stream of requests from one domain, then a shift to another, with every
+//! request decoded once per arm, side by side in one run (these machines are noisy, so only
+//! ratios measured together mean anything):
+//!   off       plain decoding
+//!   suffix    the suffix speculator alone (its store learns only from its own runs)
+//!   static    a draft head loaded from a file and never trained (when one is given)
+//!   adaptive  the draft head learning online (from the static head when given, else fresh)
+//! Per window of requests it prints tau and tokens/s of each arm, the adaptive head's agreement
+//! and training share; then how fast the adaptive head recovered after the shift, and an SVG
+//! plot of tau and tokens/s over the stream. Greedy, so every arm must produce the plain
+//! output: the count of identical outputs is printed too.
+
+use super::WorkItem;
+use super::plot::{Plot, Series};
+use crate::engine::{CancelToken, Engine, GenerateParams};
+use crate::error::{Error, Result};
+use crate::spec::head::{HeadOptions, HeadSpeculator};
+use crate::spec::suffix::SuffixSpeculator;
+use crate::spec::{SpecMode, Speculator};
+use crate::train::checkpoint::HeadFile;
+
+pub struct Phase {
+    pub name: String,
+    pub items: Vec<WorkItem>,
+}
+
+pub struct AdaptBench {
+    pub phases: Vec<Phase>,
+    pub window: usize,
+    pub max_tokens: usize,
+    pub tree_budget: usize,
+    pub max_depth: usize,
+    pub static_head: Option<HeadFile>,
+    pub svg: Option<std::path::PathBuf>,
+}
+
+/// One arm's totals over a set of requests.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    tokens: usize,
+    decode_ms: f64,
+    rounds: usize,
+    accepted: usize,
+    train_ms: f64,
+    identical: usize,
+    requests: usize,
+}
+
+impl Totals {
+    fn tok_s(&self) -> f64 {
+        self.tokens as f64 / (self.decode_ms / 1e3).max(1e-9)
+    }
+    fn tau(&self) -> f64 {
+        if self.rounds == 0 { 1.0 } else { (self.accepted + self.rounds) as f64 / self.rounds as f64 }
+    }
+    fn add(&mut self, o: &Totals) {
+        self.tokens += o.tokens;
+        self.decode_ms += o.decode_ms;
+        self.rounds += o.rounds;
+        self.accepted += o.accepted;
+        self.train_ms += o.train_ms;
+        self.identical += o.identical;
+        self.requests += o.requests;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Arm {
+    Off,
+    Suffix,
+    Static,
+    Adaptive,
+}
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Off => "off",
+            Arm::Suffix => "suffix",
+            Arm::Static => "static head",
+            Arm::Adaptive => "adaptive head",
+        }
+    }
+}
+
+/// Where each arm's speculators live between its requests (swapped into the engine for its turn).
+struct Stores {
+    suffix: Option<Box<dyn Speculator + Send>>,
+    static_head: Option<HeadSpeculator>,
+    adaptive: Option<HeadSpeculator>,
+}
+
+pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
+    if b.phases.iter().any(|p| p.items.is_empty()) {
+        return Err(Error::msg("a bench-adapt phase has no requests; check --phase categories against --questions"));
+    }
+    let mut arms = vec![Arm::Off, Arm::Suffix];
+    let mut stores =
+        Stores { suffix: Some(Box::new(SuffixSpeculator::in_memory())), static_head: None, adaptive: None };
+    if let Some(f) = &b.static_head {
+        engine.attach_head(Some(f.clone()), HeadOptions { learn: false, ..Default::default() })?;
+        stores.static_head = engine.head.take();
+        arms.push(Arm::Static);
+    }
+    engine.attach_head(b.static_head.clone(), HeadOptions::default())?;
+    stores.adaptive = engine.head.take();
+    arms.push(Arm::Adaptive);
+    engine.suffix = None;
+
+    let requests: usize = b.phases.iter().map(|p| p.items.len()).sum();
+    println!(
+        "device: {}\nmodel:  {}\n{requests} requests ({}), {} tokens each, greedy, chat template, tree budget {}, depth {}; arms: {}",
+        engine.gpu().describe(),
+        engine.source,
+        b.phases.iter().map(|p| format!("{} x {}", p.items.len(), p.name)).collect::<Vec<_>>().join(" then "),
+        b.max_tokens,
+        b.tree_budget,
+        b.max_depth,
+        arms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+    );
+    let base = GenerateParams {
+        max_tokens: b.max_tokens,
+        chat: true,
+        tree_budget: b.tree_budget,
+        max_depth: b.max_depth,
+        ..Default::default()
+    };
+    let c = CancelToken::default();
+    let warm = engine.encode_prompt("Hello", true)?; // shader compilation
+    engine.generate_tokens(
+        &warm,
+        &GenerateParams { max_tokens: 4, speculate: SpecMode::Off, ..base.clone() },
+        &c,
+        |_| true,
+    )?;
+
+    // per request, per arm; plus the adaptive head's agreement after each request
+    let mut per_request: Vec<Vec<Totals>> = Vec::new();
+    let mut agreement: Vec<f64> = Vec::new();
+    let mut phase_of: Vec<usize> = Vec::new();
+    for (pi, phase) in b.phases.iter().enumerate() {
+        for it in &phase.items {
+            let ids = engine.encode_prompt(&it.prompt, true)?;
+            let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
+            let mut row = Vec::new();
+            let mut plain: Option<Vec<u32>> = None;
+            for &arm in &arms {
+                let mode = swap_in(engine, &mut stores, arm);
+                let out =
+                    engine.generate_tokens(ids, &GenerateParams { speculate: mode, ..base.clone() }, &c, |_| true);
+                swap_out(engine, &mut stores, arm);
+                let out = out?;
+                let s = out.spec.clone().unwrap_or_default();
+                let same = plain.as_ref().is_none_or(|p| *p == out.tokens);
+                if plain.is_none() {
+                    plain = Some(out.tokens.clone());
+                }
+                row.push(Totals {
+                    tokens: out.stats.generated_tokens.saturating_sub(1),
+                    decode_ms: out.stats.decode_ms,
+                    rounds: s.rounds,
+                    accepted: s.accepted,
+                    train_ms: s.train_ms,
+                    identical: same as usize,
+                    requests: 1,
+                });
+            }
+            agreement.push(stores.adaptive.as_ref().map_or(0.0, |h| h.stats.agreement));
+            per_request.push(row);
+            phase_of.push(pi);
+        }
+    }
+
+    // windows never straddle a phase boundary
+    let mut windows: Vec<(usize, usize)> = Vec::new(); // (first request, end)
+    let mut start = 0;
+    for i in 1..=per_request.len() {
+        if i == per_request.len() || i - start == b.window.max(1) || phase_of[i] != phase_of[start] {
+            windows.push((start, i));
+            start = i;
+        }
+    }
+    let ai = arms.len() - 1; // adaptive is last
+    let mut header = String::from("| requests | phase |");
+    let mut rule = String::from("|---|---|");
+    for a in &arms {
+        header += &format!(" {} tok/s | tau |", a.name());
+        rule += "---|---|";
+    }
+    println!("\n{header} adaptive/off | agreement | train share |\n{rule}---|---|---|");
+    let mut win_tot: Vec<Vec<Totals>> = Vec::new();
+    for &(s, e) in &windows {
+        let mut tot = vec![Totals::default(); arms.len()];
+        for r in &per_request[s..e] {
+            for (t, x) in tot.iter_mut().zip(r) {
+                t.add(x);
+            }
+        }
+        let mut line = format!("| {}-{} | {} |", s + 1, e, b.phases[phase_of[s]].name);
+        for t in &tot {
+            line += &format!(" {:.2} | {:.2} |", t.tok_s(), t.tau());
+        }
+        let ad = &tot[ai];
+        println!(
+            "{line} {:.2}x | {:.2} | {:.1}% |",
+            ad.tok_s() / tot[0].tok_s(),
+            agreement[e - 1],
+            100.0 * ad.train_ms / ad.decode_ms.max(1e-9)
+        );
+        win_tot.push(tot);
+    }
+
+    println!(
+        "\n| phase | requests | {} | identical outputs |",
+        arms.iter().map(|a| format!("{} tok/s (tau)", a.name())).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|---|{}---|", "---|".repeat(arms.len()));
+    for (pi, p) in b.phases.iter().enumerate() {
+        let mut tot = vec![Totals::default(); arms.len()];
+        for (r, _) in per_request.iter().zip(&phase_of).filter(|(_, ph)| **ph == pi) {
+            for (t, x) in tot.iter_mut().zip(r) {
+                t.add(x);
+            }
+        }
+        let cells: Vec<String> = tot.iter().map(|t| format!("{:.2} ({:.2})", t.tok_s(), t.tau())).collect();
+        let ident: usize = tot[1..].iter().map(|t| t.identical).sum();
+        println!(
+            "| {} | {} | {} | {ident}/{} |",
+            p.name,
+            tot[0].requests,
+            cells.join(" | "),
+            tot[0].requests * (arms.len() - 1)
+        );
+    }
+    shift_recovery(&per_request, &phase_of, ai, b.window.max(1));
+
+    if let Some(path) = &b.svg {
+        let x: Vec<f64> = windows.iter().map(|&(_, e)| e as f64).collect();
+        let colors = ["#555555", "#2a7ab0", "#b07a2a", "#c0392b"];
+        let series = |f: &dyn Fn(&Totals) -> f64| -> Vec<Series> {
+            arms.iter()
+                .enumerate()
+                .map(|(i, a)| Series {
+                    name: a.name().to_string(),
+                    color: colors[i.min(colors.len() - 1)].to_string(),
+                    points: x.iter().zip(&win_tot).map(|(&x, t)| (x, f(&t[i]))).collect(),
+                })
+                .collect()
+        };
+        let shifts: Vec<f64> =
+            (1..per_request.len()).filter(|&i| phase_of[i] != phase_of[i - 1]).map(|i| i as f64).collect();
+        let title = format!("{} on {}", engine.source, engine.gpu().info.name);
+        let svg = super::plot::two_panels(
+            &title,
+            Plot { y_label: "tau (tokens per round)".into(), series: series(&|t| t.tau()) },
+            Plot { y_label: "decode tokens/s".into(), series: series(&|t| t.tok_s()) },
+            "requests",
+            &shifts,
+        );
+        crate::util::write_atomic(path, svg.as_bytes())?;
+        println!("\nplot: {}", path.display());
+    }
+    Ok(())
+}
+
+/// After each phase shift: the adaptive head's speedup over plain decoding in the last window
+/// before the shift, and how many requests after it until a window of the same size is back to
+/// >= 90% of that speedup. (Speedups, not raw tokens/s: prompts of another domain decode at
+/// another speed even without speculation.)
+fn shift_recovery(per_request: &[Vec<Totals>], phase_of: &[usize], ai: usize, window: usize) {
+    let speedup = |rs: &[Vec<Totals>]| {
+        let (mut off, mut ad) = (Totals::default(), Totals::default());
+        for r in rs {
+            off.add(&r[0]);
+            ad.add(&r[ai]);
+        }
+        ad.tok_s() / off.tok_s()
+    };
+    for i in 1..per_request.len() {
+        if phase_of[i] == phase_of[i - 1] {
+            continue;
+        }
+        let before = speedup(&per_request[i.saturating_sub(window)..i]);
+        let end = (i..per_request.len()).take_while(|&j| phase_of[j] == phase_of[i]).last().unwrap_or(i) + 1;
+        let back = (i + window..=end).find(|&j| speedup(&per_request[j - window..j]) >= 0.9 * before);
+        match back {
+            Some(j) => println!(
+                "\nshift at request {}: adaptive speedup {before:.2}x before; back to >= 90% of it in the window ending {} requests after the shift",
+                i + 1,
+                j - i
+            ),
+            None => println!(
+                "\nshift at request {}: adaptive speedup {before:.2}x before; not back to 90% of it within the {} requests of the new phase",
+                i + 1,
+                end - i
+            ),
+        }
+    }
+}
+
+fn swap_in(engine: &mut Engine, s: &mut Stores, arm: Arm) -> SpecMode {
+    match arm {
+        Arm::Off => SpecMode::Off,
+        Arm::Suffix => {
+            engine.suffix = s.suffix.take();
+            SpecMode::Suffix
+        }
+        Arm::Static => {
+            engine.head = s.static_head.take();
+            SpecMode::Head
+        }
+        Arm::Adaptive => {
+            engine.head = s.adaptive.take();
+            SpecMode::Head
+        }
+    }
+}
+
+fn swap_out(engine: &mut Engine, s: &mut Stores, arm: Arm) {
+    match arm {
+        Arm::Off => {}
+        Arm::Suffix => s.suffix = engine.suffix.take(),
+        Arm::Static => s.static_head = engine.head.take(),
+        Arm::Adaptive => s.adaptive = engine.head.take(),
+    }
+}
