@@ -17,6 +17,7 @@ use crate::gpu::{Gpu, GpuOptions, map_read};
 use crate::model::LoadedModel;
 use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
+use crate::spec::controller::{Controller, Plan};
 use crate::spec::draft::DraftModelSpeculator;
 use crate::spec::head::{HeadOptions, HeadSpeculator};
 use crate::spec::stats::SpecStats;
@@ -30,10 +31,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// On CPU emulation `auto` drafts only continuations at least this likely (a wasted draft costs
-/// nearly a whole step there).
-const AUTO_CPU_MIN_CONFIDENCE: f32 = 0.5;
-
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// KV cache length in tokens (prompt + generated).
@@ -44,11 +41,24 @@ pub struct EngineOptions {
     /// Where the suffix speculator keeps what it learned from past requests (None: in memory
     /// only). The CLI uses `$AUGUR_HOME/suffix/<model>.bin`.
     pub suffix_store: Option<std::path::PathBuf>,
+    /// Where the controller keeps its cost calibration for this model and device (None: it
+    /// calibrates on first use in each process). The CLI uses `$AUGUR_HOME/cost/<model>.json`.
+    pub cost_cache: Option<std::path::PathBuf>,
+    /// Experiments only: every pass takes this many milliseconds longer per row, a device on
+    /// which verifying wide trees costs more (the controller must notice by itself).
+    pub simulate_ms_per_row: f64,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_ctx: 2048, max_batch: 64, gpu: GpuOptions::default(), suffix_store: None }
+        EngineOptions {
+            max_ctx: 2048,
+            max_batch: 64,
+            gpu: GpuOptions::default(),
+            suffix_store: None,
+            cost_cache: None,
+            simulate_ms_per_row: 0.0,
+        }
     }
 }
 
@@ -162,6 +172,10 @@ pub struct Engine {
     pub head: Option<HeadSpeculator>,
     /// `LoadedModel::fingerprint` of the target (keys learned state).
     pub fingerprint: String,
+    /// The controller of `--speculate auto`, made (and its costs calibrated) on first use.
+    pub controller: Option<Controller>,
+    cost_cache: Option<std::path::PathBuf>,
+    simulate_ms_per_row: f64,
 }
 
 impl Engine {
@@ -205,6 +219,9 @@ impl Engine {
             draft: None,
             head: None,
             fingerprint,
+            controller: None,
+            cost_cache: opts.cost_cache.clone(),
+            simulate_ms_per_row: opts.simulate_ms_per_row,
         })
     }
 
@@ -245,7 +262,6 @@ impl Engine {
 
     /// Which speculator a mode uses on this device (None: decode plainly).
     fn drafter_for(&self, mode: SpecMode) -> Result<Option<Drafter>> {
-        let cpu = self.model.gpu.info.device_type == wgpu::DeviceType::Cpu;
         Ok(match mode {
             SpecMode::Off => None,
             SpecMode::Suffix => self.suffix.is_some().then_some(Drafter::Suffix),
@@ -259,11 +275,10 @@ impl Engine {
                 ));
             }
             SpecMode::Head => Some(Drafter::Head),
-            // On CPU emulation a draft model's passes cost nearly what the target's do, so it
-            // never pays there (BENCHMARKS.md); elsewhere a draft model beats the suffix index
-            // on text it has not seen.
-            SpecMode::Auto if self.draft.is_some() && !cpu => Some(Drafter::Draft),
-            SpecMode::Auto => self.suffix.is_some().then_some(Drafter::Suffix),
+            // the controller drafts with every speculator there is (the value only says "speculate")
+            SpecMode::Auto => {
+                (self.suffix.is_some() || self.draft.is_some() || self.head.is_some()).then_some(Drafter::Suffix)
+            }
         })
     }
 
@@ -319,6 +334,18 @@ impl Engine {
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.model.cfg.vocab) {
             return Err(Error::msg(format!("token id {bad} is outside the vocabulary ({})", self.model.cfg.vocab)));
         }
+        let auto = speculate && params.speculate == SpecMode::Auto;
+        if auto && self.controller.is_none() {
+            // before prefill: calibration passes write the first KV slots
+            let cost = crate::spec::cost::calibrated(
+                &self.model,
+                &self.fingerprint,
+                self.cost_cache.as_deref(),
+                self.simulate_ms_per_row,
+            )?;
+            self.controller = Some(Controller::new(cost));
+        }
+        let controller_before = self.controller.as_ref().map(|c| c.stats.clone());
         let t0 = Instant::now();
         let mut sampling = Sampling {
             temperature: params.temperature,
@@ -359,7 +386,7 @@ impl Engine {
         if let Some(s) = self.suffix.as_mut() {
             s.begin(prompt);
         }
-        if let (Some(s), Some(Drafter::Draft)) = (self.draft.as_mut(), drafter) {
+        if let (Some(s), true) = (self.draft.as_mut(), drafter == Some(Drafter::Draft) || auto) {
             s.begin(prompt);
         }
         if let Some(h) = self.head.as_mut() {
@@ -418,6 +445,9 @@ impl Engine {
             decode_ms,
             finish_reason: finish.to_string(),
         };
+        if let (true, Some(c), Some(before)) = (auto, &self.controller, &controller_before) {
+            spec_stats.controller = Some(c.stats.since(before));
+        }
         let text = self.tokenizer.decode(&tokens);
         Ok(Output { text, tokens, stats, spec: speculate.then_some(spec_stats) })
     }
@@ -437,29 +467,23 @@ impl Engine {
     ) -> Result<(Vec<u32>, usize)> {
         let spec_t = Instant::now();
         let room = self.model.max_ctx - n_past - 1; // slots left after the root's
-        let (mut budget, mut depth) = (params.tree_budget, params.max_depth);
-        let mut min_confidence = 0.1;
-        if params.speculate == SpecMode::Auto && drafter == Drafter::Suffix {
-            // Until the controller measures it: on CPU emulation (lavapipe) a pass of M rows
-            // costs nearly M single steps, so only small trees pay (BENCHMARKS.md: budget 2
-            // 1.25x, 4 0.87x, 8 0.59x on rewrites); real GPUs verify wide trees almost free.
-            if self.model.gpu.info.device_type == wgpu::DeviceType::Cpu {
-                budget = budget.min(2);
-                depth = depth.min(2);
-                min_confidence = AUTO_CPU_MIN_CONFIDENCE;
+        let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room);
+        let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1);
+        let (tree, plan) = if params.speculate == SpecMode::Auto {
+            let (plan, drafted) = self.plan_round(context, budget, depth);
+            (plan.tree.clone(), Some((plan, drafted)))
+        } else {
+            let speculator: &mut dyn Speculator = match drafter {
+                Drafter::Draft => self.draft.as_deref_mut().map(|s| s as &mut dyn Speculator),
+                Drafter::Head => self.head.as_mut().map(|h| h as &mut dyn Speculator),
+                Drafter::Suffix => self.suffix.as_deref_mut().map(|s| s as &mut dyn Speculator),
             }
-        }
-        let budget = budget.min(self.model.max_batch - 1).min(63).min(room);
-        let depth = depth.min(MAX_ACCEPT_DEPTH - 1);
-        let speculator: &mut dyn Speculator = match drafter {
-            Drafter::Draft => self.draft.as_deref_mut().map(|s| s as &mut dyn Speculator),
-            Drafter::Head => self.head.as_mut().map(|h| h as &mut dyn Speculator),
-            Drafter::Suffix => self.suffix.as_deref_mut().map(|s| s as &mut dyn Speculator),
-        }
-        .expect("drafter_for picks a speculator that exists");
-        speculator.set_min_confidence(min_confidence);
-        let mut tree = speculator.propose(context, budget, depth);
-        tree.truncate(budget);
+            .expect("drafter_for picks a speculator that exists");
+            speculator.set_min_confidence(0.1);
+            let mut tree = speculator.propose(context, budget, depth);
+            tree.truncate(budget);
+            (tree, None)
+        };
         stats.draft_ms += spec_t.elapsed().as_secs_f64() * 1e3;
         let verify_t = Instant::now();
         let root = *context.last().expect("context holds at least the prompt");
@@ -486,7 +510,9 @@ impl Engine {
         enc.copy_buffer_to_buffer(&self.model.result, 0, &self.result_staging, 0, (RESULT_LEN * 4) as u64);
         gpu.queue.submit([enc.finish()]);
         let r: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.result_staging, (RESULT_LEN * 4) as u64));
-        stats.verify_ms += verify_t.elapsed().as_secs_f64() * 1e3;
+        crate::spec::cost::simulate_slow_device(m, self.simulate_ms_per_row);
+        let verify_ms = verify_t.elapsed().as_secs_f64() * 1e3;
+        stats.verify_ms += verify_ms;
         let k = r[0] as usize;
         if k > tree.len() {
             return Err(Error::Gpu(format!("acceptance returned {k} tokens for a tree of {}", tree.len())));
@@ -502,6 +528,13 @@ impl Engine {
         for &row in &r[1..=k] {
             stats.count_accepted(tree.nodes[row as usize - 1].drafter);
         }
+        if let (Some((plan, drafted)), Some(c)) = (&plan, self.controller.as_mut()) {
+            let mut accepted = vec![false; tree.len()];
+            for &row in &r[1..=k] {
+                accepted[row as usize - 1] = true;
+            }
+            c.observe(plan, &accepted, m, verify_ms, drafted);
+        }
         if let Some(h) = self.head.as_mut() {
             let before = h.stats.train_ms;
             let next = if k > 0 { r[RESULT_TOKENS] } else { r[RESULT_BONUS] };
@@ -513,6 +546,41 @@ impl Engine {
         Ok((new, k))
     }
 
+    /// The controller's round: every speculator it wants drafts (the suffix index always: it
+    /// costs microseconds), it picks the tree, and the draft head learns which verified rows
+    /// are its own. Returns the plan and how long each expensive speculator drafted.
+    fn plan_round(&mut self, context: &[u32], budget: usize, depth: usize) -> (Plan, Vec<(Drafter, f64)>) {
+        let c = self.controller.as_mut().expect("made before the first auto round");
+        let mut proposals = Vec::new();
+        let mut drafted = Vec::new();
+        if let Some(s) = self.suffix.as_deref_mut() {
+            s.set_min_confidence(0.0);
+            proposals.push((Drafter::Suffix, s.propose(context, budget, depth)));
+        }
+        let expensive: [(Drafter, Option<&mut dyn Speculator>); 2] = [
+            (Drafter::Draft, self.draft.as_deref_mut().map(|s| s as &mut dyn Speculator)),
+            (Drafter::Head, self.head.as_mut().map(|h| h as &mut dyn Speculator)),
+        ];
+        for (d, s) in expensive {
+            if let Some(s) = s
+                && c.wants(d)
+            {
+                let t = Instant::now();
+                s.set_min_confidence(0.0);
+                let tree = s.propose(context, budget, depth);
+                drafted.push((d, t.elapsed().as_secs_f64() * 1e3));
+                proposals.push((d, tree));
+            }
+        }
+        let plan = c.choose(&proposals, budget);
+        if let Some(h) = self.head.as_mut() {
+            let own: Vec<Option<usize>> =
+                plan.sources.iter().map(|src| src.iter().find(|s| s.0 == Drafter::Head).map(|s| s.1)).collect();
+            h.verify_rows_from(&own);
+        }
+        (plan, drafted)
+    }
+
     /// One pass in one submission; reads back only the chosen token id.
     fn step(&self, spec: &PassSpec) -> Result<u32> {
         let gpu = &self.model.gpu;
@@ -521,6 +589,7 @@ impl Engine {
         enc.copy_buffer_to_buffer(&self.model.result, (RESULT_BONUS * 4) as u64, &self.staging, 0, 4);
         gpu.queue.submit([enc.finish()]);
         let b = map_read(gpu, &self.staging, 4);
+        crate::spec::cost::simulate_slow_device(spec.m, self.simulate_ms_per_row);
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 }

@@ -138,6 +138,10 @@ struct ModelArgs {
     /// Use the first adapter whose name contains this
     #[arg(long)]
     adapter: Option<String>,
+    /// Experiments: make every pass take this many ms longer per row (a device on which wide
+    /// trees cost more; `auto` has to notice by measuring)
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    simulate_ms_per_row: f64,
 }
 
 #[derive(Args)]
@@ -197,6 +201,8 @@ impl ModelArgs {
         let opts = EngineOptions {
             max_ctx: self.ctx,
             suffix_store: Some(pull::augur_home().join("suffix").join(format!("{stem}.bin"))),
+            cost_cache: Some(pull::augur_home().join("cost").join(format!("{stem}.json"))),
+            simulate_ms_per_row: self.simulate_ms_per_row.max(0.0),
             gpu: GpuOptions { no_optional_features: self.no_gpu_features, adapter: self.adapter.clone() },
             ..Default::default()
         };

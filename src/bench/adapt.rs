@@ -265,8 +265,8 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
 
 /// After each phase shift: the adaptive head's speedup over plain decoding in the last window
 /// before the shift, and how many requests after it until a window of the same size is back to
-/// >= 90% of that speedup. (Speedups, not raw tokens/s: prompts of another domain decode at
-/// another speed even without speculation.)
+/// at least 90% of that speedup. (Speedups, not raw tokens/s: prompts of another domain decode
+/// at another speed even without speculation.)
 fn shift_recovery(per_request: &[Vec<Totals>], phase_of: &[usize], ai: usize, window: usize) {
     let speedup = |rs: &[Vec<Totals>]| {
         let (mut off, mut ad) = (Totals::default(), Totals::default());

@@ -74,7 +74,7 @@ impl Candidates {
                 Some(p) if node_of[p] != usize::MAX => Some(node_of[p]),
                 Some(_) => continue, // parent left out (equal scores): drop the orphan
             };
-            node_of[i] = tree.push(parent, c[i].token, c[i].prob, drafter);
+            node_of[i] = tree.push(parent, c[i].token, c[i].score, drafter);
             picked.push(i);
         }
         (tree, picked)

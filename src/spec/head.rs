@@ -235,6 +235,16 @@ impl HeadSpeculator {
         self.replay.encode_record(enc, self.have_prev, root, self.row_slots.as_deref().unwrap_or(&[]));
     }
 
+    /// The verified tree is not the one this head proposed (the controller merged and cut
+    /// proposals): `own[i]` is the node of the head's proposal behind verified node i, if any.
+    pub fn verify_rows_from(&mut self, own: &[Option<usize>]) {
+        if let Some(slots) = self.row_slots.take() {
+            let mut rows = vec![slots[0]];
+            rows.extend(own.iter().map(|o| o.and_then(|j| slots.get(j + 1).copied()).unwrap_or(u32::MAX)));
+            self.row_slots = Some(rows);
+        }
+    }
+
     /// Whether the head's measured agreement lets it draft.
     pub fn trusted(&self) -> bool {
         self.stats.agreement >= self.opts.min_agreement

@@ -6,6 +6,8 @@
 //! numbers in `stats`.
 
 pub mod candidates;
+pub mod controller;
+pub mod cost;
 pub mod draft;
 pub mod head;
 pub mod stats;
@@ -23,8 +25,8 @@ pub enum SpecMode {
     Draft,
     /// The adaptive draft head on the target's hidden states, learning online.
     Head,
-    /// The best available speculator for the device (until the controller lands: the draft
-    /// model when one is attached and the device is not CPU emulation, else the suffix index).
+    /// The controller (`controller.rs`): every speculator available, trees sized each round
+    /// from measured acceptance and measured cost on this device.
     Auto,
 }
 

@@ -24,6 +24,8 @@ pub struct SpecStats {
     /// Draft-head training between rounds.
     pub train_ms: f64,
     pub other_ms: f64,
+    /// The controller's choices in this request (`--speculate auto`).
+    pub controller: Option<super::controller::ControllerStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -85,6 +87,19 @@ impl SpecStats {
             "rounds_with_draft": self.rounds_with_draft,
             "per_speculator": self.per_drafter,
             "time_ms": { "draft": self.draft_ms, "verify": self.verify_ms, "train": self.train_ms, "other": self.other_ms },
+            "controller": self.controller.as_ref().map(|c| {
+                let share: std::collections::BTreeMap<&String, f64> =
+                    c.drafted_rounds.iter().map(|(k, v)| (k, *v as f64 / c.rounds.max(1) as f64)).collect();
+                serde_json::json!({
+                    "rounds": c.rounds,
+                    "rounds_with_tree": c.rounds_with_tree,
+                    "share_of_rounds_drafting": share,
+                    "verified_nodes_from": c.nodes_from,
+                    "mean_tree_size": c.mean_tree(),
+                    "mean_depth": c.mean_depth(),
+                    "policy_us_per_round": c.policy_us / c.rounds.max(1) as f64,
+                })
+            }),
         })
     }
 }

@@ -272,7 +272,7 @@ mod tests {
         let chain: Vec<u32> = t.nodes.iter().map(|n| n.token).collect();
         assert_eq!(chain, [4, 5, 9, 9]);
         // one earlier occurrence: estimated acceptance 1 / (1 + 1)
-        assert!(t.nodes.iter().all(|n| n.q == 0.5));
+        assert!(t.nodes.iter().all(|n| n.score == 0.5));
     }
 
     #[test]
@@ -284,7 +284,7 @@ mod tests {
         let t = s.propose(&ctx, 2, 3);
         assert_eq!(t.len(), 2);
         assert_eq!(t.nodes[0].token, 1);
-        assert!((t.nodes[0].q - 2.0 / 4.0).abs() < 1e-6);
+        assert!((t.nodes[0].score - 2.0 / 4.0).abs() < 1e-6);
         let t = s.propose(&ctx, 10, 1);
         let mut toks: Vec<u32> = t.nodes.iter().map(|n| n.token).collect();
         toks.sort();

@@ -27,8 +27,9 @@ pub struct Node {
     pub parent: Option<usize>,
     /// 1 for children of the root.
     pub depth: usize,
-    /// The drafter's probability for this token (1 for deterministic drafts).
-    pub q: f32,
+    /// The drafter's estimate that this node is accepted: the probability of its whole path
+    /// (the controller calibrates it per drafter; acceptance itself never looks at it).
+    pub score: f32,
     pub drafter: Drafter,
 }
 
@@ -44,7 +45,7 @@ impl TokenTree {
         let nodes = tokens
             .iter()
             .enumerate()
-            .map(|(i, &t)| Node { token: t, parent: i.checked_sub(1), depth: i + 1, q: 1.0, drafter })
+            .map(|(i, &t)| Node { token: t, parent: i.checked_sub(1), depth: i + 1, score: 1.0, drafter })
             .collect();
         TokenTree { nodes }
     }
@@ -62,12 +63,12 @@ impl TokenTree {
     }
 
     /// Adds a node under `parent` unless a sibling already has the token; returns its index.
-    pub fn push(&mut self, parent: Option<usize>, token: u32, q: f32, drafter: Drafter) -> usize {
+    pub fn push(&mut self, parent: Option<usize>, token: u32, score: f32, drafter: Drafter) -> usize {
         if let Some(i) = self.nodes.iter().position(|n| n.parent == parent && n.token == token) {
             return i;
         }
         let depth = parent.map_or(1, |p| self.nodes[p].depth + 1);
-        self.nodes.push(Node { token, parent, depth, q, drafter });
+        self.nodes.push(Node { token, parent, depth, score, drafter });
         self.nodes.len() - 1
     }
 
