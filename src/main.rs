@@ -68,8 +68,8 @@ enum Cmd {
         #[command(flatten)]
         spec: SpecArgs,
     },
-    /// Adaptive speculation over a stream with a domain shift: each request decoded plainly,
-    /// with the suffix speculator, the static head (--head) and the adaptive head, side by side
+    /// Adaptive speculation over a stream with a domain shift: each request decoded plainly and
+    /// by each speculator arm (suffix, static head, learning head, the controller), side by side
     BenchAdapt {
         #[command(flatten)]
         model: ModelArgs,
@@ -87,9 +87,14 @@ enum Cmd {
         window: usize,
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
-        /// A trained draft head used as the static arm and as the adaptive head's start
+        /// A trained draft head used as the static arm and as the learning heads' start
         #[arg(long)]
         head: Option<std::path::PathBuf>,
+        /// Arms compared, comma-separated: off, suffix, static, head, auto; each may carry its
+        /// own tree budget as name:budget (the first must be off)
+        #[arg(long, default_value = "off,suffix,head,auto")]
+        arms: String,
+        /// Tree budget of arms that name none
         #[arg(long, default_value_t = 4)]
         tree_budget: usize,
         #[arg(long, default_value_t = 3)]
@@ -409,6 +414,7 @@ fn run(cli: Cli) -> Result<()> {
             window,
             max_tokens,
             head,
+            arms,
             tree_budget,
             max_depth,
             svg,
@@ -435,11 +441,12 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) => Some(augur::train::checkpoint::load(p, &engine.fingerprint)?),
                 None => None,
             };
+            let arms = arms.split(',').map(|a| bench::adapt::Arm::parse(a, tree_budget)).collect::<Result<Vec<_>>>()?;
             let b = bench::adapt::AdaptBench {
                 phases,
+                arms,
                 window: window.max(1),
                 max_tokens: max_tokens.max(2),
-                tree_budget,
                 max_depth,
                 static_head,
                 svg: Some(svg),

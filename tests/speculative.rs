@@ -118,11 +118,13 @@ fn speculation_handles_budget_extremes_and_a_full_context() {
     let plain = GenerateParams { max_tokens: 100, stop_at_eos: false, speculate: SpecMode::Off, ..Default::default() };
     let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
     assert_eq!(want.stats.finish_reason, "length");
-    for (budget, depth) in [(0, 8), (1000, 1000), (5, 0), (15, 3)] {
-        let p = GenerateParams { speculate: SpecMode::Suffix, tree_budget: budget, max_depth: depth, ..plain.clone() };
-        let got = e.generate_tokens(&ids, &p, &c, |_| true).unwrap();
-        assert_eq!(got.tokens, want.tokens, "budget {budget} depth {depth}");
-        assert_eq!(got.stats.finish_reason, "length");
+    for mode in [SpecMode::Suffix, SpecMode::Auto] {
+        for (budget, depth) in [(0, 8), (1000, 1000), (5, 0), (15, 3)] {
+            let p = GenerateParams { speculate: mode, tree_budget: budget, max_depth: depth, ..plain.clone() };
+            let got = e.generate_tokens(&ids, &p, &c, |_| true).unwrap();
+            assert_eq!(got.tokens, want.tokens, "{mode:?} budget {budget} depth {depth}");
+            assert_eq!(got.stats.finish_reason, "length");
+        }
     }
 }
 
@@ -243,4 +245,41 @@ fn head_speculation_with_online_learning_is_identical_to_plain_decoding() {
     assert_eq!((h.replay.filled, h.replay.write_pos, h.stats.agreement), (filled, pos, agreement));
     let g = e.head_file().unwrap();
     assert_eq!(g.replay.as_ref().unwrap().meta.len(), h.replay.capacity * augur::train::replay::META);
+}
+
+/// The controller (`auto`) merges the suffix index's and the learning head's proposals and cuts
+/// the tree to what pays on this device: output stays that of plain decoding, it reports its
+/// choices, and its own work is a sliver of the round.
+#[test]
+fn controller_speculation_is_identical_to_plain_decoding() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 512, ..Default::default() }).unwrap();
+    e.attach_head(None, augur::spec::head::HeadOptions { batch: 8, min_agreement: 0.0, ..Default::default() }).unwrap();
+    let c = CancelToken::default();
+    let plain = GenerateParams { max_tokens: 32, chat: true, speculate: SpecMode::Off, ..Default::default() };
+    let auto = GenerateParams { speculate: SpecMode::Auto, tree_budget: 8, max_depth: 6, ..plain.clone() };
+    let (mut rounds, mut accepted, mut policy_us, mut decode_ms) = (0, 0, 0.0, 0.0);
+    let mut from = std::collections::BTreeMap::new();
+    for (cat, p) in prompts().iter().skip(1).step_by(4) {
+        let ids = e.encode_prompt(p, true).unwrap();
+        let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+        // twice: the second time the suffix store knows the answer and drafts it
+        for _ in 0..2 {
+            let got = e.generate_tokens(&ids, &auto, &c, |_| true).unwrap();
+            assert_eq!(got.tokens, want.tokens, "[{cat}] controller speculation changed the output of {p:?}");
+            let s = got.spec.unwrap();
+            let ctl = s.controller.expect("auto reports the controller's choices");
+            assert_eq!(ctl.rounds as usize, s.rounds);
+            rounds += s.rounds;
+            accepted += s.accepted;
+            policy_us += ctl.policy_us;
+            decode_ms += got.stats.decode_ms;
+            for (k, v) in ctl.nodes_from {
+                *from.entry(k).or_insert(0) += v;
+            }
+        }
+    }
+    assert!(accepted > 50, "the controller accepted only {accepted} drafts in {rounds} rounds");
+    assert!(from.contains_key("suffix") && from.contains_key("head"), "verified nodes came from {from:?}");
+    assert!(policy_us / 1e3 < 0.02 * decode_ms, "the policy took {policy_us:.0} us of {decode_ms:.0} ms");
 }

@@ -1,14 +1,15 @@
 //! `augur bench-adapt`: a stream of requests from one domain, then a shift to another, with every
 //! request decoded once per arm, side by side in one run (these machines are noisy, so only
-//! ratios measured together mean anything):
-//!   off       plain decoding
+//! ratios measured together mean anything). Arms (`--arms`, each with its own tree budget):
+//!   off       plain decoding (always first: the reference for identity and speedups)
 //!   suffix    the suffix speculator alone (its store learns only from its own runs)
-//!   static    a draft head loaded from a file and never trained (when one is given)
-//!   adaptive  the draft head learning online (from the static head when given, else fresh)
-//! Per window of requests it prints tau and tokens/s of each arm, the adaptive head's agreement
-//! and training share; then how fast the adaptive head recovered after the shift, and an SVG
-//! plot of tau and tokens/s over the stream. Greedy, so every arm must produce the plain
-//! output: the count of identical outputs is printed too.
+//!   static    a draft head loaded from a file and never trained (needs --head)
+//!   head      the draft head learning online (from the static head when given, else fresh)
+//!   auto      the controller, with a suffix store and a learning head of its own
+//! Per window of requests it prints tau and tokens/s of each arm, the learning head's agreement
+//! and training share; then how fast it recovered after the shift, and an SVG plot of tau and
+//! tokens/s over the stream. Greedy, so every arm must produce the plain output: the count of
+//! identical outputs is printed too.
 
 use super::WorkItem;
 use super::plot::{Plot, Series};
@@ -26,9 +27,10 @@ pub struct Phase {
 
 pub struct AdaptBench {
     pub phases: Vec<Phase>,
+    /// The first must be `off`.
+    pub arms: Vec<Arm>,
     pub window: usize,
     pub max_tokens: usize,
-    pub tree_budget: usize,
     pub max_depth: usize,
     pub static_head: Option<HeadFile>,
     pub svg: Option<std::path::PathBuf>,
@@ -64,67 +66,117 @@ impl Totals {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Arm {
+/// What an arm decodes with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ArmKind {
     Off,
     Suffix,
+    /// The static head, never trained (needs --head).
     Static,
+    /// The draft head learning online.
     Adaptive,
+    /// The controller with a suffix index and a learning head of its own.
+    Auto,
+}
+
+/// One arm of the comparison: a kind and its tree budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arm {
+    pub kind: ArmKind,
+    pub budget: usize,
 }
 
 impl Arm {
-    fn name(self) -> &'static str {
-        match self {
-            Arm::Off => "off",
-            Arm::Suffix => "suffix",
-            Arm::Static => "static head",
-            Arm::Adaptive => "adaptive head",
+    /// Parses "off", "suffix", "static", "head", "auto", each optionally ":<budget>".
+    pub fn parse(s: &str, default_budget: usize) -> Result<Arm> {
+        let (name, budget) = match s.split_once(':') {
+            Some((n, b)) => {
+                (n, b.parse().map_err(|_| Error::msg(format!("arm '{s}': the budget after ':' is not a number")))?)
+            }
+            None => (s, default_budget),
+        };
+        let kind = match name.trim() {
+            "off" => ArmKind::Off,
+            "suffix" => ArmKind::Suffix,
+            "static" => ArmKind::Static,
+            "head" | "adaptive" => ArmKind::Adaptive,
+            "auto" => ArmKind::Auto,
+            other => return Err(Error::msg(format!("unknown arm '{other}' (off, suffix, static, head, auto)"))),
+        };
+        Ok(Arm { kind, budget })
+    }
+
+    fn name(&self) -> String {
+        let base = match self.kind {
+            ArmKind::Off => return "off".into(),
+            ArmKind::Suffix => "suffix",
+            ArmKind::Static => "static head",
+            ArmKind::Adaptive => "adaptive head",
+            ArmKind::Auto => return "auto".into(),
+        };
+        format!("{base} @{}", self.budget)
+    }
+
+    fn mode(&self) -> SpecMode {
+        match self.kind {
+            ArmKind::Off => SpecMode::Off,
+            ArmKind::Suffix => SpecMode::Suffix,
+            ArmKind::Static | ArmKind::Adaptive => SpecMode::Head,
+            ArmKind::Auto => SpecMode::Auto,
         }
     }
 }
 
-/// Where each arm's speculators live between its requests (swapped into the engine for its turn).
-struct Stores {
+/// An arm's own speculators, swapped into the engine for its turn (so no arm learns from
+/// another's runs).
+#[derive(Default)]
+struct Store {
     suffix: Option<Box<dyn Speculator + Send>>,
-    static_head: Option<HeadSpeculator>,
-    adaptive: Option<HeadSpeculator>,
+    head: Option<HeadSpeculator>,
 }
 
 pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
     if b.phases.iter().any(|p| p.items.is_empty()) {
         return Err(Error::msg("a bench-adapt phase has no requests; check --phase categories against --questions"));
     }
-    let mut arms = vec![Arm::Off, Arm::Suffix];
-    let mut stores =
-        Stores { suffix: Some(Box::new(SuffixSpeculator::in_memory())), static_head: None, adaptive: None };
-    if let Some(f) = &b.static_head {
-        engine.attach_head(Some(f.clone()), HeadOptions { learn: false, ..Default::default() })?;
-        stores.static_head = engine.head.take();
-        arms.push(Arm::Static);
+    if b.arms.first().map(|a| a.kind) != Some(ArmKind::Off) {
+        return Err(Error::msg("bench-adapt's first arm must be 'off' (every arm is compared with it)"));
     }
-    engine.attach_head(b.static_head.clone(), HeadOptions::default())?;
-    stores.adaptive = engine.head.take();
-    arms.push(Arm::Adaptive);
+    if b.static_head.is_none() && b.arms.iter().any(|a| a.kind == ArmKind::Static) {
+        return Err(Error::msg("the 'static' arm needs a trained head: add --head FILE (augur train-head makes one)"));
+    }
+    let arms = b.arms.clone();
+    let mut stores = Vec::new();
+    for a in &arms {
+        let mut st = Store::default();
+        if matches!(a.kind, ArmKind::Suffix | ArmKind::Auto) {
+            st.suffix = Some(Box::new(SuffixSpeculator::in_memory()));
+        }
+        if matches!(a.kind, ArmKind::Static | ArmKind::Adaptive | ArmKind::Auto) {
+            let learn = a.kind != ArmKind::Static;
+            engine.attach_head(b.static_head.clone(), HeadOptions { learn, ..Default::default() })?;
+            st.head = engine.head.take();
+        }
+        stores.push(st);
+    }
     engine.suffix = None;
+    // the arm whose head's agreement is reported: the adaptive head, else auto's
+    let watch = arms
+        .iter()
+        .position(|a| a.kind == ArmKind::Adaptive)
+        .or_else(|| arms.iter().position(|a| a.kind == ArmKind::Auto));
 
     let requests: usize = b.phases.iter().map(|p| p.items.len()).sum();
     println!(
-        "device: {}\nmodel:  {}\n{requests} requests ({}), {} tokens each, greedy, chat template, tree budget {}, depth {}; arms: {}",
+        "device: {}\nmodel:  {}\n{requests} requests ({}), {} tokens each, greedy, chat template, depth {}; arms: {}",
         engine.gpu().describe(),
         engine.source,
         b.phases.iter().map(|p| format!("{} x {}", p.items.len(), p.name)).collect::<Vec<_>>().join(" then "),
         b.max_tokens,
-        b.tree_budget,
         b.max_depth,
         arms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
     );
-    let base = GenerateParams {
-        max_tokens: b.max_tokens,
-        chat: true,
-        tree_budget: b.tree_budget,
-        max_depth: b.max_depth,
-        ..Default::default()
-    };
+    let base = GenerateParams { max_tokens: b.max_tokens, chat: true, max_depth: b.max_depth, ..Default::default() };
     let c = CancelToken::default();
     let warm = engine.encode_prompt("Hello", true)?; // shader compilation
     engine.generate_tokens(
@@ -144,11 +196,13 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
             let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
             let mut row = Vec::new();
             let mut plain: Option<Vec<u32>> = None;
-            for &arm in &arms {
-                let mode = swap_in(engine, &mut stores, arm);
-                let out =
-                    engine.generate_tokens(ids, &GenerateParams { speculate: mode, ..base.clone() }, &c, |_| true);
-                swap_out(engine, &mut stores, arm);
+            for (arm, store) in arms.iter().zip(stores.iter_mut()) {
+                engine.suffix = store.suffix.take();
+                engine.head = store.head.take();
+                let params = GenerateParams { speculate: arm.mode(), tree_budget: arm.budget, ..base.clone() };
+                let out = engine.generate_tokens(ids, &params, &c, |_| true);
+                store.suffix = engine.suffix.take();
+                store.head = engine.head.take();
                 let out = out?;
                 let s = out.spec.clone().unwrap_or_default();
                 let same = plain.as_ref().is_none_or(|p| *p == out.tokens);
@@ -165,7 +219,7 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
                     requests: 1,
                 });
             }
-            agreement.push(stores.adaptive.as_ref().map_or(0.0, |h| h.stats.agreement));
+            agreement.push(watch.and_then(|w| stores[w].head.as_ref()).map_or(0.0, |h| h.stats.agreement));
             per_request.push(row);
             phase_of.push(pi);
         }
@@ -180,14 +234,14 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
             start = i;
         }
     }
-    let ai = arms.len() - 1; // adaptive is last
+    let ai = watch.unwrap_or(arms.len() - 1);
     let mut header = String::from("| requests | phase |");
     let mut rule = String::from("|---|---|");
     for a in &arms {
         header += &format!(" {} tok/s | tau |", a.name());
         rule += "---|---|";
     }
-    println!("\n{header} adaptive/off | agreement | train share |\n{rule}---|---|---|");
+    println!("\n{header} {0}/off | {0} agreement | {0} train share |\n{rule}---|---|---|", arms[ai].name());
     let mut win_tot: Vec<Vec<Totals>> = Vec::new();
     for &(s, e) in &windows {
         let mut tot = vec![Totals::default(); arms.len()];
@@ -236,12 +290,12 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
 
     if let Some(path) = &b.svg {
         let x: Vec<f64> = windows.iter().map(|&(_, e)| e as f64).collect();
-        let colors = ["#555555", "#2a7ab0", "#b07a2a", "#c0392b"];
+        let colors = ["#555555", "#2a7ab0", "#b07a2a", "#c0392b", "#27ae60", "#8e44ad", "#16a085", "#d35400"];
         let series = |f: &dyn Fn(&Totals) -> f64| -> Vec<Series> {
             arms.iter()
                 .enumerate()
                 .map(|(i, a)| Series {
-                    name: a.name().to_string(),
+                    name: a.name(),
                     color: colors[i.min(colors.len() - 1)].to_string(),
                     points: x.iter().zip(&win_tot).map(|(&x, t)| (x, f(&t[i]))).collect(),
                 })
@@ -295,32 +349,5 @@ fn shift_recovery(per_request: &[Vec<Totals>], phase_of: &[usize], ai: usize, wi
                 end - i
             ),
         }
-    }
-}
-
-fn swap_in(engine: &mut Engine, s: &mut Stores, arm: Arm) -> SpecMode {
-    match arm {
-        Arm::Off => SpecMode::Off,
-        Arm::Suffix => {
-            engine.suffix = s.suffix.take();
-            SpecMode::Suffix
-        }
-        Arm::Static => {
-            engine.head = s.static_head.take();
-            SpecMode::Head
-        }
-        Arm::Adaptive => {
-            engine.head = s.adaptive.take();
-            SpecMode::Head
-        }
-    }
-}
-
-fn swap_out(engine: &mut Engine, s: &mut Stores, arm: Arm) {
-    match arm {
-        Arm::Off => {}
-        Arm::Suffix => s.suffix = engine.suffix.take(),
-        Arm::Static => s.static_head = engine.head.take(),
-        Arm::Adaptive => s.adaptive = engine.head.take(),
     }
 }
