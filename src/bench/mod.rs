@@ -251,6 +251,8 @@ struct CatTotals {
     stats: crate::spec::stats::SpecStats,
     prompts: usize,
     identical: usize,
+    /// The controller's tree depths summed over rounds (auto only).
+    tree_depth: u64,
 }
 
 /// Runs every prompt with `--speculate off` and with the suffix speculator, side by side, and
@@ -309,6 +311,9 @@ pub fn spec_run(
         t.spec_tokens += spec.stats.generated_tokens.saturating_sub(1);
         t.spec_ms += spec.stats.decode_ms;
         if let Some(s) = spec.spec {
+            if let Some(c) = &s.controller {
+                t.tree_depth += c.depth_sum;
+            }
             let st = &mut t.stats;
             st.rounds += s.rounds;
             st.drafted += s.drafted;
@@ -324,9 +329,9 @@ pub fn spec_run(
         }
     }
     println!(
-        "\n| category | prompts | off tok/s | spec tok/s | speedup | tau | accepted/drafted | acceptance by depth 1..4 | identical |"
+        "\n| category | prompts | off tok/s | spec tok/s | speedup | tau | accepted/drafted | acceptance by depth 1..4 | mean tree (depth) | identical |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut speedups = Vec::new();
     for (cat, t) in &cats {
         let off = t.off_tokens as f64 / (t.off_ms / 1e3).max(1e-9);
@@ -334,18 +339,25 @@ pub fn spec_run(
         speedups.push(sp / off);
         let by_depth: Vec<String> = t.stats.acceptance_by_depth().iter().take(4).map(|a| format!("{a:.2}")).collect();
         println!(
-            "| {cat} | {} | {off:.2} | {sp:.2} | {:.2}x | {:.2} | {}/{} | {} | {}/{} |",
+            "| {cat} | {} | {off:.2} | {sp:.2} | {:.2}x | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
             t.prompts,
             sp / off,
             t.stats.tau(),
             t.stats.accepted,
             t.stats.drafted,
             by_depth.join(" "),
+            t.stats.drafted as f64 / t.stats.rounds.max(1) as f64,
+            if t.tree_depth > 0 {
+                format!("{:.2}", t.tree_depth as f64 / t.stats.rounds.max(1) as f64)
+            } else {
+                "-".into()
+            },
             t.identical,
             t.prompts
         );
     }
     let mean = speedups.iter().sum::<f64>() / speedups.len().max(1) as f64;
-    println!("\nmean speedup over categories: {mean:.2}x");
+    let worst = speedups.iter().cloned().fold(f64::MAX, f64::min);
+    println!("\nmean speedup over categories: {mean:.2}x (worst category {worst:.2}x)");
     Ok(())
 }
