@@ -9,6 +9,8 @@
 // next hidden state plus a sampled softmax over 32 candidates per row, then AdamW):
 //   head_loss  logits over the candidates through the frozen final norm and LM head, loss,
 //              dy = d loss / d y                                  workgroup per row
+//   head_check ok = every row's loss is finite (else the updates below change nothing: a
+//              step with NaN or Inf is skipped, and the host counts it)
 //   head_bw_s  da = (dy W2^T) * silu'(a)    (before W2 changes)  4 rows x 4 columns
 //   head_upd2  grad W2' = s^T dy, AdamW                           4 x 4 parameters
 //   head_upd1  grad W1' = z^T da, AdamW                           4 x 4 parameters
@@ -63,7 +65,7 @@ fn o_b1() -> u32 { return 2u * hp.d * hp.r; }
 fn o_w2() -> u32 { return o_b1() + hp.r; }
 fn o_b2() -> u32 { return o_w2() + hp.r * hp.d; }
 // offsets into act (in floats): z [batch][2d+4] | a [batch][r] | s [batch][r+4] | y | dy [batch][d] |
-// da [batch][r] | loss [batch]; z and s rows hold their 1 at 2d and r, then zero padding
+// da [batch][r] | loss [batch] | ok; z and s rows hold their 1 at 2d and r, then zero padding
 fn zw() -> u32 { return 2u * hp.d + 4u; }
 fn sw() -> u32 { return hp.r + 4u; }
 fn aget(i: u32) -> f32 { return act[i >> 2u][i & 3u]; }
@@ -77,6 +79,7 @@ fn o_y() -> u32 { return o_s() + hp.batch * sw(); }
 fn o_dy() -> u32 { return o_y() + hp.batch * hp.d; }
 fn o_da() -> u32 { return o_dy() + hp.batch * hp.d; }
 fn o_loss() -> u32 { return o_da() + hp.batch * hp.r; }
+fn o_ok() -> u32 { return o_loss() + hp.batch; }
 
 // LM-head weight of hidden index k for token c.
 fn w_out(k: u32, c: u32) -> f32 {
@@ -286,6 +289,22 @@ fn head_loss(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
 }
 
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u && abs(x) < 1e30;
+}
+
+@compute @workgroup_size(64)
+fn head_check(@builtin(local_invocation_index) lid: u32) {
+    var bad = 0.0;
+    for (var b = lid; b < hp.batch; b += 64u) {
+        bad += select(1.0, 0.0, finite(aget(o_loss() + b)));
+    }
+    let all_bad = wg_sum(lid, bad);
+    if (lid == 0u) {
+        aset(o_ok(), select(0.0, 1.0, all_bad == 0.0));
+    }
+}
+
 // da = (dy W2^T) * silu'(a): both operands run along d, so the 4 columns are 4 rows of W2.
 @compute @workgroup_size(64)
 fn head_bw_s(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
@@ -327,7 +346,7 @@ fn adam4(i: u32, g: vec4<f32>) {
 @compute @workgroup_size(64)
 fn head_upd2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let bl = block(wid, lane, hp.r + 1u, hp.d);
-    if (!bl.ok) {
+    if (!bl.ok || aget(o_ok()) == 0.0) {
         return;
     }
     var acc = zero4();
@@ -347,7 +366,7 @@ fn head_upd2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 @compute @workgroup_size(64)
 fn head_upd1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let bl = block(wid, lane, 2u * hp.d + 1u, hp.r);
-    if (!bl.ok) {
+    if (!bl.ok || aget(o_ok()) == 0.0) {
         return;
     }
     var acc = zero4();

@@ -47,6 +47,10 @@ pub struct EngineOptions {
     /// Experiments only: every pass takes this many milliseconds longer per row, a device on
     /// which verifying wide trees costs more (the controller must notice by itself).
     pub simulate_ms_per_row: f64,
+    /// Saves the learning draft head here after a request when the last save is older than
+    /// `head_autosave_every` (long-lived engines; the CLI saves after each run itself).
+    pub head_autosave: Option<std::path::PathBuf>,
+    pub head_autosave_every: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +62,8 @@ impl Default for EngineOptions {
             suffix_store: None,
             cost_cache: None,
             simulate_ms_per_row: 0.0,
+            head_autosave: None,
+            head_autosave_every: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -176,6 +182,8 @@ pub struct Engine {
     pub controller: Option<Controller>,
     cost_cache: Option<std::path::PathBuf>,
     simulate_ms_per_row: f64,
+    head_autosave: Option<(std::path::PathBuf, std::time::Duration)>,
+    last_head_save: Instant,
 }
 
 impl Engine {
@@ -222,6 +230,8 @@ impl Engine {
             controller: None,
             cost_cache: opts.cost_cache.clone(),
             simulate_ms_per_row: opts.simulate_ms_per_row,
+            head_autosave: opts.head_autosave.clone().map(|p| (p, opts.head_autosave_every)),
+            last_head_save: Instant::now(),
         })
     }
 
@@ -245,6 +255,21 @@ impl Engine {
         }
         self.head = Some(head);
         Ok(())
+    }
+
+    /// Saves a learning head when `EngineOptions::head_autosave` says it is time. A failed save
+    /// is reported on stderr and serving goes on (the previous file stays whole).
+    fn autosave_head(&mut self) {
+        let Some((path, every)) = &self.head_autosave else { return };
+        if self.last_head_save.elapsed() < *every || !self.head.as_ref().is_some_and(|h| h.opts.learn) {
+            return;
+        }
+        self.last_head_save = Instant::now();
+        if let Some(f) = self.head_file()
+            && let Err(e) = crate::train::checkpoint::save(path, &f)
+        {
+            eprintln!("augur: warning: could not autosave the draft head ({e}); serving goes on");
+        }
     }
 
     /// The draft head's current state, ready to save (None without a head).
@@ -448,6 +473,7 @@ impl Engine {
         if let (true, Some(c), Some(before)) = (auto, &self.controller, &controller_before) {
             spec_stats.controller = Some(c.stats.since(before));
         }
+        self.autosave_head();
         let text = self.tokenizer.decode(&tokens);
         Ok(Output { text, tokens, stats, spec: speculate.then_some(spec_stats) })
     }

@@ -287,10 +287,14 @@ fn round_robin(all: &[bench::WorkItem], cats: &[&str], n: usize) -> Vec<bench::W
     out
 }
 
-/// Saves the draft head after a run that trained it.
+/// Saves the draft head after a run that trained it. A failed save (disk full, no permission)
+/// is reported and the run still succeeds: its output was delivered, the old file is intact, and
+/// only this run's learning is lost.
 fn save_head(engine: &Engine, path: Option<std::path::PathBuf>) -> Result<()> {
-    if let (Some(p), Some(f)) = (path, engine.head_file()) {
-        augur::train::checkpoint::save(&p, &f)?;
+    if let (Some(p), Some(f)) = (path, engine.head_file())
+        && let Err(e) = augur::train::checkpoint::save(&p, &f)
+    {
+        eprintln!("augur: warning: could not save the draft head ({e}); what it learned in this run is lost");
     }
     Ok(())
 }

@@ -154,3 +154,46 @@ fn cli_generate_json_has_the_documented_fields() {
     assert_eq!(v["generated_tokens"], 8);
     assert!(v["text"].as_str().unwrap().starts_with(" the city of Nova Haven"));
 }
+
+/// Learning's bad input: an empty or malformed corpus is refused in one line; a head that cannot
+/// be saved (unwritable place) costs this run's learning, with a warning, not the run.
+#[test]
+fn cli_learning_bad_input() {
+    let dir = std::env::temp_dir().join(format!("augur-cli-learn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = common::model_path("smollm2-135m");
+    let m = model.to_str().unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n\n   \n").unwrap();
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"fine\"}\n{not json\n").unwrap();
+    let fields = dir.join("fields.jsonl");
+    std::fs::write(&fields, "{\"title\": \"no text here\"}\n").unwrap();
+    for (corpus, says) in [(&empty, "no text"), (&bad, "bad.jsonl:2"), (&fields, "field")] {
+        let (code, _, err) = augur(&["train-head", m, "--corpus", corpus.to_str().unwrap(), "--ctx", "64"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.starts_with("augur: error: ") && err.contains(says), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let (code, _, err) = augur(&["bench-adapt", m, "--arms", "off,warp"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown arm 'warp'"), "{err}");
+    // an unwritable head file: the text still comes, with a warning
+    let (code, out, err) = augur(&[
+        "generate",
+        m,
+        "Once upon a time,",
+        "--max-tokens",
+        "6",
+        "--ctx",
+        "64",
+        "--speculate",
+        "head",
+        "--head",
+        "/proc/augur-no-such-dir/head.safetensors",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(" the city"), "{out}");
+    assert!(err.contains("could not save the draft head"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

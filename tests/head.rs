@@ -113,6 +113,52 @@ fn head_forward_and_training_steps_match_cpu_reference() {
     }
 }
 
+/// Guard rails: a batch with a non-finite value leaves every weight as it was (and the host sees
+/// the non-finite loss to count it); a snapshot and a roll-back restore parameters exactly.
+#[test]
+fn non_finite_steps_change_nothing_and_roll_back_restores() {
+    let gpu = gpu();
+    let dims = HeadDims { d: 64, r: 96 };
+    let vocab = 512;
+    let mut rng = Rng(41);
+    let wout = random_matrix(&mut rng, dims.d, vocab, true);
+    let gm = GpuMatrix::upload(&gpu, &wout, "wout");
+    let gamma_b = gpu.storage("gamma", &vec![1f32; dims.d]);
+    let n = 4;
+    let init = head::init(dims, 3);
+    let gh = GpuHead::new(gpu.clone(), dims, &init, &gm, vocab, &gamma_b, 1e-5, n).unwrap();
+    let q = &gpu.queue;
+    let mut h = rng.vec(n * dims.d, 1.0);
+    q.write_buffer(&gh.h, 0, bytemuck::cast_slice(&h));
+    q.write_buffer(&gh.e, 0, bytemuck::cast_slice(&rng.vec(n * dims.d, 1.0)));
+    q.write_buffer(&gh.h_next, 0, bytemuck::cast_slice(&rng.vec(n * dims.d, 1.0)));
+    let cands: Vec<u32> = (0..n * CANDIDATES).map(|i| (i * 7 % vocab) as u32).collect();
+    let target: Vec<f32> = (0..n * CANDIDATES).map(|i| if i % CANDIDATES == 0 { 1.0 } else { 0.0 }).collect();
+    q.write_buffer(&gh.cands, 0, bytemuck::cast_slice(&cands));
+    q.write_buffer(&gh.target, 0, bytemuck::cast_slice(&target));
+    let step = |s: u32| {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        gh.encode_train_step(&mut enc, n, &AdamW::default(), s, None);
+        q.submit([enc.finish()]);
+        gh.read_losses(n)
+    };
+    let params = || gpu.read_f32(&gh.params, dims.n_params());
+    assert!(step(1).iter().all(|l| l.is_finite()));
+    let after_one = params();
+    assert_ne!(after_one, init, "a finite step trains");
+    h[5] = f32::NAN;
+    q.write_buffer(&gh.h, 0, bytemuck::cast_slice(&h));
+    let losses = step(2);
+    assert!(!losses[0].is_finite(), "the poisoned row's loss shows it: {losses:?}");
+    assert_eq!(params(), after_one, "a step with NaN in its batch changed the weights");
+    // the snapshot taken at creation holds the initial weights
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    gh.encode_roll_back(&mut enc);
+    q.submit([enc.finish()]);
+    assert_eq!(params(), init);
+    assert!(gpu.read_f32(&gh.adam_m, dims.n_params()).iter().all(|&m| m == 0.0), "moments rolled back too");
+}
+
 /// The GPU trainer learns a simple deterministic mapping: from the embedding of token a (with a
 /// noisy hidden state beside it) the head must predict token f(a) = 7a + 3 (mod vocab), judged
 /// by the argmax over the whole vocabulary, not just the training candidates.

@@ -21,6 +21,7 @@ use crate::gpu::map_read;
 use crate::model::gpu::{GpuModel, LmHeadRig};
 use crate::train::checkpoint::{HeadFile, HeadMeta, ReplayState};
 use crate::train::gpu::GpuHead;
+use crate::train::guard::{GuardAction, LossGuard};
 use crate::train::head::{AdamW, HeadDims};
 use crate::train::replay::{META, Replay};
 use std::time::Instant;
@@ -78,6 +79,9 @@ pub struct HeadStats {
     pub probes: u64,
     /// How often its top guess was the token it was fed (the untrained identity's guess).
     pub repeats: f64,
+    /// Training steps skipped for a non-finite loss, and roll-backs after divergence.
+    pub skipped_steps: u64,
+    pub rollbacks: u64,
 }
 
 pub struct HeadSpeculator {
@@ -102,6 +106,7 @@ pub struct HeadSpeculator {
     /// Decoding time not yet spent on training, times train_share.
     train_credit_ms: f64,
     rounds: u64,
+    guard: LossGuard,
     /// The head's top guess after this round's root (when it probed), and the root.
     root_top1: Option<(u32, f32)>,
     root: u32,
@@ -151,6 +156,7 @@ impl HeadSpeculator {
             rng: 0x5EED,
             train_credit_ms: 0.0,
             rounds: 0,
+            guard: LossGuard::default(),
             root_top1: None,
             root: 0,
             stats: HeadStats::default(),
@@ -177,6 +183,10 @@ impl HeadSpeculator {
                 self.replay.filled = f.meta.replay_filled;
             }
         }
+        // what was saved is the known-good state
+        let mut enc = self.head.gpu.device.create_command_encoder(&Default::default());
+        self.head.encode_snapshot(&mut enc);
+        q.submit([enc.finish()]);
     }
 
     /// The head's parameters and optimiser state, read back from the GPU (not on a hot path).
@@ -298,9 +308,30 @@ impl HeadSpeculator {
         self.head.encode_train_step(&mut enc, batch, &self.opts.opt, self.step, None);
         gpu.queue.submit([enc.finish()]);
         let loss = self.head.read_losses(batch).iter().map(|&l| l as f64).sum::<f64>() / batch as f64;
-        self.stats.loss = if self.stats.train_steps == 0 { loss } else { 0.95 * self.stats.loss + 0.05 * loss };
+        if loss.is_finite() {
+            self.stats.loss = if self.stats.train_steps == 0 { loss } else { 0.95 * self.stats.loss + 0.05 * loss };
+            self.stats.train_steps += 1;
+            let action = self.guard.after_step(self.stats.loss, self.stats.train_steps);
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            match action {
+                GuardAction::Continue => {}
+                GuardAction::Snapshot => self.head.encode_snapshot(&mut enc),
+                GuardAction::RollBack => {
+                    self.head.encode_roll_back(&mut enc);
+                    self.opts.opt.lr = (self.opts.opt.lr * 0.5).max(1e-5);
+                    self.guard.rolled_back();
+                    self.stats.rollbacks += 1;
+                }
+            }
+            if action != GuardAction::Continue {
+                gpu.queue.submit([enc.finish()]);
+            }
+        } else {
+            // head.wgsl left the weights as they were
+            self.step -= 1;
+            self.stats.skipped_steps += 1;
+        }
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        self.stats.train_steps += 1;
         self.stats.train_ms += ms;
         ms
     }

@@ -31,13 +31,16 @@ pub struct GpuHead {
     pub target: wgpu::Buffer,
     /// Activations: z | a | s | y | dy | da | loss, laid out per batch size (head.wgsl).
     pub act: wgpu::Buffer,
+    /// The last snapshot of parameters and moments known good (see `LossGuard`).
+    good: [wgpu::Buffer; 3],
     /// Where a training step leaves its per-row losses for the host.
     loss_staging: wgpu::Buffer,
     pipelines: Vec<(&'static str, Arc<Pipeline>)>,
     bind: wgpu::BindGroup,
 }
 
-const ENTRIES: [&str; 7] = ["head_in", "head_fc1", "head_fc2", "head_loss", "head_bw_s", "head_upd2", "head_upd1"];
+const ENTRIES: [&str; 8] =
+    ["head_in", "head_fc1", "head_fc2", "head_loss", "head_check", "head_bw_s", "head_upd2", "head_upd1"];
 
 impl GpuHead {
     /// A head for a target whose LM head is `output` (one binding) after a final norm with
@@ -67,6 +70,12 @@ impl GpuHead {
         let params = g.storage("head params", init);
         let adam_m = g.storage_zeroed("head adam m", dims.n_params() as u64 * 4);
         let adam_v = g.storage_zeroed("head adam v", dims.n_params() as u64 * 4);
+        let np = dims.n_params() as u64 * 4;
+        let good = [
+            g.storage("head good params", init),
+            g.storage_zeroed("head good m", np),
+            g.storage_zeroed("head good v", np),
+        ];
         let h = g.storage_zeroed("head h", b * d * 4);
         let e = g.storage_zeroed("head e", b * d * 4);
         let h_next = g.storage_zeroed("head h_next", b * d * 4);
@@ -76,7 +85,7 @@ impl GpuHead {
             return Err(Error::msg(format!("draft head sizes must be multiples of 4 (d {}, r {})", dims.d, dims.r)));
         }
         // z [b][2d+4] | a [b][r] | s [b][r+4] | y, dy [b][d] | da [b][r] | loss [b] (head.wgsl)
-        let act = g.storage_zeroed("head act", (b * (4 * d + 3 * r + 8) + b.next_multiple_of(4)) * 4);
+        let act = g.storage_zeroed("head act", (b * (4 * d + 3 * r + 8) + (b + 1).next_multiple_of(4)) * 4);
         let kernels = Kernels::default();
         let pipelines: Vec<_> = ENTRIES.iter().map(|&en| (en, kernels.head(g, en, output.format()))).collect();
         let bind = g.bind(
@@ -105,6 +114,7 @@ impl GpuHead {
             cands,
             target,
             act,
+            good,
             loss_staging,
             pipelines,
             bind,
@@ -138,13 +148,14 @@ impl GpuHead {
 
     /// The kernels of a training step and their workgroup counts; the first three are the
     /// forward pass.
-    fn plan(&self, batch: usize) -> [(&'static str, [u32; 3]); 7] {
+    fn plan(&self, batch: usize) -> [(&'static str, [u32; 3]); 8] {
         let (d, r, b) = (self.dims.d as u32, self.dims.r as u32, batch as u32);
         [
             ("head_in", [b, 1, 1]),
             ("head_fc1", [blocks(r), b.div_ceil(4), 1]),
             ("head_fc2", [blocks(d), b.div_ceil(4), 1]),
             ("head_loss", [b, 1, 1]),
+            ("head_check", [1, 1, 1]),
             ("head_bw_s", [blocks(r), b.div_ceil(4), 1]),
             ("head_upd2", [blocks(d), (r + 1).div_ceil(4), 1]),
             ("head_upd1", [blocks(r), (2 * d + 1).div_ceil(4), 1]),
@@ -197,6 +208,22 @@ impl GpuHead {
             0,
             batch as u64 * 4,
         );
+    }
+
+    /// Records copies of the parameters and moments into the known-good snapshot.
+    pub fn encode_snapshot(&self, enc: &mut wgpu::CommandEncoder) {
+        let n = self.dims.n_params() as u64 * 4;
+        for (live, good) in [&self.params, &self.adam_m, &self.adam_v].into_iter().zip(&self.good) {
+            enc.copy_buffer_to_buffer(live, 0, good, 0, n);
+        }
+    }
+
+    /// Records copies of the snapshot back over the parameters and moments.
+    pub fn encode_roll_back(&self, enc: &mut wgpu::CommandEncoder) {
+        let n = self.dims.n_params() as u64 * 4;
+        for (live, good) in [&self.params, &self.adam_m, &self.adam_v].into_iter().zip(&self.good) {
+            enc.copy_buffer_to_buffer(good, 0, live, 0, n);
+        }
     }
 
     /// The per-row losses of the last submitted training step (waits for it).

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod gpu;
+pub mod guard;
 pub mod head;
 pub mod offline;
 pub mod replay;
