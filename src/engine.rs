@@ -18,6 +18,7 @@ use crate::model::LoadedModel;
 use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
 use crate::spec::controller::{Controller, Plan};
+use crate::spec::cost::SimulatedDevice;
 use crate::spec::draft::DraftModelSpeculator;
 use crate::spec::head::{HeadOptions, HeadSpeculator};
 use crate::spec::stats::SpecStats;
@@ -44,9 +45,9 @@ pub struct EngineOptions {
     /// Where the controller keeps its cost calibration for this model and device (None: it
     /// calibrates on first use in each process). The CLI uses `$AUGUR_HOME/cost/<model>.json`.
     pub cost_cache: Option<std::path::PathBuf>,
-    /// Experiments only: every pass takes this many milliseconds longer per row, a device on
-    /// which verifying wide trees costs more (the controller must notice by itself).
-    pub simulate_ms_per_row: f64,
+    /// Experiments only: passes take longer, as on another device (the controller must notice
+    /// by itself).
+    pub simulate: SimulatedDevice,
     /// Saves the learning draft head here after a request when the last save is older than
     /// `head_autosave_every` (long-lived engines; the CLI saves after each run itself).
     pub head_autosave: Option<std::path::PathBuf>,
@@ -61,7 +62,7 @@ impl Default for EngineOptions {
             gpu: GpuOptions::default(),
             suffix_store: None,
             cost_cache: None,
-            simulate_ms_per_row: 0.0,
+            simulate: SimulatedDevice::default(),
             head_autosave: None,
             head_autosave_every: std::time::Duration::from_secs(120),
         }
@@ -181,7 +182,7 @@ pub struct Engine {
     /// The controller of `--speculate auto`, made (and its costs calibrated) on first use.
     pub controller: Option<Controller>,
     cost_cache: Option<std::path::PathBuf>,
-    simulate_ms_per_row: f64,
+    simulate: SimulatedDevice,
     head_autosave: Option<(std::path::PathBuf, std::time::Duration)>,
     last_head_save: Instant,
 }
@@ -229,7 +230,7 @@ impl Engine {
             fingerprint,
             controller: None,
             cost_cache: opts.cost_cache.clone(),
-            simulate_ms_per_row: opts.simulate_ms_per_row,
+            simulate: opts.simulate,
             head_autosave: opts.head_autosave.clone().map(|p| (p, opts.head_autosave_every)),
             last_head_save: Instant::now(),
         })
@@ -366,7 +367,7 @@ impl Engine {
                 &self.model,
                 &self.fingerprint,
                 self.cost_cache.as_deref(),
-                self.simulate_ms_per_row,
+                self.simulate,
             )?;
             self.controller = Some(Controller::new(cost));
         }
@@ -536,7 +537,7 @@ impl Engine {
         enc.copy_buffer_to_buffer(&self.model.result, 0, &self.result_staging, 0, (RESULT_LEN * 4) as u64);
         gpu.queue.submit([enc.finish()]);
         let r: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.result_staging, (RESULT_LEN * 4) as u64));
-        crate::spec::cost::simulate_slow_device(m, self.simulate_ms_per_row);
+        self.simulate.delay(m);
         let verify_ms = verify_t.elapsed().as_secs_f64() * 1e3;
         stats.verify_ms += verify_ms;
         let k = r[0] as usize;
@@ -615,7 +616,7 @@ impl Engine {
         enc.copy_buffer_to_buffer(&self.model.result, (RESULT_BONUS * 4) as u64, &self.staging, 0, 4);
         gpu.queue.submit([enc.finish()]);
         let b = map_read(gpu, &self.staging, 4);
-        crate::spec::cost::simulate_slow_device(spec.m, self.simulate_ms_per_row);
+        self.simulate.delay(spec.m);
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 }

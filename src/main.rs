@@ -147,6 +147,10 @@ struct ModelArgs {
     /// trees cost more; `auto` has to notice by measuring)
     #[arg(long, default_value_t = 0.0, hide = true)]
     simulate_ms_per_row: f64,
+    /// Experiments: make every pass take this many ms longer (a device where a pass's fixed
+    /// cost dominates, so wide trees are nearly free)
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    simulate_ms_per_pass: f64,
 }
 
 #[derive(Args)]
@@ -207,7 +211,10 @@ impl ModelArgs {
             max_ctx: self.ctx,
             suffix_store: Some(pull::augur_home().join("suffix").join(format!("{stem}.bin"))),
             cost_cache: Some(pull::augur_home().join("cost").join(format!("{stem}.json"))),
-            simulate_ms_per_row: self.simulate_ms_per_row.max(0.0),
+            simulate: augur::spec::cost::SimulatedDevice {
+                ms_per_pass: self.simulate_ms_per_pass.max(0.0),
+                ms_per_row: self.simulate_ms_per_row.max(0.0),
+            },
             gpu: GpuOptions { no_optional_features: self.no_gpu_features, adapter: self.adapter.clone() },
             ..Default::default()
         };

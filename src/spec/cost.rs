@@ -70,9 +70,9 @@ impl CostModel {
 /// Times verification-shaped passes (a chain of m - 1 drafts after the root, logits for every
 /// row, acceptance) of each calibration size: the faster of two after a warm-up (the least
 /// disturbed by other work), made non-decreasing in m. Writes KV
-/// slots 0..16 and the pass buffers, so it runs before a request's prefill. `slow_ms_per_row`
-/// simulates a slower device (see `EngineOptions::simulate_ms_per_row`).
-pub fn calibrate(model: &GpuModel, slow_ms_per_row: f64) -> Result<CostModel> {
+/// slots 0..16 and the pass buffers, so it runs before a request's prefill. `sim` simulates
+/// another device (see `EngineOptions::simulate`).
+pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
     let mut curve = Vec::new();
     let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
     for m in CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)) {
@@ -91,7 +91,7 @@ pub fn calibrate(model: &GpuModel, slow_ms_per_row: f64) -> Result<CostModel> {
             model.set_tokens(&tokens);
             let t = Instant::now();
             model.run(&spec)?;
-            simulate_slow_device(m, slow_ms_per_row);
+            sim.delay(m);
             if rep > 0 {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -103,11 +103,22 @@ pub fn calibrate(model: &GpuModel, slow_ms_per_row: f64) -> Result<CostModel> {
     Ok(CostModel::from_curve(curve))
 }
 
-/// For experiments: makes a pass of `rows` rows take `ms_per_row` longer per row, standing in
-/// for a device whose verification cost grows faster with tree size.
-pub fn simulate_slow_device(rows: usize, ms_per_row: f64) {
-    if ms_per_row > 0.0 {
-        std::thread::sleep(std::time::Duration::from_secs_f64(rows as f64 * ms_per_row / 1e3));
+/// For experiments: a device whose passes cost more, by a fixed amount per pass (a device where
+/// launching and reading back dominate, so wide trees are nearly free) and per row (one where
+/// wide trees cost more than here). The delay is real, so the controller has to measure it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimulatedDevice {
+    pub ms_per_pass: f64,
+    pub ms_per_row: f64,
+}
+
+impl SimulatedDevice {
+    /// Waits what a pass of `rows` rows costs on top of the real device.
+    pub fn delay(&self, rows: usize) {
+        let ms = self.ms_per_pass + self.ms_per_row * rows as f64;
+        if ms > 0.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(ms / 1e3));
+        }
     }
 }
 
@@ -116,27 +127,32 @@ pub fn simulate_slow_device(rows: usize, ms_per_row: f64) {
 struct Cached {
     model: String,
     device: String,
-    slow_ms_per_row: f64,
+    simulated: SimulatedDevice,
     curve: Vec<(usize, f64)>,
 }
 
 /// The calibration from `path` when it was made for this model and device, else a new one
 /// (saved there; a failed save is reported and otherwise ignored).
-pub fn calibrated(model: &GpuModel, fingerprint: &str, path: Option<&std::path::Path>, slow: f64) -> Result<CostModel> {
+pub fn calibrated(
+    model: &GpuModel,
+    fingerprint: &str,
+    path: Option<&std::path::Path>,
+    sim: SimulatedDevice,
+) -> Result<CostModel> {
     let device = model.gpu.describe();
     if let Some(p) = path
         && let Ok(text) = std::fs::read_to_string(p)
         && let Ok(c) = serde_json::from_str::<Cached>(&text)
         && c.model == fingerprint
         && c.device == device
-        && c.slow_ms_per_row == slow
+        && c.simulated == sim
         && !c.curve.is_empty()
     {
         return Ok(CostModel::from_curve(c.curve));
     }
-    let cost = calibrate(model, slow)?;
+    let cost = calibrate(model, sim)?;
     if let Some(p) = path {
-        let c = Cached { model: fingerprint.into(), device, slow_ms_per_row: slow, curve: cost.curve.clone() };
+        let c = Cached { model: fingerprint.into(), device, simulated: sim, curve: cost.curve.clone() };
         let json = serde_json::to_string_pretty(&c).expect("plain data");
         if let Err(e) = crate::util::write_atomic(p, json.as_bytes()) {
             eprintln!("augur: could not keep the cost calibration ({e}); it will run again next time");
