@@ -174,7 +174,7 @@ fn qwen_1_5b_greedy_matches_cpu_reference() {
 fn engine_rejects_bad_requests() {
     let mut e = Engine::load(
         &model_path("smollm2-135m"),
-        &EngineOptions { max_ctx: 16, gpu: GpuOptions::default(), max_batch: 8, suffix_store: None },
+        &EngineOptions { max_ctx: 16, gpu: GpuOptions::default(), max_batch: 8, ..Default::default() },
     )
     .unwrap();
     let c = CancelToken::default();
