@@ -23,7 +23,14 @@ pub struct CostModel {
     /// Measured over modelled time, exponentially weighted over rounds.
     #[serde(skip, default = "one")]
     pub scale: f64,
+    /// Per row count: measured milliseconds (exponentially weighted) and how many rounds; a size
+    /// measured often enough is priced by what it really took, not by the calibration's shape.
+    #[serde(skip)]
+    seen: Vec<(f64, u32)>,
 }
+
+/// Rounds of one size before its own measurements replace the calibrated curve.
+const TRUSTED_AFTER: u32 = 4;
 
 fn one() -> f64 {
     1.0
@@ -33,7 +40,7 @@ impl CostModel {
     pub fn from_curve(mut curve: Vec<(usize, f64)>) -> CostModel {
         curve.sort_by_key(|p| p.0);
         curve.dedup_by_key(|p| p.0);
-        CostModel { curve, scale: 1.0 }
+        CostModel { curve, scale: 1.0, seen: Vec::new() }
     }
 
     /// The calibration's time for `m` rows: linear between measured sizes, beyond the last one
@@ -54,7 +61,10 @@ impl CostModel {
 
     /// Expected milliseconds of a verification round with `m` rows.
     pub fn verify_ms(&self, m: usize) -> f64 {
-        self.curve_ms(m) * self.scale
+        match self.seen.get(m) {
+            Some(&(ms, n)) if n >= TRUSTED_AFTER => ms,
+            _ => self.curve_ms(m) * self.scale,
+        }
     }
 
     /// A round of `m` rows took `ms`.
@@ -63,6 +73,12 @@ impl CostModel {
         if model > 0.0 && ms.is_finite() && ms > 0.0 {
             let r = (ms / model).clamp(0.1, 10.0);
             self.scale += 0.1 * (r - self.scale);
+            if self.seen.len() <= m {
+                self.seen.resize(m + 1, (0.0, 0));
+            }
+            let (avg, n) = &mut self.seen[m];
+            *avg = if *n == 0 { ms } else { *avg + 0.2 * (ms - *avg) };
+            *n += 1;
         }
     }
 }
@@ -175,5 +191,10 @@ mod tests {
             c.observe(2, 24.0); // the device got twice as slow
         }
         assert!((c.verify_ms(4) - 40.0).abs() < 0.5, "{}", c.verify_ms(4));
+        // a size seen often is priced by its own measurements, whatever the curve says
+        for _ in 0..50 {
+            c.observe(3, 100.0);
+        }
+        assert!((c.verify_ms(3) - 100.0).abs() < 0.5, "{}", c.verify_ms(3));
     }
 }
