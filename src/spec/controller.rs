@@ -1,11 +1,12 @@
 //! The confidence-aware controller behind `--speculate auto`. Every round it decides which
 //! speculators draft and which of their nodes the target verifies, from what it keeps measuring
 //! on this device:
-//!   - calibration: for each speculator, how often a node it scored s was accepted (its own
-//!     confidence mapped to a realised acceptance rate, per score bin, exponentially weighted so
-//!     that drift shows within tens of rounds);
-//!   - cost: what a verification pass of M rows takes (`cost.rs`), and what each expensive
-//!     speculator's drafting takes.
+//! - calibration: for each speculator, how often a node it scored s was accepted (its own
+//!   confidence mapped to a realised acceptance rate, per score bin, exponentially weighted so
+//!   that drift shows within tens of rounds);
+//! - cost: what a verification pass of M rows takes (`cost.rs`), and what each expensive
+//!   speculator's drafting takes.
+//!
 //! The proposals of all speculators that drafted are merged into one tree (a token proposed by
 //! two keeps the better estimate), nodes are ordered by calibrated acceptance probability, and
 //! the tree verified is the prefix that maximises expected tokens per millisecond:
@@ -294,8 +295,9 @@ mod tests {
             let plan = c.choose(&prop, 63);
             let n = plan.tree.len();
             // accepted as often as the score says
-            let accepted: Vec<bool> = (0..n).map(|i| i == 0 && c.stats.rounds % 10 == 0).collect();
-            c.observe(&plan, &accepted, n + 1, 14.0, &[]);
+            let accepted: Vec<bool> = (0..n).map(|i| i == 0 && c.stats.rounds.is_multiple_of(10)).collect();
+            let ms = steep_cost().verify_ms(n + 1);
+            c.observe(&plan, &accepted, n + 1, ms, &[]);
         }
         assert!(c.choose(&prop, 63).tree.is_empty(), "a 10% draft does not pay for a 40% dearer pass");
     }
@@ -308,7 +310,8 @@ mod tests {
         for _ in 0..100 {
             let plan = c.choose(&prop, 63);
             let n = plan.tree.len();
-            c.observe(&plan, &vec![false; n], n + 1, 14.0, &[]);
+            let ms = steep_cost().verify_ms(n + 1);
+            c.observe(&plan, &vec![false; n], n + 1, ms, &[]);
             if n == 0 {
                 break;
             }

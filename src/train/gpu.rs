@@ -81,7 +81,7 @@ impl GpuHead {
         let h_next = g.storage_zeroed("head h_next", b * d * 4);
         let cands = g.storage_zeroed("head cands", b * CANDIDATES as u64 * 4);
         let target = g.storage_zeroed("head target", b * CANDIDATES as u64 * 4);
-        if dims.d % 4 != 0 || dims.r % 4 != 0 {
+        if !dims.d.is_multiple_of(4) || !dims.r.is_multiple_of(4) {
             return Err(Error::msg(format!("draft head sizes must be multiples of 4 (d {}, r {})", dims.d, dims.r)));
         }
         // z [b][2d+4] | a [b][r] | s [b][r+4] | y, dy [b][d] | da [b][r] | loss [b] (head.wgsl)
@@ -181,11 +181,11 @@ impl GpuHead {
         batch: usize,
         opt: &AdamW,
         step: u32,
-        mut prof: Option<&mut Profiler>,
+        prof: Option<&mut Profiler>,
     ) {
         self.write_uniform(batch, opt, step);
         let plan = self.plan(batch);
-        if let Some(p) = prof.as_deref_mut() {
+        if let Some(p) = prof {
             for (entry, size) in plan {
                 let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(entry),
