@@ -342,42 +342,37 @@ fn adam4(i: u32, g: vec4<f32>) {
     params[j] -= hp.lr * (upd + hp.weight_decay * params[j]);
 }
 
-// grad W2' [r+1][d] = s^T dy, summed over the batch; then AdamW on those parameters.
-@compute @workgroup_size(64)
-fn head_upd2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let bl = block(wid, lane, hp.r + 1u, hp.d);
-    if (!bl.ok || aget(o_ok()) == 0.0) {
-        return;
-    }
+// A weight gradient block, x^T g summed over the batch, then AdamW on it: rows of the weight
+// matrix (starting at parameter `w0`, `n` columns) run along the input activations x (at
+// `x0`, row stride `xs`), columns along the output gradients g (at `g0`, row stride n).
+fn update_block(bl: Block, w0: u32, n: u32, x0: u32, xs: u32, g0: u32) {
     var acc = zero4();
     for (var b = 0u; b < hp.batch; b++) {
-        let dy = act4(o_dy() + b * hp.d + bl.col0);
-        let s = act4(o_s() + b * sw() + bl.row0);
+        let g = act4(g0 + b * n + bl.col0);
+        let x = act4(x0 + b * xs + bl.row0);
         for (var q = 0u; q < 4u; q++) {
-            acc[q] += s[q] * dy;
+            acc[q] += x[q] * g;
         }
     }
     for (var q = 0u; q < bl.rows; q++) {
-        adam4(o_w2() + (bl.row0 + q) * hp.d + bl.col0, acc[q]);
+        adam4(w0 + (bl.row0 + q) * n + bl.col0, acc[q]);
     }
 }
 
-// grad W1' [2d+1][r] = z^T da, summed over the batch; then AdamW on those parameters.
+// grad W2' [r+1][d] = s^T dy.
+@compute @workgroup_size(64)
+fn head_upd2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let bl = block(wid, lane, hp.r + 1u, hp.d);
+    if (bl.ok && aget(o_ok()) != 0.0) {
+        update_block(bl, o_w2(), hp.d, o_s(), sw(), o_dy());
+    }
+}
+
+// grad W1' [2d+1][r] = z^T da.
 @compute @workgroup_size(64)
 fn head_upd1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let bl = block(wid, lane, 2u * hp.d + 1u, hp.r);
-    if (!bl.ok || aget(o_ok()) == 0.0) {
-        return;
-    }
-    var acc = zero4();
-    for (var b = 0u; b < hp.batch; b++) {
-        let da = act4(o_da() + b * hp.r + bl.col0);
-        let z = act4(o_z() + b * zw() + bl.row0);
-        for (var q = 0u; q < 4u; q++) {
-            acc[q] += z[q] * da;
-        }
-    }
-    for (var q = 0u; q < bl.rows; q++) {
-        adam4((bl.row0 + q) * hp.r + bl.col0, acc[q]);
+    if (bl.ok && aget(o_ok()) != 0.0) {
+        update_block(bl, 0u, hp.r, o_z(), zw(), o_da());
     }
 }

@@ -8,6 +8,19 @@ use augur::train::gpu::GpuHead;
 use augur::train::head::{self, AdamW, CANDIDATES, HeadDims, NO_TOKEN, OutputHead, Sample};
 use common::*;
 
+/// The LM-head matrix as plain floats, [k][c] (hidden index k, token c).
+fn dense_kc(w: &augur::model::weights::Matrix, d: usize, vocab: usize) -> Vec<f32> {
+    let mut dense = vec![0f32; d * vocab];
+    let mut col = vec![0f32; d];
+    for c in 0..vocab {
+        w.row(c, &mut col);
+        for (k, v) in col.iter().enumerate() {
+            dense[k * vocab + c] = *v;
+        }
+    }
+    dense
+}
+
 #[test]
 fn head_forward_and_training_steps_match_cpu_reference() {
     let gpu = gpu();
@@ -16,14 +29,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
         let vocab = 512;
         let mut rng = Rng(if q8 { 5 } else { 6 });
         let wout = random_matrix(&mut rng, dims.d, vocab, q8);
-        let mut dense = vec![0f32; dims.d * vocab]; // [k][c]
-        let mut col = vec![0f32; dims.d];
-        for c in 0..vocab {
-            wout.row(c, &mut col);
-            for k in 0..dims.d {
-                dense[k * vocab + c] = col[k];
-            }
-        }
+        let dense = dense_kc(&wout, dims.d, vocab);
         let gamma: Vec<f32> = (0..dims.d).map(|_| 1.0 + 0.3 * rng.f()).collect();
         let mut p = head::init(dims, 9);
         for v in p.iter_mut() {
@@ -169,14 +175,7 @@ fn head_learns_a_deterministic_mapping() {
     let vocab = 256;
     let mut rng = Rng(31);
     let wout = random_matrix(&mut rng, dims.d, vocab, false);
-    let mut dense = vec![0f32; dims.d * vocab]; // [k][c]
-    let mut col = vec![0f32; dims.d];
-    for c in 0..vocab {
-        wout.row(c, &mut col);
-        for k in 0..dims.d {
-            dense[k * vocab + c] = col[k];
-        }
-    }
+    let dense = dense_kc(&wout, dims.d, vocab);
     let gamma = vec![1f32; dims.d];
     let n = 16;
     let inputs: Vec<usize> = (0..n).map(|i| i * 13 + 5).collect();

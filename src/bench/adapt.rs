@@ -178,13 +178,7 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
     );
     let base = GenerateParams { max_tokens: b.max_tokens, chat: true, max_depth: b.max_depth, ..Default::default() };
     let c = CancelToken::default();
-    let warm = engine.encode_prompt("Hello", true)?; // shader compilation
-    engine.generate_tokens(
-        &warm,
-        &GenerateParams { max_tokens: 4, speculate: SpecMode::Off, ..base.clone() },
-        &c,
-        |_| true,
-    )?;
+    super::warm_up(engine)?;
 
     // per request, per arm; plus the adaptive head's agreement after each request
     let mut per_request: Vec<Vec<Totals>> = Vec::new();

@@ -186,6 +186,18 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
     }
 }
 
+/// A few plain tokens first, so that shader compilation lands in no measurement (the suffix
+/// store is held out: it learns nothing from it).
+pub fn warm_up(engine: &mut Engine) -> Result<()> {
+    let warm = engine.encode_prompt("Hello", true)?;
+    let saved = engine.suffix.take();
+    let params =
+        GenerateParams { max_tokens: 4, chat: true, speculate: crate::spec::SpecMode::Off, ..Default::default() };
+    let out = engine.generate_tokens(&warm, &params, &CancelToken::default(), |_| true);
+    engine.suffix = saved;
+    out.map(|_| ())
+}
+
 /// One prompt of a speculation workload.
 #[derive(Debug, Clone)]
 pub struct WorkItem {
@@ -278,16 +290,7 @@ pub fn spec_run(
     let c = CancelToken::default();
     let base = GenerateParams { max_tokens, chat: true, tree_budget: budget, max_depth: depth, ..Default::default() };
     let mut cats: Vec<(String, CatTotals)> = Vec::new();
-    // warm-up: shader compilation
-    let warm = engine.encode_prompt("Hello", true)?;
-    let saved = engine.suffix.take();
-    engine.generate_tokens(
-        &warm,
-        &GenerateParams { max_tokens: 4, speculate: SpecMode::Off, ..base.clone() },
-        &c,
-        |_| true,
-    )?;
-    engine.suffix = saved;
+    warm_up(engine)?;
     for it in items {
         let ids = engine.encode_prompt(&it.prompt, true)?;
         let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];

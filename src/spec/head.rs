@@ -312,18 +312,16 @@ impl HeadSpeculator {
             self.stats.loss = if self.stats.train_steps == 0 { loss } else { 0.95 * self.stats.loss + 0.05 * loss };
             self.stats.train_steps += 1;
             let action = self.guard.after_step(self.stats.loss, self.stats.train_steps);
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            match action {
-                GuardAction::Continue => {}
-                GuardAction::Snapshot => self.head.encode_snapshot(&mut enc),
-                GuardAction::RollBack => {
+            if action != GuardAction::Continue {
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                if action == GuardAction::Snapshot {
+                    self.head.encode_snapshot(&mut enc);
+                } else {
                     self.head.encode_roll_back(&mut enc);
                     self.opts.opt.lr = (self.opts.opt.lr * 0.5).max(1e-5);
                     self.guard.rolled_back();
                     self.stats.rollbacks += 1;
                 }
-            }
-            if action != GuardAction::Continue {
                 gpu.queue.submit([enc.finish()]);
             }
         } else {
