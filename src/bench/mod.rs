@@ -265,11 +265,28 @@ struct CatTotals {
     identical: usize,
     /// The controller's tree depths summed over rounds (auto only).
     tree_depth: u64,
+    /// ln(spec tok/s / off tok/s) of each prompt.
+    log_ratios: Vec<f64>,
 }
 
-/// Runs every prompt with `--speculate off` and with the suffix speculator, side by side, and
-/// prints per category: tokens/s of each, speedup, tau and acceptance per depth. The suffix store
-/// starts empty and learns only from the speculative runs, as a fresh install would.
+/// exp(mean -/+ 2 standard errors) of per-prompt log speedups: the range the category's
+/// speedup is known to within, given how much prompts (and the machine) scatter.
+fn ratio_interval(logs: &[f64]) -> Option<(f64, f64)> {
+    let n = logs.len() as f64;
+    if logs.len() < 2 {
+        return None;
+    }
+    let mean = logs.iter().sum::<f64>() / n;
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let se = (var / n).sqrt();
+    Some(((mean - 2.0 * se).exp(), (mean + 2.0 * se).exp()))
+}
+
+/// Runs every prompt with `--speculate off` and with `mode`, side by side (the order alternates
+/// from prompt to prompt, so that a machine slowing down or speeding up favours neither), and
+/// prints per category: tokens/s of each, speedup with its uncertainty, tau and acceptance per
+/// depth. The suffix store starts empty and learns only from the speculative runs, as a fresh
+/// install would.
 pub fn spec_run(
     engine: &mut Engine,
     items: &[WorkItem],
@@ -291,14 +308,22 @@ pub fn spec_run(
     let base = GenerateParams { max_tokens, chat: true, tree_budget: budget, max_depth: depth, ..Default::default() };
     let mut cats: Vec<(String, CatTotals)> = Vec::new();
     warm_up(engine)?;
-    for it in items {
+    for (n, it) in items.iter().enumerate() {
         let ids = engine.encode_prompt(&it.prompt, true)?;
         let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
+        let plain = |engine: &mut Engine| {
+            let saved = engine.suffix.take(); // plain runs teach the store nothing
+            let off =
+                engine.generate_tokens(ids, &GenerateParams { speculate: SpecMode::Off, ..base.clone() }, &c, |_| true);
+            engine.suffix = saved;
+            off
+        };
+        let off_first = if n % 2 == 1 { Some(plain(engine)?) } else { None };
         let spec = engine.generate_tokens(ids, &GenerateParams { speculate: mode, ..base.clone() }, &c, |_| true)?;
-        let saved = engine.suffix.take(); // plain runs teach the store nothing
-        let off =
-            engine.generate_tokens(ids, &GenerateParams { speculate: SpecMode::Off, ..base.clone() }, &c, |_| true)?;
-        engine.suffix = saved;
+        let off = match off_first {
+            Some(off) => off,
+            None => plain(engine)?,
+        };
         let i = match cats.iter().position(|(k, _)| *k == it.category) {
             Some(i) => i,
             None => {
@@ -313,6 +338,9 @@ pub fn spec_run(
         t.off_ms += off.stats.decode_ms;
         t.spec_tokens += spec.stats.generated_tokens.saturating_sub(1);
         t.spec_ms += spec.stats.decode_ms;
+        let rate =
+            |o: &crate::engine::Output| o.stats.generated_tokens.saturating_sub(1) as f64 / o.stats.decode_ms.max(1e-9);
+        t.log_ratios.push((rate(&spec) / rate(&off).max(1e-12)).max(1e-12).ln());
         if let Some(s) = spec.spec {
             if let Some(c) = &s.controller {
                 t.tree_depth += c.depth_sum;
@@ -332,9 +360,9 @@ pub fn spec_run(
         }
     }
     println!(
-        "\n| category | prompts | off tok/s | spec tok/s | speedup | tau | accepted/drafted | acceptance by depth 1..4 | mean tree (depth) | identical |"
+        "\n| category | prompts | off tok/s | spec tok/s | speedup | per-prompt range | tau | accepted/drafted | acceptance by depth 1..4 | mean tree (depth) | identical |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut speedups = Vec::new();
     for (cat, t) in &cats {
         let off = t.off_tokens as f64 / (t.off_ms / 1e3).max(1e-9);
@@ -342,9 +370,10 @@ pub fn spec_run(
         speedups.push(sp / off);
         let by_depth: Vec<String> = t.stats.acceptance_by_depth().iter().take(4).map(|a| format!("{a:.2}")).collect();
         println!(
-            "| {cat} | {} | {off:.2} | {sp:.2} | {:.2}x | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
+            "| {cat} | {} | {off:.2} | {sp:.2} | {:.2}x | {} | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
             t.prompts,
             sp / off,
+            ratio_interval(&t.log_ratios).map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}")),
             t.stats.tau(),
             t.stats.accepted,
             t.stats.drafted,
@@ -362,5 +391,8 @@ pub fn spec_run(
     let mean = speedups.iter().sum::<f64>() / speedups.len().max(1) as f64;
     let worst = speedups.iter().cloned().fold(f64::MAX, f64::min);
     println!("\nmean speedup over categories: {mean:.2}x (worst category {worst:.2}x)");
+    println!(
+        "per-prompt range: exp(mean -/+ 2 standard errors) of the prompts' log speedups; arms alternate in order per prompt"
+    );
     Ok(())
 }

@@ -29,35 +29,60 @@ const DECAY: f64 = 0.98;
 /// Rounds between looks at an expensive speculator that is not paying.
 const EXPLORE_EVERY: u64 = 16;
 
-/// Realised acceptance per bin of a speculator's own score.
+/// Levels of a proposal's evidence (`TokenTree::evidence`) calibrated apart.
+const LEVELS: usize = 4;
+/// Weight, in observations, of the pooled estimate as the prior of one level's bin.
+const POOL_PRIOR: f64 = 4.0;
+
+fn level(evidence: u8) -> usize {
+    match evidence {
+        0 | 1 => 0,
+        2 => 1,
+        3 | 4 => 2,
+        _ => 3,
+    }
+}
+
+/// Realised acceptance per bin of a speculator's own score, per level of evidence and pooled
+/// over levels.
 #[derive(Debug, Clone)]
 struct Calibration {
-    /// (weight, accepted weight) per bin.
-    bins: [(f64, f64); BINS],
+    /// (weight, accepted weight) per bin; row LEVELS pools every level.
+    bins: [[(f64, f64); BINS]; LEVELS + 1],
 }
 
 impl Calibration {
     fn new() -> Calibration {
-        Calibration { bins: [(0.0, 0.0); BINS] }
+        Calibration { bins: [[(0.0, 0.0); BINS]; LEVELS + 1] }
     }
 
     fn bin(score: f32) -> usize {
         ((score.clamp(0.0, 1.0) * BINS as f32) as usize).min(BINS - 1)
     }
 
-    /// The acceptance probability of a node scored `score`: the bin's rate, with the score itself
-    /// as a prior worth two observations (what a cold start trusts), plus an optimism bonus
-    /// that fades with observations, so that a bin never tried gets tried (without it, drafts
-    /// the prior undervalues would never be verified, and never learned to be good).
-    fn p(&self, score: f32) -> f64 {
-        let (n, a) = self.bins[Self::bin(score)];
-        ((a + 2.0 * score as f64) / (n + 2.0) + 0.5 / (1.0 + n)).min(1.0)
+    /// The acceptance probability of a node scored `score` on evidence `level`.
+    ///
+    /// Pooled over levels: the bin's rate, with the score itself as a prior worth two
+    /// observations (what a cold start trusts), plus an optimism bonus that fades with
+    /// observations, so that a bin never tried gets tried (without it, drafts the prior
+    /// undervalues would never be verified, and never learned to be good). The level's own bin
+    /// then starts from the pooled estimate and moves to its own rate as it fills, so levels
+    /// split apart without multiplying what exploration costs.
+    fn p(&self, level: usize, score: f32) -> f64 {
+        let b = Self::bin(score);
+        let (n, a) = self.bins[LEVELS][b];
+        let pooled = ((a + 2.0 * score as f64) / (n + 2.0) + 0.5 / (1.0 + n)).min(1.0);
+        let (nl, al) = self.bins[level][b];
+        (al + POOL_PRIOR * pooled) / (nl + POOL_PRIOR)
     }
 
-    fn observe(&mut self, score: f32, accepted: bool) {
-        let b = &mut self.bins[Self::bin(score)];
-        b.0 = b.0 * DECAY + 1.0;
-        b.1 = b.1 * DECAY + accepted as u32 as f64;
+    fn observe(&mut self, level: usize, score: f32, accepted: bool) {
+        let b = Self::bin(score);
+        for row in [level, LEVELS] {
+            let c = &mut self.bins[row][b];
+            c.0 = c.0 * DECAY + 1.0;
+            c.1 = c.1 * DECAY + accepted as u32 as f64;
+        }
     }
 }
 
@@ -112,9 +137,9 @@ impl ControllerStats {
 /// A verified tree and where each node came from.
 pub struct Plan {
     pub tree: TokenTree,
-    /// Per node: (speculator, node index in its proposal, its score there) for every speculator
-    /// that proposed it.
-    pub sources: Vec<Vec<(Drafter, usize, f32)>>,
+    /// Per node: (speculator, node index in its proposal, its score there, the proposal's
+    /// evidence level) for every speculator that proposed it.
+    pub sources: Vec<Vec<(Drafter, usize, f32, usize)>>,
 }
 
 pub struct Controller {
@@ -156,6 +181,11 @@ impl Controller {
         go
     }
 
+    /// Whether an expensive speculator is paying for its drafting (or has not been measured yet).
+    pub fn pays(&self, d: Drafter) -> bool {
+        self.worth[idx(d)].net_ms.is_none_or(|n| n > 0.0)
+    }
+
     /// Merges the proposals and keeps the prefix (by calibrated acceptance probability) that
     /// maximises expected tokens per millisecond; at most `limit` nodes.
     pub fn choose(&mut self, proposals: &[(Drafter, TokenTree)], limit: usize) -> Plan {
@@ -166,28 +196,29 @@ impl Controller {
             token: u32,
             depth: usize,
             p: f64,
-            sources: Vec<(Drafter, usize, f32)>,
+            sources: Vec<(Drafter, usize, f32, usize)>,
         }
         let mut merged: Vec<M> = Vec::new();
         for (d, tree) in proposals {
             let cal = &self.calib[idx(*d)];
+            let lv = level(tree.evidence);
             let mut map = vec![0usize; tree.len()];
             let mut own_p = vec![0f64; tree.len()];
             for (i, n) in tree.nodes.iter().enumerate() {
                 // a node is never likelier than its parent
-                let p = cal.p(n.score).min(n.parent.map_or(1.0, |q| own_p[q]));
+                let p = cal.p(lv, n.score).min(n.parent.map_or(1.0, |q| own_p[q]));
                 own_p[i] = p;
                 let parent = n.parent.map(|q| map[q]);
                 let hit = merged.iter().position(|m| m.parent == parent && m.token == n.token);
                 map[i] = match hit {
                     Some(j) => {
                         merged[j].p = merged[j].p.max(p);
-                        merged[j].sources.push((*d, i, n.score));
+                        merged[j].sources.push((*d, i, n.score, lv));
                         j
                     }
                     None => {
                         let depth = parent.map_or(1, |q| merged[q].depth + 1);
-                        merged.push(M { parent, token: n.token, depth, p, sources: vec![(*d, i, n.score)] });
+                        merged.push(M { parent, token: n.token, depth, p, sources: vec![(*d, i, n.score, lv)] });
                         merged.len() - 1
                     }
                 };
@@ -232,8 +263,8 @@ impl Controller {
         self.cost.observe(rows, verify_ms);
         let mut alone = [0usize; 3];
         for (srcs, &ok) in plan.sources.iter().zip(accepted) {
-            for &(d, _, score) in srcs {
-                self.calib[idx(d)].observe(score, ok);
+            for &(d, _, score, lv) in srcs {
+                self.calib[idx(d)].observe(lv, score, ok);
                 self.stats.nodes_from.entry(d.name().into()).and_modify(|c| *c += 1).or_insert(1);
             }
             if ok && srcs.len() == 1 {
@@ -317,6 +348,25 @@ mod tests {
             }
         }
         assert!(c.choose(&prop, 63).tree.is_empty(), "never accepted: no longer verified");
+    }
+
+    #[test]
+    fn the_same_score_is_trusted_on_long_matches_and_not_on_short_ones() {
+        let mut c = Controller::new(steep_cost());
+        let prop = |evidence| {
+            let mut t = chain(&[0.5, 0.5], Drafter::Suffix);
+            t.evidence = evidence;
+            [(Drafter::Suffix, t)]
+        };
+        // short matches are never accepted, long ones always
+        for r in 0..200 {
+            let evidence = if r % 2 == 0 { 1 } else { 8 };
+            let plan = c.choose(&prop(evidence), 63);
+            let n = plan.tree.len();
+            c.observe(&plan, &vec![evidence == 8; n], n + 1, steep_cost().verify_ms(n + 1), &[]);
+        }
+        assert!(c.choose(&prop(1), 63).tree.is_empty(), "a 1-token match's guesses are not verified");
+        assert_eq!(c.choose(&prop(8), 63).tree.len(), 2, "an 8-token match's are");
     }
 
     #[test]

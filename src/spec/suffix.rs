@@ -166,6 +166,7 @@ impl Speculator for SuffixSpeculator {
         let len = context.len();
         // longest suffix with earlier occurrences; continuations are read from the same sequence
         let mut occurrences: Vec<(&[u32], usize)> = Vec::new();
+        let mut matched = 0;
         for n in (1..=MAX_N.min(len)).rev() {
             let gram = &context[len - n..];
             let mut found: Vec<(&[u32], usize)> =
@@ -173,12 +174,14 @@ impl Speculator for SuffixSpeculator {
             found.extend(self.store.follows(gram).map(|p| (&self.store.seq[..], p)));
             if !found.is_empty() {
                 occurrences = found;
+                matched = n;
                 break;
             }
         }
         if occurrences.is_empty() {
             return tree;
         }
+        tree.evidence = matched as u8;
         let skip = occurrences.len().saturating_sub(MAX_OCCURRENCES);
         let total = occurrences.len() - skip;
         let mut trie: Vec<TrieNode> = Vec::new();
@@ -271,6 +274,7 @@ mod tests {
         let t = s.propose(&ctx, 8, 4);
         let chain: Vec<u32> = t.nodes.iter().map(|n| n.token).collect();
         assert_eq!(chain, [4, 5, 9, 9]);
+        assert_eq!(t.evidence, 3, "the matched suffix is 1 2 3");
         // one earlier occurrence: estimated acceptance 1 / (1 + 1)
         assert!(t.nodes.iter().all(|n| n.score == 0.5));
     }

@@ -37,6 +37,11 @@ pub struct Node {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TokenTree {
     pub nodes: Vec<Node>,
+    /// How much context backs the whole proposal, in the drafter's own terms (the suffix
+    /// speculator: the length of the suffix it matched; 0 when a drafter has no such notion).
+    /// The controller calibrates scores separately per level of evidence: a continuation seen
+    /// once after a 1-token match is a guess, after an 8-token match it is usually a copy.
+    pub evidence: u8,
 }
 
 impl TokenTree {
@@ -47,7 +52,7 @@ impl TokenTree {
             .enumerate()
             .map(|(i, &t)| Node { token: t, parent: i.checked_sub(1), depth: i + 1, score: 1.0, drafter })
             .collect();
-        TokenTree { nodes }
+        TokenTree { nodes, evidence: 0 }
     }
 
     pub fn len(&self) -> usize {
