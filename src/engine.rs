@@ -500,6 +500,9 @@ impl Engine {
             let (plan, drafted) = self.plan_round(context, budget, depth);
             (plan.tree.clone(), Some((plan, drafted)))
         } else {
+            if let Some(h) = self.head.as_mut() {
+                h.in_use = drafter == Drafter::Head;
+            }
             let speculator: &mut dyn Speculator = match drafter {
                 Drafter::Draft => self.draft.as_deref_mut().map(|s| s as &mut dyn Speculator),
                 Drafter::Head => self.head.as_mut().map(|h| h as &mut dyn Speculator),
@@ -601,6 +604,7 @@ impl Engine {
         }
         let plan = c.choose(&proposals, budget);
         if let Some(h) = self.head.as_mut() {
+            h.in_use = c.pays(Drafter::Head);
             let own: Vec<Option<usize>> =
                 plan.sources.iter().map(|src| src.iter().find(|s| s.0 == Drafter::Head).map(|s| s.1)).collect();
             h.verify_rows_from(&own);

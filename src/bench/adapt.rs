@@ -188,9 +188,14 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
         for it in &phase.items {
             let ids = engine.encode_prompt(&it.prompt, true)?;
             let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
-            let mut row = Vec::new();
-            let mut plain: Option<Vec<u32>> = None;
-            for (arm, store) in arms.iter().zip(stores.iter_mut()) {
+            // arms take turns going first, so that a machine speeding up or slowing down within
+            // a request favours none of them
+            let n = arms.len();
+            let first = per_request.len() % n;
+            let mut row = vec![Totals::default(); n];
+            let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
+            for a in (0..n).map(|i| (first + i) % n) {
+                let (arm, store) = (&arms[a], &mut stores[a]);
                 engine.suffix = store.suffix.take();
                 engine.head = store.head.take();
                 let params = GenerateParams { speculate: arm.mode(), tree_budget: arm.budget, ..base.clone() };
@@ -199,19 +204,20 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
                 store.head = engine.head.take();
                 let out = out?;
                 let s = out.spec.clone().unwrap_or_default();
-                let same = plain.as_ref().is_none_or(|p| *p == out.tokens);
-                if plain.is_none() {
-                    plain = Some(out.tokens.clone());
-                }
-                row.push(Totals {
+                row[a] = Totals {
                     tokens: out.stats.generated_tokens.saturating_sub(1),
                     decode_ms: out.stats.decode_ms,
                     rounds: s.rounds,
                     accepted: s.accepted,
                     train_ms: s.train_ms,
-                    identical: same as usize,
+                    identical: 0,
                     requests: 1,
-                });
+                };
+                outputs[a] = out.tokens;
+            }
+            // arm 0 is plain decoding: every other arm must give its output
+            for a in 0..n {
+                row[a].identical = (outputs[a] == outputs[0]) as usize;
             }
             agreement.push(watch.and_then(|w| stores[w].head.as_ref()).map_or(0.0, |h| h.stats.agreement));
             per_request.push(row);
@@ -281,6 +287,7 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
         );
     }
     shift_recovery(&per_request, &phase_of, ai, b.window.max(1));
+    controller_verdict(&arms, &per_request, &phase_of, &b.phases);
 
     if let Some(path) = &b.svg {
         let x: Vec<f64> = windows.iter().map(|&(_, e)| e as f64).collect();
@@ -309,6 +316,48 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
         println!("\nplot: {}", path.display());
     }
     Ok(())
+}
+
+/// The controller (an `auto` arm) against every single-speculator arm (suffix, static, head,
+/// whatever budget each was given): per phase, its tokens/s over the best of them there; over
+/// the whole stream, over each of them.
+fn controller_verdict(arms: &[Arm], per_request: &[Vec<Totals>], phase_of: &[usize], phases: &[Phase]) {
+    let Some(auto) = arms.iter().position(|a| a.kind == ArmKind::Auto) else { return };
+    let singles: Vec<usize> =
+        (0..arms.len()).filter(|&i| !matches!(arms[i].kind, ArmKind::Auto | ArmKind::Off)).collect();
+    if singles.is_empty() {
+        return;
+    }
+    let totals = |phase: Option<usize>| {
+        let mut tot = vec![Totals::default(); arms.len()];
+        for (r, &ph) in per_request.iter().zip(phase_of) {
+            if phase.is_none_or(|p| p == ph) {
+                for (t, x) in tot.iter_mut().zip(r) {
+                    t.add(x);
+                }
+            }
+        }
+        tot
+    };
+    println!(
+        "
+controller ({}) against the single speculators:",
+        arms[auto].name()
+    );
+    for (pi, p) in phases.iter().enumerate() {
+        let tot = totals(Some(pi));
+        let best = *singles.iter().max_by(|&&a, &&b| tot[a].tok_s().total_cmp(&tot[b].tok_s())).unwrap();
+        println!(
+            "  phase {}: {:.2}x the best single speculator there ({})",
+            p.name,
+            tot[auto].tok_s() / tot[best].tok_s(),
+            arms[best].name()
+        );
+    }
+    let tot = totals(None);
+    let each: Vec<String> =
+        singles.iter().map(|&i| format!("{:.2}x {}", tot[auto].tok_s() / tot[i].tok_s(), arms[i].name())).collect();
+    println!("  whole stream: {}", each.join(", "));
 }
 
 /// After each phase shift: the adaptive head's speedup over plain decoding in the last window

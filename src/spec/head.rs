@@ -33,6 +33,9 @@ pub struct HeadOptions {
     pub learn: bool,
     /// Most of decoding time that training may take.
     pub train_share: f64,
+    /// The share while the controller finds the head not worth drafting: it keeps learning, more
+    /// slowly, so that it can earn its place without costing full price meanwhile.
+    pub idle_train_share: f64,
     pub batch: usize,
     pub replay_capacity: usize,
     pub opt: AdamW,
@@ -52,6 +55,7 @@ impl Default for HeadOptions {
         HeadOptions {
             learn: true,
             train_share: 0.1,
+            idle_train_share: 0.025,
             batch: 32,
             replay_capacity: 4096,
             opt: AdamW::default(),
@@ -105,6 +109,9 @@ pub struct HeadSpeculator {
     rng: u64,
     /// Decoding time not yet spent on training, times train_share.
     train_credit_ms: f64,
+    /// Whether the head's drafts are being used (the controller sets this each round; alone,
+    /// the head is always in use). Training takes `idle_train_share` while it is not.
+    pub in_use: bool,
     rounds: u64,
     guard: LossGuard,
     /// The head's top guess after this round's root (when it probed), and the root.
@@ -155,6 +162,7 @@ impl HeadSpeculator {
             step: 0,
             rng: 0x5EED,
             train_credit_ms: 0.0,
+            in_use: true,
             rounds: 0,
             guard: LossGuard::default(),
             root_top1: None,
@@ -278,7 +286,8 @@ impl HeadSpeculator {
         if !self.opts.learn {
             return Ok(());
         }
-        self.train_credit_ms += round_ms * self.opts.train_share;
+        let share = if self.in_use { self.opts.train_share } else { self.opts.idle_train_share };
+        self.train_credit_ms += round_ms * share;
         if self.train_credit_ms > 0.0 && self.replay.filled >= self.head.max_batch {
             self.train_credit_ms -= self.train_step();
         }
