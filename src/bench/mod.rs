@@ -307,6 +307,11 @@ pub fn spec_run(
     let c = CancelToken::default();
     let base = GenerateParams { max_tokens, chat: true, tree_budget: budget, max_depth: depth, ..Default::default() };
     let mut cats: Vec<(String, CatTotals)> = Vec::new();
+    // over the whole run: verified and accepted nodes per speculator, and (auto) the rounds in
+    // which each expensive speculator was asked to draft
+    let mut by_drafter: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut drafted_rounds: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut all_rounds = 0;
     warm_up(engine)?;
     for (n, it) in items.iter().enumerate() {
         let ids = engine.encode_prompt(&it.prompt, true)?;
@@ -340,10 +345,22 @@ pub fn spec_run(
         t.spec_ms += spec.stats.decode_ms;
         let rate =
             |o: &crate::engine::Output| o.stats.generated_tokens.saturating_sub(1) as f64 / o.stats.decode_ms.max(1e-9);
-        t.log_ratios.push((rate(&spec) / rate(&off).max(1e-12)).max(1e-12).ln());
+        // a prompt answered in one token (an immediate end of text) has no decode speed
+        if rate(&spec) > 0.0 && rate(&off) > 0.0 {
+            t.log_ratios.push((rate(&spec) / rate(&off)).ln());
+        }
         if let Some(s) = spec.spec {
             if let Some(c) = &s.controller {
                 t.tree_depth += c.depth_sum;
+                for (k, v) in &c.drafted_rounds {
+                    *drafted_rounds.entry(k.clone()).or_default() += v;
+                }
+            }
+            all_rounds += s.rounds;
+            for (k, v) in &s.per_drafter {
+                let e = by_drafter.entry(k.clone()).or_default();
+                e.0 += v.drafted;
+                e.1 += v.accepted;
             }
             let st = &mut t.stats;
             st.rounds += s.rounds;
@@ -367,12 +384,15 @@ pub fn spec_run(
     for (cat, t) in &cats {
         let off = t.off_tokens as f64 / (t.off_ms / 1e3).max(1e-9);
         let sp = t.spec_tokens as f64 / (t.spec_ms / 1e3).max(1e-9);
-        speedups.push(sp / off);
+        let measured = t.off_tokens > 0 && t.spec_tokens > 0;
+        if measured {
+            speedups.push(sp / off);
+        }
         let by_depth: Vec<String> = t.stats.acceptance_by_depth().iter().take(4).map(|a| format!("{a:.2}")).collect();
         println!(
-            "| {cat} | {} | {off:.2} | {sp:.2} | {:.2}x | {} | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
+            "| {cat} | {} | {off:.2} | {sp:.2} | {} | {} | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
             t.prompts,
-            sp / off,
+            if measured { format!("{:.2}x", sp / off) } else { "-".into() },
             ratio_interval(&t.log_ratios).map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}")),
             t.stats.tau(),
             t.stats.accepted,
@@ -390,9 +410,18 @@ pub fn spec_run(
     }
     let mean = speedups.iter().sum::<f64>() / speedups.len().max(1) as f64;
     let worst = speedups.iter().cloned().fold(f64::MAX, f64::min);
-    println!("\nmean speedup over categories: {mean:.2}x (worst category {worst:.2}x)");
+    if !speedups.is_empty() {
+        println!("\nmean speedup over categories: {mean:.2}x (worst category {worst:.2}x)");
+    }
     println!(
         "per-prompt range: exp(mean -/+ 2 standard errors) of the prompts' log speedups; arms alternate in order per prompt"
     );
+    let nodes: Vec<String> = by_drafter.iter().map(|(k, (d, a))| format!("{k} {a}/{d}")).collect();
+    if !nodes.is_empty() {
+        println!("accepted/verified nodes by speculator: {}", nodes.join(", "));
+    }
+    for (k, r) in &drafted_rounds {
+        println!("rounds in which the controller had {k} draft: {r} of {all_rounds}");
+    }
     Ok(())
 }

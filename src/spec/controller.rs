@@ -13,6 +13,7 @@
 //! (1 + sum of the nodes' probabilities) / verify_ms(1 + nodes). When nothing is likely enough
 //! to pay for its rows, that is the empty tree: plain decoding. An expensive speculator (the
 //! draft head, a draft model) drafts only while the tokens it alone got accepted are worth more
+//! than its drafting time plus what verifying its own nodes added to the pass
 //! than its drafting time, with a look every `EXPLORE_EVERY` rounds to notice recovery.
 //!
 //! It runs on the host, between the readback of one round and the submission of the next: the
@@ -87,7 +88,8 @@ impl Calibration {
 }
 
 /// Whether drafting with an expensive speculator pays: its accepted-alone tokens per round
-/// (valued at one plain step each) against its drafting time, exponentially weighted.
+/// (valued at one plain step each) against its drafting time and the verification rows of its
+/// own nodes, exponentially weighted.
 #[derive(Debug, Clone, Default)]
 struct Worth {
     net_ms: Option<f64>,
@@ -261,20 +263,26 @@ impl Controller {
     pub fn observe(&mut self, plan: &Plan, accepted: &[bool], rows: usize, verify_ms: f64, drafted: &[(Drafter, f64)]) {
         let t = std::time::Instant::now();
         self.cost.observe(rows, verify_ms);
-        let mut alone = [0usize; 3];
+        // per speculator: its nodes that no other speculator proposed, and those accepted
+        let (mut own, mut alone) = ([0usize; 3], [0usize; 3]);
         for (srcs, &ok) in plan.sources.iter().zip(accepted) {
             for &(d, _, score, lv) in srcs {
                 self.calib[idx(d)].observe(lv, score, ok);
                 self.stats.nodes_from.entry(d.name().into()).and_modify(|c| *c += 1).or_insert(1);
             }
-            if ok && srcs.len() == 1 {
-                alone[idx(srcs[0].0)] += 1;
+            if srcs.len() == 1 {
+                own[idx(srcs[0].0)] += 1;
+                alone[idx(srcs[0].0)] += ok as usize;
             }
         }
+        // each token it alone got accepted saves a plain step; against that, its drafting time
+        // and the rows its own nodes added to the verification pass (on a device where rows are
+        // dear, a draft model can be right most of the time and still not pay)
         let step = self.cost.verify_ms(1);
         for &(d, ms) in drafted {
             *self.stats.drafted_rounds.entry(d.name().into()).or_default() += 1;
-            let net = alone[idx(d)] as f64 * step - ms;
+            let rows_cost = self.cost.verify_ms(rows) - self.cost.verify_ms(rows - own[idx(d)]);
+            let net = alone[idx(d)] as f64 * step - ms - rows_cost;
             let w = &mut self.worth[idx(d)];
             w.net_ms = Some(w.net_ms.map_or(net, |n| n + 0.2 * (net - n)));
         }
@@ -367,6 +375,20 @@ mod tests {
         }
         assert!(c.choose(&prop(1), 63).tree.is_empty(), "a 1-token match's guesses are not verified");
         assert_eq!(c.choose(&prop(8), 63).tree.len(), 2, "an 8-token match's are");
+    }
+
+    #[test]
+    fn a_draft_model_that_is_always_right_but_dear_to_verify_is_dropped() {
+        // the steep curve verifies 3 of the 4 drafts: all accepted, they save 3 steps (30 ms);
+        // the 4-row pass costs 11 ms more than a plain one, so drafting may take at most 19 ms
+        for (draft_ms, pays) in [(15.0, true), (25.0, false)] {
+            let mut c = Controller::new(steep_cost());
+            assert!(c.wants(Drafter::Draft));
+            let plan = c.choose(&[(Drafter::Draft, chain(&[0.95; 4], Drafter::Draft))], 63);
+            assert_eq!(plan.tree.len(), 3);
+            c.observe(&plan, &[true; 3], 4, steep_cost().verify_ms(4), &[(Drafter::Draft, draft_ms)]);
+            assert_eq!(c.wants(Drafter::Draft), pays, "drafting for {draft_ms} ms");
+        }
     }
 
     #[test]
