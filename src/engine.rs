@@ -605,8 +605,11 @@ impl Engine {
         let plan = c.choose(&proposals, budget);
         if let Some(h) = self.head.as_mut() {
             h.in_use = c.pays(Drafter::Head);
-            let own: Vec<Option<usize>> =
-                plan.sources.iter().map(|src| src.iter().find(|s| s.0 == Drafter::Head).map(|s| s.1)).collect();
+            let own: Vec<Option<usize>> = plan
+                .sources
+                .iter()
+                .map(|src| src.iter().find(|s| s.drafter == Drafter::Head).map(|s| s.index))
+                .collect();
             h.verify_rows_from(&own);
         }
         (plan, drafted)

@@ -339,11 +339,7 @@ fn controller_verdict(arms: &[Arm], per_request: &[Vec<Totals>], phase_of: &[usi
         }
         tot
     };
-    println!(
-        "
-controller ({}) against the single speculators:",
-        arms[auto].name()
-    );
+    println!("\ncontroller ({}) against the single speculators:", arms[auto].name());
     for (pi, p) in phases.iter().enumerate() {
         let tot = totals(Some(pi));
         let best = *singles.iter().max_by(|&&a, &&b| tot[a].tok_s().total_cmp(&tot[b].tok_s())).unwrap();

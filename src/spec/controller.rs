@@ -13,8 +13,8 @@
 //! (1 + sum of the nodes' probabilities) / verify_ms(1 + nodes). When nothing is likely enough
 //! to pay for its rows, that is the empty tree: plain decoding. An expensive speculator (the
 //! draft head, a draft model) drafts only while the tokens it alone got accepted are worth more
-//! than its drafting time plus what verifying its own nodes added to the pass
-//! than its drafting time, with a look every `EXPLORE_EVERY` rounds to notice recovery.
+//! than its drafting time plus what verifying its own nodes added to the pass, with a look every
+//! `EXPLORE_EVERY` rounds to notice recovery.
 //!
 //! It runs on the host, between the readback of one round and the submission of the next: the
 //! host builds every round's tree anyway (the suffix matches are found on the CPU), so a GPU
@@ -136,12 +136,23 @@ impl ControllerStats {
     }
 }
 
+/// One speculator's proposal of a verified node.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    pub drafter: Drafter,
+    /// The node's index in that speculator's proposal.
+    pub index: usize,
+    /// Its score there.
+    pub score: f32,
+    /// The proposal's evidence level (`level`).
+    pub level: usize,
+}
+
 /// A verified tree and where each node came from.
 pub struct Plan {
     pub tree: TokenTree,
-    /// Per node: (speculator, node index in its proposal, its score there, the proposal's
-    /// evidence level) for every speculator that proposed it.
-    pub sources: Vec<Vec<(Drafter, usize, f32, usize)>>,
+    /// Per node: every speculator that proposed it.
+    pub sources: Vec<Vec<Source>>,
 }
 
 pub struct Controller {
@@ -198,7 +209,7 @@ impl Controller {
             token: u32,
             depth: usize,
             p: f64,
-            sources: Vec<(Drafter, usize, f32, usize)>,
+            sources: Vec<Source>,
         }
         let mut merged: Vec<M> = Vec::new();
         for (d, tree) in proposals {
@@ -209,18 +220,19 @@ impl Controller {
             for (i, n) in tree.nodes.iter().enumerate() {
                 // a node is never likelier than its parent
                 let p = cal.p(lv, n.score).min(n.parent.map_or(1.0, |q| own_p[q]));
+                let src = Source { drafter: *d, index: i, score: n.score, level: lv };
                 own_p[i] = p;
                 let parent = n.parent.map(|q| map[q]);
                 let hit = merged.iter().position(|m| m.parent == parent && m.token == n.token);
                 map[i] = match hit {
                     Some(j) => {
                         merged[j].p = merged[j].p.max(p);
-                        merged[j].sources.push((*d, i, n.score, lv));
+                        merged[j].sources.push(src);
                         j
                     }
                     None => {
                         let depth = parent.map_or(1, |q| merged[q].depth + 1);
-                        merged.push(M { parent, token: n.token, depth, p, sources: vec![(*d, i, n.score, lv)] });
+                        merged.push(M { parent, token: n.token, depth, p, sources: vec![src] });
                         merged.len() - 1
                     }
                 };
@@ -250,7 +262,7 @@ impl Controller {
                 Some(_) => continue, // its parent was cut: the limit fell between them
             };
             let m = &merged[i];
-            at[i] = tree.push(parent, m.token, m.p as f32, m.sources[0].0);
+            at[i] = tree.push(parent, m.token, m.p as f32, m.sources[0].drafter);
             sources.push(m.sources.clone());
         }
         self.stats.policy_us += t.elapsed().as_secs_f64() * 1e6;
@@ -266,13 +278,13 @@ impl Controller {
         // per speculator: its nodes that no other speculator proposed, and those accepted
         let (mut own, mut alone) = ([0usize; 3], [0usize; 3]);
         for (srcs, &ok) in plan.sources.iter().zip(accepted) {
-            for &(d, _, score, lv) in srcs {
-                self.calib[idx(d)].observe(lv, score, ok);
-                self.stats.nodes_from.entry(d.name().into()).and_modify(|c| *c += 1).or_insert(1);
+            for src in srcs {
+                self.calib[idx(src.drafter)].observe(src.level, src.score, ok);
+                self.stats.nodes_from.entry(src.drafter.name().into()).and_modify(|c| *c += 1).or_insert(1);
             }
             if srcs.len() == 1 {
-                own[idx(srcs[0].0)] += 1;
-                alone[idx(srcs[0].0)] += ok as usize;
+                own[idx(srcs[0].drafter)] += 1;
+                alone[idx(srcs[0].drafter)] += ok as usize;
             }
         }
         // each token it alone got accepted saves a plain step; against that, its drafting time
