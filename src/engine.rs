@@ -17,7 +17,7 @@ use crate::gpu::{Gpu, GpuOptions, map_read};
 use crate::model::LoadedModel;
 use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
 use crate::model::tokenizer::{StreamDecoder, Tokenizer};
-use crate::spec::controller::{Controller, Plan};
+use crate::spec::controller::{Controller, Drafting, Plan};
 use crate::spec::cost::SimulatedDevice;
 use crate::spec::draft::DraftModelSpeculator;
 use crate::spec::head::{HeadOptions, HeadSpeculator};
@@ -185,6 +185,9 @@ pub struct Engine {
     simulate: SimulatedDevice,
     head_autosave: Option<(std::path::PathBuf, std::time::Duration)>,
     last_head_save: Instant,
+    /// `AUGUR_TRACE` set: one line per speculative round on stderr (what was drafted, by whom,
+    /// what was accepted, what it cost), for seeing where a round's time goes.
+    trace: bool,
 }
 
 impl Engine {
@@ -233,6 +236,7 @@ impl Engine {
             simulate: opts.simulate,
             head_autosave: opts.head_autosave.clone().map(|p| (p, opts.head_autosave_every)),
             last_head_save: Instant::now(),
+            trace: std::env::var_os("AUGUR_TRACE").is_some(),
         })
     }
 
@@ -370,6 +374,9 @@ impl Engine {
                 self.simulate,
             )?;
             self.controller = Some(Controller::new(cost));
+        }
+        if let (true, Some(c)) = (auto, self.controller.as_mut()) {
+            c.begin_request();
         }
         let controller_before = self.controller.as_ref().map(|c| c.stats.clone());
         let t0 = Instant::now();
@@ -565,6 +572,20 @@ impl Engine {
             }
             c.observe(plan, &accepted, m, verify_ms, drafted);
         }
+        if self.trace {
+            let by = |d: Drafter| tree.nodes.iter().filter(|n| n.drafter == d).count();
+            let drafted_ms = plan.as_ref().map_or(String::new(), |(_, d)| {
+                d.iter().map(|d| format!(" {}={:.0}+{:.0}ms", d.drafter.name(), d.ms, d.idle_ms)).collect::<String>()
+            });
+            eprintln!(
+                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.0}ms{drafted_ms} verify {verify_ms:.0}ms",
+                tree.len(),
+                by(Drafter::Suffix),
+                by(Drafter::Draft),
+                by(Drafter::Head),
+                (verify_t - spec_t).as_secs_f64() * 1e3,
+            );
+        }
         if let Some(h) = self.head.as_mut() {
             let before = h.stats.train_ms;
             let next = if k > 0 { r[RESULT_TOKENS] } else { r[RESULT_BONUS] };
@@ -579,7 +600,7 @@ impl Engine {
     /// The controller's round: every speculator it wants drafts (the suffix index always: it
     /// costs microseconds), it picks the tree, and the draft head learns which verified rows
     /// are its own. Returns the plan and how long each expensive speculator drafted.
-    fn plan_round(&mut self, context: &[u32], budget: usize, depth: usize) -> (Plan, Vec<(Drafter, f64)>) {
+    fn plan_round(&mut self, context: &[u32], budget: usize, depth: usize) -> (Plan, Vec<Drafting>) {
         let c = self.controller.as_mut().expect("made before the first auto round");
         let mut proposals = Vec::new();
         let mut drafted = Vec::new();
@@ -593,12 +614,16 @@ impl Engine {
         ];
         for (d, s) in expensive {
             if let Some(s) = s
-                && c.wants(d)
+                && let Some(lookahead) = c.wants(d)
             {
                 let t = Instant::now();
-                s.set_min_confidence(0.0);
-                let tree = s.propose(context, budget, depth);
-                drafted.push((d, t.elapsed().as_secs_f64() * 1e3));
+                s.set_min_confidence(c.min_score(d));
+                let tree = s.propose(context, budget, depth.min(lookahead));
+                // feeding tokens committed while it sat out is the price of the look, not of
+                // drafting with it
+                let idle_ms = s.idle_catch_up_ms();
+                let ms = (t.elapsed().as_secs_f64() * 1e3 - idle_ms).max(0.0);
+                drafted.push(Drafting { drafter: d, ms, idle_ms, deepest: s.deepest_level() });
                 proposals.push((d, tree));
             }
         }

@@ -11,89 +11,76 @@
 //! two keeps the better estimate), nodes are ordered by calibrated acceptance probability, and
 //! the tree verified is the prefix that maximises expected tokens per millisecond:
 //! (1 + sum of the nodes' probabilities) / verify_ms(1 + nodes). When nothing is likely enough
-//! to pay for its rows, that is the empty tree: plain decoding. An expensive speculator (the
-//! draft head, a draft model) drafts only while the tokens it alone got accepted are worth more
-//! than its drafting time plus what verifying its own nodes added to the pass, with a look every
-//! `EXPLORE_EVERY` rounds to notice recovery.
+//! to pay for its rows, that is the empty tree: plain decoding.
+//!
+//! An expensive speculator (the draft head, a draft model) drafts only while the tokens it alone
+//! got accepted are worth more than its drafting time plus what verifying its own nodes added to
+//! the pass. How deep it drafts (its lookahead) is searched the same way: one level deeper after
+//! a round whose deepest level paid for its pass and its rows, one level shallower after one
+//! whose deepest level did not. One that does not pay is looked at again, one level deep (one
+//! pass), at the start of each request, and within a request every `EXPLORE_EVERY` rounds, that
+//! interval doubling after each look that did not pay (up to `EXPLORE_MAX`). A look within a
+//! request also has to fit in `EXPLORE_SHARE` of the time decoded so far: a draft model that sat
+//! out must first feed every token committed meanwhile, and where each of those costs a tenth of
+//! a target step (lavapipe) no back-off makes that cheap, so there it is looked at again only
+//! when a request starts; where they cost little (a GPU), it is looked at within requests too.
 //!
 //! It runs on the host, between the readback of one round and the submission of the next: the
 //! host builds every round's tree anyway (the suffix matches are found on the CPU), so a GPU
 //! pass here would add a readback instead of saving one. Its cost is reported (`policy_us`).
 
+use super::calibration::{BINS, Calibration, level};
 use super::cost::CostModel;
 use super::tree::{Drafter, TokenTree};
 use serde::Serialize;
 
-const BINS: usize = 10;
-/// Weight of one observation against the past in a calibration bin (a window of ~50).
-const DECAY: f64 = 0.98;
-/// Rounds between looks at an expensive speculator that is not paying.
+/// Rounds between looks at an expensive speculator that is not paying, at first...
 const EXPLORE_EVERY: u64 = 16;
-
-/// Levels of a proposal's evidence (`TokenTree::evidence`) calibrated apart.
-const LEVELS: usize = 4;
-/// Weight, in observations, of the pooled estimate as the prior of one level's bin.
-const POOL_PRIOR: f64 = 4.0;
-
-fn level(evidence: u8) -> usize {
-    match evidence {
-        0 | 1 => 0,
-        2 => 1,
-        3 | 4 => 2,
-        _ => 3,
-    }
-}
-
-/// Realised acceptance per bin of a speculator's own score, per level of evidence and pooled
-/// over levels.
-#[derive(Debug, Clone)]
-struct Calibration {
-    /// (weight, accepted weight) per bin; row LEVELS pools every level.
-    bins: [[(f64, f64); BINS]; LEVELS + 1],
-}
-
-impl Calibration {
-    fn new() -> Calibration {
-        Calibration { bins: [[(0.0, 0.0); BINS]; LEVELS + 1] }
-    }
-
-    fn bin(score: f32) -> usize {
-        ((score.clamp(0.0, 1.0) * BINS as f32) as usize).min(BINS - 1)
-    }
-
-    /// The acceptance probability of a node scored `score` on evidence `level`.
-    ///
-    /// Pooled over levels: the bin's rate, with the score itself as a prior worth two
-    /// observations (what a cold start trusts), plus an optimism bonus that fades with
-    /// observations, so that a bin never tried gets tried (without it, drafts the prior
-    /// undervalues would never be verified, and never learned to be good). The level's own bin
-    /// then starts from the pooled estimate and moves to its own rate as it fills, so levels
-    /// split apart without multiplying what exploration costs.
-    fn p(&self, level: usize, score: f32) -> f64 {
-        let b = Self::bin(score);
-        let (n, a) = self.bins[LEVELS][b];
-        let pooled = ((a + 2.0 * score as f64) / (n + 2.0) + 0.5 / (1.0 + n)).min(1.0);
-        let (nl, al) = self.bins[level][b];
-        (al + POOL_PRIOR * pooled) / (nl + POOL_PRIOR)
-    }
-
-    fn observe(&mut self, level: usize, score: f32, accepted: bool) {
-        let b = Self::bin(score);
-        for row in [level, LEVELS] {
-            let c = &mut self.bins[row][b];
-            c.0 = c.0 * DECAY + 1.0;
-            c.1 = c.1 * DECAY + accepted as u32 as f64;
-        }
-    }
-}
+/// ...and at most, after looks that kept finding it not paying.
+const EXPLORE_MAX: u64 = 256;
+/// Most of the decoding time that looks at expensive speculators may take.
+const EXPLORE_SHARE: f64 = 0.03;
+/// Deepest lookahead the controller asks of an expensive speculator (the round clamps it too).
+const MAX_LOOKAHEAD: usize = 16;
 
 /// Whether drafting with an expensive speculator pays: its accepted-alone tokens per round
 /// (valued at one plain step each) against its drafting time and the verification rows of its
-/// own nodes, exponentially weighted.
-#[derive(Debug, Clone, Default)]
+/// own nodes, exponentially weighted; and how deep it drafts.
+#[derive(Debug, Clone)]
 struct Worth {
     net_ms: Option<f64>,
     last_tried: u64,
+    /// Rounds between looks while it does not pay.
+    explore_every: u64,
+    /// The lookahead it gets when it next drafts.
+    depth: usize,
+    /// The lookahead it was given in the round being observed, and whether that round was a look.
+    asked: usize,
+    looking: bool,
+    /// A new request began: look at it in its first round.
+    look_due: bool,
+    /// Tokens committed since it last drafted (what it must feed first, if it keeps a cache).
+    since: usize,
+    /// What its last look cost: drafting, and feeding each token committed while it sat out.
+    look_ms: f64,
+    idle_ms_per_token: f64,
+}
+
+impl Default for Worth {
+    fn default() -> Worth {
+        Worth {
+            net_ms: None,
+            last_tried: 0,
+            explore_every: EXPLORE_EVERY,
+            depth: 1,
+            asked: 0,
+            looking: false,
+            look_due: false,
+            since: 0,
+            look_ms: 0.0,
+            idle_ms_per_token: 0.0,
+        }
+    }
 }
 
 /// What the controller did, for `--json` and benchmarks.
@@ -148,6 +135,17 @@ pub struct Source {
     pub level: usize,
 }
 
+/// An expensive speculator drafted in the round: for `ms` milliseconds, plus `idle_ms` feeding
+/// tokens committed in rounds it sat out (`Speculator::idle_catch_up_ms`); its deepest level
+/// and that level's pass (`Speculator::deepest_level`).
+#[derive(Debug, Clone, Copy)]
+pub struct Drafting {
+    pub drafter: Drafter,
+    pub ms: f64,
+    pub idle_ms: f64,
+    pub deepest: Option<(usize, f64)>,
+}
+
 /// A verified tree and where each node came from.
 pub struct Plan {
     pub tree: TokenTree,
@@ -159,6 +157,9 @@ pub struct Controller {
     pub cost: CostModel,
     calib: [Calibration; 3],
     worth: [Worth; 3],
+    /// Time of every round (verification and drafting), and of the looks within them.
+    total_ms: f64,
+    look_ms: f64,
     pub stats: ControllerStats,
 }
 
@@ -176,22 +177,54 @@ impl Controller {
             cost,
             calib: [Calibration::new(), Calibration::new(), Calibration::new()],
             worth: Default::default(),
+            total_ms: 0.0,
+            look_ms: 0.0,
             stats: ControllerStats::default(),
         }
     }
 
-    /// Whether an expensive speculator should draft this round.
-    pub fn wants(&mut self, d: Drafter) -> bool {
+    /// Whether an expensive speculator should draft this round, and how deep: None, or its
+    /// lookahead (1 for a look at one that is not paying).
+    pub fn wants(&mut self, d: Drafter) -> Option<usize> {
+        let budget = EXPLORE_SHARE * self.total_ms - self.look_ms;
         let w = &mut self.worth[idx(d)];
         let r = self.stats.rounds;
-        let go = match w.net_ms {
-            None => true,
-            Some(n) => n > 0.0 || r.saturating_sub(w.last_tried) >= EXPLORE_EVERY,
-        };
-        if go {
-            w.last_tried = r;
+        let paying = w.net_ms.is_none_or(|n| n > 0.0);
+        let due = r.saturating_sub(w.last_tried) >= w.explore_every;
+        let affordable = w.look_ms + w.idle_ms_per_token * w.since as f64 <= budget;
+        let look = !paying && (w.look_due || (due && affordable));
+        w.look_due = false;
+        if !paying && !look {
+            return None;
         }
-        go
+        w.last_tried = r;
+        w.looking = look;
+        w.asked = if look { 1 } else { w.depth };
+        Some(w.asked)
+    }
+
+    /// A new request begins: its first round looks at every expensive speculator that is not
+    /// paying (the text may have changed; one level of drafting is all a look costs, a draft
+    /// model having fed the prompt during prefill).
+    pub fn begin_request(&mut self) {
+        for w in &mut self.worth {
+            w.look_due = w.net_ms.is_some_and(|n| n <= 0.0);
+        }
+    }
+
+    /// The lowest own score of a node worth drafting for `d`: below it, the calibrated chance
+    /// of acceptance is under the price of one more verification row (relative to a plain
+    /// step), so the controller would not verify it, and a drafter expanding it would spend a
+    /// row of its own pass for nothing (a child never outscores its parent).
+    pub fn min_score(&self, d: Drafter) -> f32 {
+        let price = self.cost.verify_ms(2) / self.cost.verify_ms(1) - 1.0;
+        let cal = &self.calib[idx(d)];
+        (0..BINS).map(|b| b as f32 / BINS as f32).find(|&s| cal.p(level(0), s.max(0.01)) >= price).unwrap_or(1.0)
+    }
+
+    /// The lookahead an expensive speculator gets when it next drafts while paying.
+    pub fn lookahead(&self, d: Drafter) -> usize {
+        self.worth[idx(d)].depth
     }
 
     /// Whether an expensive speculator is paying for its drafting (or has not been measured yet).
@@ -270,33 +303,69 @@ impl Controller {
     }
 
     /// The plan's round is over: `accepted[i]` says whether node i was on the accepted path,
-    /// the pass of `rows` rows took `verify_ms`, and each speculator in `drafted` ran for the
-    /// given milliseconds.
-    pub fn observe(&mut self, plan: &Plan, accepted: &[bool], rows: usize, verify_ms: f64, drafted: &[(Drafter, f64)]) {
+    /// the pass of `rows` rows took `verify_ms`, and the speculators in `drafted` drafted.
+    pub fn observe(&mut self, plan: &Plan, accepted: &[bool], rows: usize, verify_ms: f64, drafted: &[Drafting]) {
         let t = std::time::Instant::now();
         self.cost.observe(rows, verify_ms);
-        // per speculator: its nodes that no other speculator proposed, and those accepted
+        self.total_ms += verify_ms + drafted.iter().map(|d| d.ms + d.idle_ms).sum::<f64>();
+        let committed = 1 + accepted.iter().filter(|&&a| a).count();
+        for w in &mut self.worth {
+            w.since += committed;
+        }
+        // per speculator: its nodes that no other speculator proposed, and those accepted; the
+        // same at the deepest level it was asked for
         let (mut own, mut alone) = ([0usize; 3], [0usize; 3]);
-        for (srcs, &ok) in plan.sources.iter().zip(accepted) {
+        let (mut deep_own, mut deep_alone) = ([0usize; 3], [0usize; 3]);
+        for ((srcs, &ok), node) in plan.sources.iter().zip(accepted).zip(&plan.tree.nodes) {
             for src in srcs {
                 self.calib[idx(src.drafter)].observe(src.level, src.score, ok);
                 self.stats.nodes_from.entry(src.drafter.name().into()).and_modify(|c| *c += 1).or_insert(1);
             }
-            if srcs.len() == 1 {
-                own[idx(srcs[0].drafter)] += 1;
-                alone[idx(srcs[0].drafter)] += ok as usize;
+            if let [src] = srcs.as_slice() {
+                let i = idx(src.drafter);
+                own[i] += 1;
+                alone[i] += ok as usize;
+                if node.depth == self.worth[i].asked {
+                    deep_own[i] += 1;
+                    deep_alone[i] += ok as usize;
+                }
             }
         }
         // each token it alone got accepted saves a plain step; against that, its drafting time
         // and the rows its own nodes added to the verification pass (on a device where rows are
         // dear, a draft model can be right most of the time and still not pay)
         let step = self.cost.verify_ms(1);
-        for &(d, ms) in drafted {
+        let rows_cost = |own: usize| self.cost.verify_ms(rows) - self.cost.verify_ms(rows - own);
+        for &Drafting { drafter: d, ms, idle_ms, deepest } in drafted {
             *self.stats.drafted_rounds.entry(d.name().into()).or_default() += 1;
-            let rows_cost = self.cost.verify_ms(rows) - self.cost.verify_ms(rows - own[idx(d)]);
-            let net = alone[idx(d)] as f64 * step - ms - rows_cost;
-            let w = &mut self.worth[idx(d)];
-            w.net_ms = Some(w.net_ms.map_or(net, |n| n + 0.2 * (net - n)));
+            let i = idx(d);
+            let net = alone[i] as f64 * step - ms - rows_cost(own[i]);
+            let w = &mut self.worth[i];
+            // a look replaces the estimate: it is the news about text the speculator sat out
+            w.net_ms = Some(match w.net_ms {
+                Some(n) if !w.looking => n + 0.2 * (net - n),
+                _ => net,
+            });
+            // its deepest level: the pass that drafted it and the rows of its nodes there (a
+            // drafter that stopped short by itself says nothing about going deeper)
+            if let Some((reached, pass_ms)) = deepest
+                && reached >= w.asked
+            {
+                let worth = deep_alone[i] as f64 * step - pass_ms - rows_cost(deep_own[i]);
+                w.depth = if worth > 0.0 { (w.asked + 1).min(MAX_LOOKAHEAD) } else { w.asked.saturating_sub(1).max(1) };
+            }
+            if w.net_ms.is_some_and(|n| n > 0.0) {
+                w.explore_every = EXPLORE_EVERY;
+            } else if w.looking {
+                w.explore_every = (w.explore_every * 2).min(EXPLORE_MAX);
+            }
+            if w.looking {
+                self.look_ms += ms + idle_ms;
+                w.look_ms = ms;
+                w.idle_ms_per_token = idle_ms / (w.since - committed).max(1) as f64;
+            }
+            w.since = committed;
+            w.looking = false;
         }
         let s = &mut self.stats;
         s.rounds += 1;
@@ -395,12 +464,32 @@ mod tests {
         // the 4-row pass costs 11 ms more than a plain one, so drafting may take at most 19 ms
         for (draft_ms, pays) in [(15.0, true), (25.0, false)] {
             let mut c = Controller::new(steep_cost());
-            assert!(c.wants(Drafter::Draft));
+            assert_eq!(c.wants(Drafter::Draft), Some(1), "a cold start drafts one level deep");
             let plan = c.choose(&[(Drafter::Draft, chain(&[0.95; 4], Drafter::Draft))], 63);
             assert_eq!(plan.tree.len(), 3);
-            c.observe(&plan, &[true; 3], 4, steep_cost().verify_ms(4), &[(Drafter::Draft, draft_ms)]);
-            assert_eq!(c.wants(Drafter::Draft), pays, "drafting for {draft_ms} ms");
+            let drafting = Drafting { drafter: Drafter::Draft, ms: draft_ms, idle_ms: 0.0, deepest: None };
+            c.observe(&plan, &[true; 3], 4, steep_cost().verify_ms(4), &[drafting]);
+            assert_eq!(c.wants(Drafter::Draft).is_some(), pays, "drafting for {draft_ms} ms");
         }
+    }
+
+    #[test]
+    fn drafts_below_the_price_of_a_row_are_not_expanded() {
+        let (flat, steep) = (Controller::new(flat_cost()), Controller::new(steep_cost()));
+        assert_eq!(flat.min_score(Drafter::Draft), 0.0, "a row costs 5% of a step: everything");
+        assert!(steep.min_score(Drafter::Draft) == 0.0, "cold, the optimism covers every score");
+        // an overconfident draft model, right 60% as often as it says: on a device where a row
+        // costs 40% of a step, its nodes are worth a row from a score of 0.67
+        let mut c = Controller::new(steep_cost());
+        for b in 0..BINS {
+            let score = (b as f32 + 0.5) / BINS as f32;
+            for i in 0..100 {
+                let right = (i as f32 * 0.6 * score).fract() + 0.6 * score >= 1.0;
+                c.calib[idx(Drafter::Draft)].observe(0, score, right);
+            }
+        }
+        let min = c.min_score(Drafter::Draft);
+        assert!((0.55..0.75).contains(&min), "{min}");
     }
 
     #[test]
@@ -420,18 +509,77 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_expensive_speculator_that_does_not_pay_is_dropped_and_retried() {
-        let mut c = Controller::new(steep_cost());
+    /// Rounds of 10 ms in which an expensive speculator that never pays is offered to draft,
+    /// each look costing `look_ms` plus `idle_ms` per token committed while it sat out. Returns
+    /// the rounds it looked at and the share of the time spent looking.
+    fn looks(c: &mut Controller, rounds: u64, look_ms: f64, idle_ms: f64) -> (Vec<u64>, f64) {
         let empty = Plan { tree: TokenTree::default(), sources: vec![] };
-        assert!(c.wants(Drafter::Head));
-        c.observe(&empty, &[], 1, 10.0, &[(Drafter::Head, 30.0)]);
-        let skipped = (0..EXPLORE_EVERY - 1).filter(|_| {
-            let w = c.wants(Drafter::Head);
-            c.observe(&empty, &[], 1, 10.0, &[]);
-            !w
-        });
-        assert_eq!(skipped.count() as u64, EXPLORE_EVERY - 1);
-        assert!(c.wants(Drafter::Head), "looked at again after {EXPLORE_EVERY} rounds");
+        let (mut at, mut last, mut spent, mut total) = (Vec::new(), 0, 0.0, 0.0);
+        for r in 0..rounds {
+            let w = c.wants(Drafter::Draft);
+            let drafted: Vec<Drafting> = w
+                .map(|depth| {
+                    assert_eq!(depth, 1, "a look is one level deep");
+                    let idle = idle_ms * r.saturating_sub(last + 1) as f64;
+                    (at.push(r), last = r);
+                    spent += look_ms + idle;
+                    Drafting { drafter: Drafter::Draft, ms: look_ms, idle_ms: idle, deepest: Some((1, look_ms)) }
+                })
+                .into_iter()
+                .collect();
+            total += 10.0 + drafted.iter().map(|d| d.ms + d.idle_ms).sum::<f64>();
+            c.observe(&empty, &[], 1, 10.0, &drafted);
+        }
+        (at, spent / total)
+    }
+
+    #[test]
+    fn an_expensive_speculator_that_does_not_pay_is_looked_at_ever_less_often() {
+        let mut c = Controller::new(steep_cost());
+        let (at, _) = looks(&mut c, 800, 0.2, 0.0);
+        let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [16, 32, 64, 128, 256, 256], "looks at {at:?}");
+        // a new request is looked at in its first round, whatever the interval
+        c.begin_request();
+        assert_eq!(c.wants(Drafter::Draft), Some(1));
+        assert_eq!(c.wants(Drafter::Draft), None, "once");
+    }
+
+    #[test]
+    fn looks_that_must_feed_every_skipped_token_keep_within_their_share() {
+        // a look costs 5 ms plus what feeding each round it sat out costs
+        for (idle_ms, min_looks) in [(0.05, 8), (1.0, 2)] {
+            let mut c = Controller::new(steep_cost());
+            let (at, share) = looks(&mut c, 5000, 5.0, idle_ms);
+            assert!(at.len() >= min_looks, "{idle_ms} ms per token: looked at {at:?}");
+            assert!(share <= EXPLORE_SHARE, "{idle_ms} ms per token: looks took {:.1}% of the time", share * 100.0);
+        }
+    }
+
+    #[test]
+    fn lookahead_deepens_while_the_deepest_level_pays_and_shortens_when_it_stops() {
+        // flat verification (a step of 10 ms): a right draft saves a step
+        let round = |c: &mut Controller, right: usize, level_ms: f64| {
+            let depth = c.wants(Drafter::Head).expect("paying");
+            let plan = c.choose(&[(Drafter::Head, chain(&vec![0.9; depth], Drafter::Head))], 63);
+            let n = plan.tree.len();
+            let accepted: Vec<bool> = (0..n).map(|i| i < right).collect();
+            let ms = 2.0 + level_ms * (depth - 1) as f64;
+            let drafting = Drafting { drafter: Drafter::Head, ms, idle_ms: 0.0, deepest: Some((depth, level_ms)) };
+            c.observe(&plan, &accepted, n + 1, flat_cost().verify_ms(n + 1), &[drafting]);
+            depth
+        };
+        let mut c = Controller::new(flat_cost());
+        let depths: Vec<usize> = (0..6).map(|_| round(&mut c, usize::MAX, 2.0)).collect();
+        assert_eq!(depths, [1, 2, 3, 4, 5, 6], "one level deeper after each round all of it was accepted");
+        // drift: only the first two drafts are right from now on
+        let later: Vec<usize> = (0..8).map(|_| round(&mut c, 2, 2.0)).collect();
+        assert_eq!(later[..4], [7, 6, 5, 4], "one level shallower after each round its deepest level failed");
+        assert!(later[4..].iter().all(|&d| (2..=3).contains(&d)), "then settles where drafts are right: {later:?}");
+        // a level whose own pass costs more than the step it saves is not worth drafting, even
+        // when always right (the first level comes from a cheap pass)
+        let mut c = Controller::new(flat_cost());
+        let depths: Vec<usize> = (0..6).map(|_| round(&mut c, usize::MAX, 11.0)).collect();
+        assert!(depths.iter().all(|&d| d <= 2), "{depths:?}");
     }
 }

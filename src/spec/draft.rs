@@ -34,6 +34,12 @@ pub struct DraftModelSpeculator {
     fed: Vec<u32>,
     width: usize,
     min_confidence: f32,
+    /// Deepest level of the last proposal: at most that many drafts and the bonus token can have
+    /// been committed since, if it drafted in the round before.
+    last_depth: usize,
+    /// `Speculator::idle_catch_up_ms` and `deepest_level` of the last proposal.
+    idle_ms: f64,
+    deepest: Option<(usize, f64)>,
     /// Where the model came from (for messages).
     pub source: String,
 }
@@ -74,6 +80,9 @@ impl DraftModelSpeculator {
             fed: Vec::new(),
             width: DEFAULT_WIDTH,
             min_confidence: 0.0,
+            last_depth: 0,
+            idle_ms: 0.0,
+            deepest: None,
             source: draft.source,
         })
     }
@@ -97,6 +106,7 @@ impl DraftModelSpeculator {
         let common = self.fed.iter().zip(context).take_while(|(a, b)| a == b).count().min(context.len() - 1);
         self.fed.truncate(common);
         let pending = context[common..].to_vec();
+        let t = std::time::Instant::now();
         let mb = self.model.max_batch;
         let mut out = Vec::new();
         for (i, chunk) in pending.chunks(mb).enumerate() {
@@ -117,11 +127,19 @@ impl DraftModelSpeculator {
             }
             self.fed.extend_from_slice(chunk);
         }
+        // beyond what one round commits, the tokens are ones it would have fed in rounds it sat
+        // out; a pass costs about its rows on the devices where this matters
+        let one_round = self.last_depth + 1;
+        if pending.len() > one_round {
+            self.idle_ms = t.elapsed().as_secs_f64() * 1e3 * (pending.len() - one_round) as f64 / pending.len() as f64;
+        }
         Ok(out)
     }
 
     fn draft(&mut self, context: &[u32], budget: usize, max_depth: usize) -> Result<TokenTree> {
+        let t = std::time::Instant::now();
         let root = self.catch_up(context)?;
+        self.deepest = Some((1, t.elapsed().as_secs_f64() * 1e3 - self.idle_ms));
         let base = self.fed.len(); // the root sits at slot base - 1
         let mut cands = Candidates::default();
         cands.add(None, root, 1.0);
@@ -159,9 +177,11 @@ impl DraftModelSpeculator {
                 accept: None,
                 compact: false,
             };
+            let t = std::time::Instant::now();
             for (&i, row) in level.iter().zip(self.candidates(&spec)?) {
                 cands.add(Some(i), row, 1.0);
             }
+            self.deepest = Some((depth + 1, t.elapsed().as_secs_f64() * 1e3));
         }
         Ok(cands.best_tree(budget, self.min_confidence, Drafter::Draft).0)
     }
@@ -183,8 +203,13 @@ impl Speculator for DraftModelSpeculator {
         if budget == 0 || max_depth == 0 || context.is_empty() {
             return TokenTree::default();
         }
+        self.idle_ms = 0.0;
+        self.deepest = None;
         match self.draft(context, budget, max_depth) {
-            Ok(t) => t,
+            Ok(t) => {
+                self.last_depth = t.depth();
+                t
+            }
             Err(_) => {
                 // a failed draft costs only this round: plain decoding, and a fresh cache next time
                 self.fed.clear();
@@ -198,4 +223,12 @@ impl Speculator for DraftModelSpeculator {
     }
 
     fn finish(&mut self, _context: &[u32], _prompt_len: usize) {}
+
+    fn idle_catch_up_ms(&self) -> f64 {
+        self.idle_ms
+    }
+
+    fn deepest_level(&self) -> Option<(usize, f64)> {
+        self.deepest
+    }
 }

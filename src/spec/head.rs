@@ -102,6 +102,8 @@ pub struct HeadSpeculator {
     staging: wgpu::Buffer,
     pub opts: HeadOptions,
     min_confidence: f32,
+    /// `Speculator::deepest_level` of the last proposal.
+    deepest: Option<(usize, f64)>,
     /// prev_h holds the target's hidden state before the current root.
     have_prev: bool,
     /// AdamW steps taken (saved with the head).
@@ -158,6 +160,7 @@ impl HeadSpeculator {
             staging,
             opts,
             min_confidence: 0.0,
+            deepest: None,
             have_prev: false,
             step: 0,
             rng: 0x5EED,
@@ -390,7 +393,9 @@ impl HeadSpeculator {
             return Ok(TokenTree::default());
         }
         // slot 0: the root's prediction (input: prev_h)
+        let t = Instant::now();
         let first = self.expand(&[(None, root, 0)])?.remove(0);
+        self.deepest = Some((1, t.elapsed().as_secs_f64() * 1e3));
         self.root_top1 = first.first().copied();
         self.root = root;
         if !trusted {
@@ -418,9 +423,11 @@ impl HeadSpeculator {
                 cands.nodes[i].slot = Some(used + r);
             }
             used += level.len();
+            let t = Instant::now();
             for (&i, row) in level.iter().zip(self.expand(&rows)?) {
                 cands.add(Some(i), row, 1.0);
             }
+            self.deepest = Some((depth + 1, t.elapsed().as_secs_f64() * 1e3));
         }
         let (tree, picked) = cands.best_tree(budget, self.min_confidence, Drafter::Head);
         // verify row 0 is the root, whose prediction sits in slot 0
@@ -441,10 +448,15 @@ impl Speculator for HeadSpeculator {
     }
 
     fn propose(&mut self, context: &[u32], budget: usize, max_depth: usize) -> TokenTree {
+        self.deepest = None;
         if budget == 0 || max_depth == 0 || context.is_empty() || !self.have_prev {
             return TokenTree::default();
         }
         self.draft(context, budget, max_depth).unwrap_or_default()
+    }
+
+    fn deepest_level(&self) -> Option<(usize, f64)> {
+        self.deepest
     }
 
     fn set_min_confidence(&mut self, c: f32) {

@@ -5,6 +5,7 @@
 //! One proposer per method behind `Speculator`; acceptance lives in shaders/accept.wgsl; the
 //! numbers in `stats`.
 
+pub mod calibration;
 pub mod candidates;
 pub mod controller;
 pub mod cost;
@@ -56,4 +57,15 @@ pub trait Speculator {
     fn set_min_confidence(&mut self, _c: f32) {}
     /// The request ended with these tokens (prompt and output): learn from them.
     fn finish(&mut self, context: &[u32], prompt_len: usize);
+    /// Of the last `propose`, the milliseconds spent feeding committed tokens that earlier rounds
+    /// would have fed had it drafted in them (a speculator with its own cache, asked after
+    /// sitting out).
+    fn idle_catch_up_ms(&self) -> f64 {
+        0.0
+    }
+    /// Of the last `propose`: the deepest level it drafted and what the pass that drafted that
+    /// level took (None: it drafted nothing, or drafts in no passes).
+    fn deepest_level(&self) -> Option<(usize, f64)> {
+        None
+    }
 }
