@@ -614,7 +614,7 @@ impl Engine {
         ];
         for (d, s) in expensive {
             if let Some(s) = s
-                && let Some(lookahead) = c.wants(d)
+                && let Some(lookahead) = c.wants(d, s.feed_ms_per_token())
             {
                 let t = Instant::now();
                 s.set_min_confidence(c.min_score(d));

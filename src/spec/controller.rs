@@ -24,6 +24,8 @@
 //! out must first feed every token committed meanwhile, and where each of those costs a tenth of
 //! a target step (lavapipe) no back-off makes that cheap, so there it is looked at again only
 //! when a request starts; where they cost little (a GPU), it is looked at within requests too.
+//! Until a look has measured that price, the drafter's own (a draft model times its prefill)
+//! stands in.
 //!
 //! It runs on the host, between the readback of one round and the submission of the next: the
 //! host builds every round's tree anyway (the suffix matches are found on the CPU), so a GPU
@@ -64,6 +66,7 @@ struct Worth {
     /// What its last look cost: drafting, and feeding each token committed while it sat out.
     look_ms: f64,
     idle_ms_per_token: f64,
+    looked: bool,
 }
 
 impl Default for Worth {
@@ -79,6 +82,7 @@ impl Default for Worth {
             since: 0,
             look_ms: 0.0,
             idle_ms_per_token: 0.0,
+            looked: false,
         }
     }
 }
@@ -184,14 +188,17 @@ impl Controller {
     }
 
     /// Whether an expensive speculator should draft this round, and how deep: None, or its
-    /// lookahead (1 for a look at one that is not paying).
-    pub fn wants(&mut self, d: Drafter) -> Option<usize> {
+    /// lookahead (1 for a look at one that is not paying). `feed_ms_per_token`: what it says
+    /// feeding a token into its own cache costs (`Speculator::feed_ms_per_token`), the price of
+    /// a look until a look has measured it.
+    pub fn wants(&mut self, d: Drafter, feed_ms_per_token: Option<f64>) -> Option<usize> {
         let budget = EXPLORE_SHARE * self.total_ms - self.look_ms;
         let w = &mut self.worth[idx(d)];
         let r = self.stats.rounds;
         let paying = w.net_ms.is_none_or(|n| n > 0.0);
         let due = r.saturating_sub(w.last_tried) >= w.explore_every;
-        let affordable = w.look_ms + w.idle_ms_per_token * w.since as f64 <= budget;
+        let per_token = w.idle_ms_per_token.max(if w.looked { 0.0 } else { feed_ms_per_token.unwrap_or(0.0) });
+        let affordable = w.look_ms + per_token * w.since as f64 <= budget;
         let look = !paying && (w.look_due || (due && affordable));
         w.look_due = false;
         if !paying && !look {
@@ -363,6 +370,7 @@ impl Controller {
                 self.look_ms += ms + idle_ms;
                 w.look_ms = ms;
                 w.idle_ms_per_token = idle_ms / (w.since - committed).max(1) as f64;
+                w.looked = true;
             }
             w.since = committed;
             w.looking = false;
@@ -464,12 +472,12 @@ mod tests {
         // the 4-row pass costs 11 ms more than a plain one, so drafting may take at most 19 ms
         for (draft_ms, pays) in [(15.0, true), (25.0, false)] {
             let mut c = Controller::new(steep_cost());
-            assert_eq!(c.wants(Drafter::Draft), Some(1), "a cold start drafts one level deep");
+            assert_eq!(c.wants(Drafter::Draft, None), Some(1), "a cold start drafts one level deep");
             let plan = c.choose(&[(Drafter::Draft, chain(&[0.95; 4], Drafter::Draft))], 63);
             assert_eq!(plan.tree.len(), 3);
             let drafting = Drafting { drafter: Drafter::Draft, ms: draft_ms, idle_ms: 0.0, deepest: None };
             c.observe(&plan, &[true; 3], 4, steep_cost().verify_ms(4), &[drafting]);
-            assert_eq!(c.wants(Drafter::Draft).is_some(), pays, "drafting for {draft_ms} ms");
+            assert_eq!(c.wants(Drafter::Draft, None).is_some(), pays, "drafting for {draft_ms} ms");
         }
     }
 
@@ -512,11 +520,11 @@ mod tests {
     /// Rounds of 10 ms in which an expensive speculator that never pays is offered to draft,
     /// each look costing `look_ms` plus `idle_ms` per token committed while it sat out. Returns
     /// the rounds it looked at and the share of the time spent looking.
-    fn looks(c: &mut Controller, rounds: u64, look_ms: f64, idle_ms: f64) -> (Vec<u64>, f64) {
+    fn looks(c: &mut Controller, rounds: u64, look_ms: f64, idle_ms: f64, said: Option<f64>) -> (Vec<u64>, f64) {
         let empty = Plan { tree: TokenTree::default(), sources: vec![] };
         let (mut at, mut last, mut spent, mut total) = (Vec::new(), 0, 0.0, 0.0);
         for r in 0..rounds {
-            let w = c.wants(Drafter::Draft);
+            let w = c.wants(Drafter::Draft, said);
             let drafted: Vec<Drafting> = w
                 .map(|depth| {
                     assert_eq!(depth, 1, "a look is one level deep");
@@ -536,13 +544,13 @@ mod tests {
     #[test]
     fn an_expensive_speculator_that_does_not_pay_is_looked_at_ever_less_often() {
         let mut c = Controller::new(steep_cost());
-        let (at, _) = looks(&mut c, 800, 0.2, 0.0);
+        let (at, _) = looks(&mut c, 800, 0.2, 0.0, None);
         let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(gaps, [16, 32, 64, 128, 256, 256], "looks at {at:?}");
         // a new request is looked at in its first round, whatever the interval
         c.begin_request();
-        assert_eq!(c.wants(Drafter::Draft), Some(1));
-        assert_eq!(c.wants(Drafter::Draft), None, "once");
+        assert_eq!(c.wants(Drafter::Draft, None), Some(1));
+        assert_eq!(c.wants(Drafter::Draft, None), None, "once");
     }
 
     #[test]
@@ -550,17 +558,22 @@ mod tests {
         // a look costs 5 ms plus what feeding each round it sat out costs
         for (idle_ms, min_looks) in [(0.05, 8), (1.0, 2)] {
             let mut c = Controller::new(steep_cost());
-            let (at, share) = looks(&mut c, 5000, 5.0, idle_ms);
+            let (at, share) = looks(&mut c, 5000, 5.0, idle_ms, None);
             assert!(at.len() >= min_looks, "{idle_ms} ms per token: looked at {at:?}");
             assert!(share <= EXPLORE_SHARE, "{idle_ms} ms per token: looks took {:.1}% of the time", share * 100.0);
         }
+        // told the price of feeding a token beforehand (a draft model times its prefill), it
+        // does not spend a look finding out that looks within a request do not fit
+        let mut c = Controller::new(steep_cost());
+        let (at, _) = looks(&mut c, 5000, 5.0, 1.0, Some(1.0));
+        assert_eq!(at, [0], "only the cold start drafted");
     }
 
     #[test]
     fn lookahead_deepens_while_the_deepest_level_pays_and_shortens_when_it_stops() {
         // flat verification (a step of 10 ms): a right draft saves a step
         let round = |c: &mut Controller, right: usize, level_ms: f64| {
-            let depth = c.wants(Drafter::Head).expect("paying");
+            let depth = c.wants(Drafter::Head, None).expect("paying");
             let plan = c.choose(&[(Drafter::Head, chain(&vec![0.9; depth], Drafter::Head))], 63);
             let n = plan.tree.len();
             let accepted: Vec<bool> = (0..n).map(|i| i < right).collect();

@@ -40,6 +40,10 @@ pub struct DraftModelSpeculator {
     /// `Speculator::idle_catch_up_ms` and `deepest_level` of the last proposal.
     idle_ms: f64,
     deepest: Option<(usize, f64)>,
+    /// Milliseconds per token of its last prefill of a prompt, and tokens the last catch-up fed
+    /// (a prefix shared with the cache is kept).
+    feed_ms: Option<f64>,
+    last_fed: usize,
     /// Where the model came from (for messages).
     pub source: String,
 }
@@ -83,6 +87,8 @@ impl DraftModelSpeculator {
             last_depth: 0,
             idle_ms: 0.0,
             deepest: None,
+            feed_ms: None,
+            last_fed: 0,
             source: draft.source,
         })
     }
@@ -106,6 +112,7 @@ impl DraftModelSpeculator {
         let common = self.fed.iter().zip(context).take_while(|(a, b)| a == b).count().min(context.len() - 1);
         self.fed.truncate(common);
         let pending = context[common..].to_vec();
+        self.last_fed = pending.len();
         let t = std::time::Instant::now();
         let mb = self.model.max_batch;
         let mut out = Vec::new();
@@ -194,8 +201,13 @@ impl Speculator for DraftModelSpeculator {
 
     /// Prefills the draft model's cache with the prompt while the request is still in prefill.
     fn begin(&mut self, prompt: &[u32]) {
+        let t = std::time::Instant::now();
         if prompt.is_empty() || self.catch_up(prompt).is_err() {
             self.fed.clear();
+            return;
+        }
+        if self.last_fed >= 8 {
+            self.feed_ms = Some(t.elapsed().as_secs_f64() * 1e3 / self.last_fed as f64);
         }
     }
 
@@ -230,5 +242,9 @@ impl Speculator for DraftModelSpeculator {
 
     fn deepest_level(&self) -> Option<(usize, f64)> {
         self.deepest
+    }
+
+    fn feed_ms_per_token(&self) -> Option<f64> {
+        self.feed_ms
     }
 }

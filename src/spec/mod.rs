@@ -63,6 +63,11 @@ pub trait Speculator {
     fn idle_catch_up_ms(&self) -> f64 {
         0.0
     }
+    /// What feeding one committed token into its own cache costs, as last measured (a
+    /// speculator that keeps a cache: the price of catching up after sitting out).
+    fn feed_ms_per_token(&self) -> Option<f64> {
+        None
+    }
     /// Of the last `propose`: the deepest level it drafted and what the pass that drafted that
     /// level took (None: it drafted nothing, or drafts in no passes).
     fn deepest_level(&self) -> Option<(usize, f64)> {
