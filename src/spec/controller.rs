@@ -63,10 +63,10 @@ struct Worth {
     look_due: bool,
     /// Tokens committed since it last drafted (what it must feed first, if it keeps a cache).
     since: usize,
-    /// What its last look cost: drafting, and feeding each token committed while it sat out.
+    /// What its last look cost: drafting, and feeding each token committed while it sat out
+    /// (None until a look has measured it).
     look_ms: f64,
-    idle_ms_per_token: f64,
-    looked: bool,
+    idle_ms_per_token: Option<f64>,
 }
 
 impl Default for Worth {
@@ -81,8 +81,7 @@ impl Default for Worth {
             look_due: false,
             since: 0,
             look_ms: 0.0,
-            idle_ms_per_token: 0.0,
-            looked: false,
+            idle_ms_per_token: None,
         }
     }
 }
@@ -197,7 +196,7 @@ impl Controller {
         let r = self.stats.rounds;
         let paying = w.net_ms.is_none_or(|n| n > 0.0);
         let due = r.saturating_sub(w.last_tried) >= w.explore_every;
-        let per_token = w.idle_ms_per_token.max(if w.looked { 0.0 } else { feed_ms_per_token.unwrap_or(0.0) });
+        let per_token = w.idle_ms_per_token.or(feed_ms_per_token).unwrap_or(0.0);
         let affordable = w.look_ms + per_token * w.since as f64 <= budget;
         let look = !paying && (w.look_due || (due && affordable));
         w.look_due = false;
@@ -227,11 +226,6 @@ impl Controller {
         let price = self.cost.verify_ms(2) / self.cost.verify_ms(1) - 1.0;
         let cal = &self.calib[idx(d)];
         (0..BINS).map(|b| b as f32 / BINS as f32).find(|&s| cal.p(level(0), s.max(0.01)) >= price).unwrap_or(1.0)
-    }
-
-    /// The lookahead an expensive speculator gets when it next drafts while paying.
-    pub fn lookahead(&self, d: Drafter) -> usize {
-        self.worth[idx(d)].depth
     }
 
     /// Whether an expensive speculator is paying for its drafting (or has not been measured yet).
@@ -369,8 +363,7 @@ impl Controller {
             if w.looking {
                 self.look_ms += ms + idle_ms;
                 w.look_ms = ms;
-                w.idle_ms_per_token = idle_ms / (w.since - committed).max(1) as f64;
-                w.looked = true;
+                w.idle_ms_per_token = Some(idle_ms / (w.since - committed).max(1) as f64);
             }
             w.since = committed;
             w.looking = false;
