@@ -1,5 +1,5 @@
-// x[row] = embedding of tokens[row], read from the embedding matrix in the Q8 or F16 K-major
-// layout of matmul.wgsl (the same buffers serve as the tied LM head). The matrix may be split in
+// x[row] = embedding of tokens[row], read from the embedding matrix in the Q8 or F16
+// column-group-major layout of matmul.wgsl (the same buffers serve as the tied LM head). The matrix may be split in
 // column parts; each part's dispatch fills the rows whose token falls in its range.
 
 override FORMAT: u32 = 0u;
@@ -32,15 +32,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let n = t - p.n_base;
-    // u32 index of column n within the vec4<u32> rows of the K-major layout
-    let col = (n / 4u) * 4u + n % 4u;
+    // column n's words in the column-group-major layout (matmul.wgsl)
+    let g = n / 4u;
+    let c = n % 4u;
     if (FORMAT == 0u) {
-        let q = vec4<f32>(unpack4xI8(w[kq * p.n + col]));
-        let b = (kq / 8u) * p.n + col;
+        let q = vec4<f32>(unpack4xI8(w[(g * k4 + kq) * 4u + c]));
+        let b = (g * (p.k / 32u) + kq / 8u) * 4u + c;
         x[row * k4 + kq] = q * scale[b] + vec4<f32>(offset[b]);
     } else {
-        let lo = unpack2x16float(w[(2u * kq) * p.n + col]);
-        let hi = unpack2x16float(w[(2u * kq + 1u) * p.n + col]);
+        let lo = unpack2x16float(w[(g * 2u * k4 + 2u * kq) * 4u + c]);
+        let hi = unpack2x16float(w[(g * 2u * k4 + 2u * kq + 1u) * 4u + c]);
         x[row * k4 + kq] = vec4<f32>(lo, hi);
     }
 }

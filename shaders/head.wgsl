@@ -20,7 +20,7 @@
 // Parameters live in one buffer: w1 [2d][r], b1 [r], w2 [r][d], b2 [d]; d and r are multiples of 4,
 // so the parameter, moment and activation buffers are read and written as vec4s where lanes
 // vary (every row of every block starts on a multiple of 4).
-// The LM head is read in the engine's K-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
+// The LM head is read in the engine's column-group-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
 
 override FORMAT: u32 = 0u;
 
@@ -83,13 +83,16 @@ fn o_ok() -> u32 { return o_loss() + hp.batch; }
 
 // LM-head weight of hidden index k for token c.
 fn w_out(k: u32, c: u32) -> f32 {
-    let n = hp.vocab;
+    // column c's words in the column-group-major layout (matmul.wgsl); K = hidden size
+    let kk = hp.d;
+    let g = c / 4u;
+    let col = c % 4u;
     if (FORMAT == 0u) {
-        let q = unpack4xI8(wout[(k / 4u) * n + c])[k % 4u];
-        let b = (k / 32u) * n + c;
+        let q = unpack4xI8(wout[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
+        let b = (g * (kk / 32u) + k / 32u) * 4u + col;
         return f32(q) * wscale[b] + woffset[b];
     }
-    return unpack2x16float(wout[(k / 2u) * n + c])[k % 2u];
+    return unpack2x16float(wout[(g * (kk / 2u) + k / 2u) * 4u + col])[k % 2u];
 }
 
 var<workgroup> red: array<f32, 64>;

@@ -1,7 +1,14 @@
-// y = W x for M rows of x, with W in augur's K-major layouts (src/model/weights.rs, src/gpu/upload.rs):
-//   FORMAT 0 (Q8):  w[(k/4) * N/4 + n/4] holds columns n..n+3, each as 4 i8 along k..k+3;
-//                   scale/offset[(k/32) * N/4 + n/4] hold the 32-block's scale and offset per column.
-//   FORMAT 1 (F16): w[(k/2) * N/4 + n/4] holds columns n..n+3, each as 2 f16 (k, k+1).
+// y = W x for M rows of x, with W in one of augur's layouts (GpuMatrix::upload in src/model/gpu.rs):
+// groups of 4 columns (g = n/4) one after the other, each running down K, so that every
+// invocation streams its weights from consecutive addresses (on lavapipe each lane loads on its
+// own; weights too big for the cache came 8-14% faster per token this way than K-major):
+//   FORMAT 0 (Q8):  w[g * K/4 + k/4] holds columns n..n+3, each as 4 i8 along k..k+3;
+//                   scale/offset[g * K/32 + k/32] hold the 32-block's scale and offset per column.
+//   FORMAT 1 (F16): w[g * K/2 + k/2] holds columns n..n+3, each as 2 f16 (k, k+1).
+//   FORMAT 2 (Q4):  w[g * K/8 + k/8] holds columns n..n+3, each as 8 4-bit values along
+//                   k..k+7 (value i in bits 4i..4i+3), scale and offset as for Q8. Q4_0, Q4_1
+//                   and Q4_K weights, half the bytes of Q8: on lavapipe every per-lane load costs
+//                   a bounds-checked scalar load per component, so fewer loads per weight win.
 // Each invocation computes 4 adjacent columns for up to 4 rows, reading each weight once for all
 // of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
 //
@@ -40,12 +47,54 @@ struct MatParams {
 // slower for 8 rows.)
 const R: u32 = 4u;
 
+// The low four 4-bit values of v, as floats. (Converted from i32: x86 has no unsigned
+// int-to-float instruction, and lavapipe runs on x86 in CI.)
+fn nibbles(v: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)));
+}
+
+// Q4: one 32-block of 4-column group g added into acc for rows row0..row0+rows-1.
+fn q4_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    let k4 = p.k / 4u;
+    var acc = acc_in;
+    var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var xs = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let k8 = b * 4u + j;
+        let q = w[g * (p.k / 8u) + k8];
+        // values k..k+3 of each column, then k+4..k+7: the same 4 live vectors as Q8's loop
+        for (var h = 0u; h < 2u; h++) {
+            let qh = q >> vec4<u32>(16u * h);
+            let c0 = nibbles(vec4<u32>(qh.x));
+            let c1 = nibbles(vec4<u32>(qh.y));
+            let c2 = nibbles(vec4<u32>(qh.z));
+            let c3 = nibbles(vec4<u32>(qh.w));
+            for (var r = 0u; r < R; r++) {
+                if (r < rows) {
+                    let xv = x[(row0 + r) * k4 + 2u * k8 + h];
+                    part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
+                    xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
+                }
+            }
+        }
+    }
+    let s = scale[g * (p.k / 32u) + b];
+    let o = offset[g * (p.k / 32u) + b];
+    for (var r = 0u; r < R; r++) {
+        acc[r] += s * part[r] + o * xs[r];
+    }
+    return acc;
+}
+
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
 fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
     let k4 = p.k / 4u;
-    let n4 = p.n / 4u;
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var b = 0u; b < p.k / 32u; b++) {
+        if (FORMAT == 2u) {
+            acc = q4_block(b, g, row0, rows, acc);
+            continue;
+        }
         var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         var xs = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
         for (var j = 0u; j < 8u; j++) {
@@ -55,14 +104,14 @@ fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
             var c2: vec4<f32>;
             var c3: vec4<f32>;
             if (FORMAT == 0u) {
-                let q = w[kq * n4 + g];
+                let q = w[g * k4 + kq];
                 c0 = vec4<f32>(unpack4xI8(q.x));
                 c1 = vec4<f32>(unpack4xI8(q.y));
                 c2 = vec4<f32>(unpack4xI8(q.z));
                 c3 = vec4<f32>(unpack4xI8(q.w));
             } else {
-                let lo = w[(2u * kq) * n4 + g];
-                let hi = w[(2u * kq + 1u) * n4 + g];
+                let lo = w[g * (2u * k4) + 2u * kq];
+                let hi = w[g * (2u * k4) + 2u * kq + 1u];
                 c0 = vec4<f32>(unpack2x16float(lo.x), unpack2x16float(hi.x));
                 c1 = vec4<f32>(unpack2x16float(lo.y), unpack2x16float(hi.y));
                 c2 = vec4<f32>(unpack2x16float(lo.z), unpack2x16float(hi.z));
@@ -77,8 +126,8 @@ fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
             }
         }
         if (FORMAT == 0u) {
-            let s = scale[b * n4 + g];
-            let o = offset[b * n4 + g];
+            let s = scale[g * (p.k / 32u) + b];
+            let o = offset[g * (p.k / 32u) + b];
             for (var r = 0u; r < R; r++) {
                 acc[r] += s * part[r] + o * xs[r];
             }

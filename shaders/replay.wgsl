@@ -18,7 +18,7 @@
 //                alpha, the realised token x (1 - alpha); the fed token, the head's own drafts
 //                and hashed negatives x 0).
 //   embed_tokens e[b] = embedding of token idx[b] (inputs for drafting).
-// The embedding is read in the engine's K-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
+// The embedding is read in the engine's column-group-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
 
 override FORMAT: u32 = 0u;
 
@@ -70,13 +70,16 @@ const RESULT_BONUS: u32 = 33u;
 
 // Embedding value k of token c.
 fn emb(k: u32, c: u32) -> f32 {
-    let n = rp.vocab;
+    // column c's words in the column-group-major layout (matmul.wgsl); K = hidden size
+    let kk = rp.d;
+    let g = c / 4u;
+    let col = c % 4u;
     if (FORMAT == 0u) {
-        let q = unpack4xI8(emb_w[(k / 4u) * n + c])[k % 4u];
-        let b = (k / 32u) * n + c;
+        let q = unpack4xI8(emb_w[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
+        let b = (g * (kk / 32u) + k / 32u) * 4u + col;
         return f32(q) * emb_scale[b] + emb_offset[b];
     }
-    return unpack2x16float(emb_w[(k / 2u) * n + c])[k % 2u];
+    return unpack2x16float(emb_w[(g * (kk / 2u) + k / 2u) * 4u + col])[k % 2u];
 }
 
 // One workgroup; invocations stride the hidden dimension.

@@ -61,7 +61,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
             .collect();
         let n = batch.len();
 
-        let gm = GpuMatrix::upload(&gpu, &wout, "wout");
+        let gm = GpuMatrix::upload_wide(&gpu, &wout, "wout");
         let gamma_b = gpu.storage("gamma", &gamma);
         let gh = GpuHead::new(gpu.clone(), dims, &p, &gm, vocab, &gamma_b, 1e-5, 8).unwrap();
         let flat = |f: &dyn Fn(&Sample) -> Vec<f32>| batch.iter().flat_map(f).collect::<Vec<f32>>();
@@ -128,7 +128,7 @@ fn non_finite_steps_change_nothing_and_roll_back_restores() {
     let vocab = 512;
     let mut rng = Rng(41);
     let wout = random_matrix(&mut rng, dims.d, vocab, true);
-    let gm = GpuMatrix::upload(&gpu, &wout, "wout");
+    let gm = GpuMatrix::upload_wide(&gpu, &wout, "wout");
     let gamma_b = gpu.storage("gamma", &vec![1f32; dims.d]);
     let n = 4;
     let init = head::init(dims, 3);
@@ -185,7 +185,7 @@ fn head_learns_a_deterministic_mapping() {
     // the regression target points at f(a)'s output column
     let h_next: Vec<f32> =
         inputs.iter().flat_map(|&a| (0..dims.d).map(move |k| (k, a))).map(|(k, a)| dense[k * vocab + f(a)]).collect();
-    let gm = GpuMatrix::upload(&gpu, &wout, "wout");
+    let gm = GpuMatrix::upload_wide(&gpu, &wout, "wout");
     let gamma_b = gpu.storage("gamma", &gamma);
     let gh = GpuHead::new(gpu.clone(), dims, &head::init(dims, 2), &gm, vocab, &gamma_b, 1e-5, n).unwrap();
     let q = &gpu.queue;

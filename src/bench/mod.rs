@@ -166,10 +166,10 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
     println!("\nmatmul kernel alone (20 dispatches per submission), ms per dispatch and weights/s:");
     println!("| K x N | format | M | ms | Gweights/s |\n|---|---|---|---|---|");
     for (k, n) in [(576usize, 1536usize), (2048, 2048), (576, 49152)] {
-        for q8 in [true, false] {
+        for (q8, q4) in [(true, true), (true, false), (false, false)] {
             let data = if q8 {
                 MatData::Q8 {
-                    q: (0..k * n).map(|_| (rnd() % 31) as i8 - 15).collect(),
+                    q: (0..k * n).map(|_| if q4 { (rnd() % 16) as i8 } else { (rnd() % 31) as i8 - 15 }).collect(),
                     scale: (0..k * n / 32).map(|_| 0.01).collect(),
                     offset: (0..k * n / 32).map(|_| 0.001).collect(),
                 }
@@ -179,7 +179,13 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
             let m = Matrix { k, n, data };
             for rows in [1usize, 8] {
                 let ms = crate::model::gpu::bench_matmul(gpu, &m, rows, 20);
-                let fmt = if q8 { "Q8" } else { "F16" };
+                let fmt = if q4 {
+                    "Q4"
+                } else if q8 {
+                    "Q8"
+                } else {
+                    "F16"
+                };
                 println!("| {k} x {n} | {fmt} | {rows} | {ms:.3} | {:.2} |", (k * n) as f64 / ms / 1e6);
             }
         }

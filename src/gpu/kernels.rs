@@ -40,6 +40,8 @@ pub fn source(body: &str) -> String {
 pub enum Format {
     Q8 = 0,
     F16 = 1,
+    /// Matmul only: the embedding, head and replay kernels read Q8 or F16.
+    Q4 = 2,
 }
 
 /// What a matmul does with its result.
@@ -160,6 +162,7 @@ impl Kernels {
 
     /// One entry point of head.wgsl (the draft head and its trainer).
     pub fn head(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
+        assert!(f != Format::Q4, "the LM head is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("head {entry} {f:?}"), || {
             gpu.pipeline(entry, &source(HEAD), entry, &HEAD_BINDS, &[("FORMAT", f as u32 as f64)])
         })
@@ -167,12 +170,14 @@ impl Kernels {
 
     /// One entry point of replay.wgsl (the draft head's training data).
     pub fn replay(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
+        assert!(f != Format::Q4, "the embedding is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("replay {entry} {f:?}"), || {
             gpu.pipeline(entry, &source(REPLAY), entry, &REPLAY_BINDS, &[("FORMAT", f as u32 as f64)])
         })
     }
 
     pub fn embed(&self, gpu: &Gpu, f: Format) -> std::sync::Arc<Pipeline> {
+        assert!(f != Format::Q4, "the embedding is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("embed {f:?}"), || {
             gpu.pipeline("embed", &source(EMBED), "main", &EMBED_BINDS, &[("FORMAT", f as u32 as f64)])
         })

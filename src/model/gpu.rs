@@ -25,6 +25,13 @@ use crate::model::cpu::rope_table;
 use crate::model::weights::{MatData, Matrix, Weights};
 use std::sync::Arc;
 
+/// Where word `kw` (of `words` along K) of column `c` goes in the column-group-major layout of
+/// matmul.wgsl: groups of 4 columns one after the other, each running down K, the 4 columns'
+/// words side by side.
+fn col_major(c: usize, kw: usize, words: usize) -> usize {
+    ((c / 4) * words + kw) * 4 + c % 4
+}
+
 /// One column range of a matrix, small enough for one storage binding.
 #[derive(Clone)]
 struct MatPart {
@@ -43,13 +50,35 @@ pub struct GpuMatrix {
 }
 
 impl GpuMatrix {
-    /// Lays a matrix out K-major (see matmul.wgsl) and uploads it, split by columns so that no
-    /// binding exceeds the device limit.
+    /// Lays a matrix out column-group-major (see matmul.wgsl) and uploads it, split by columns so that no
+    /// binding exceeds the device limit. 8-bit matrices whose values all fit in 4 bits (those
+    /// from Q4_0, Q4_1 and Q4_K) go up as Q4.
     pub fn upload(gpu: &Gpu, m: &Matrix, label: &str) -> GpuMatrix {
+        Self::upload_as(gpu, m, label, Self::best_format(m))
+    }
+
+    /// Uploads in Q8 or F16 only: for the matrices that the embedding, draft-head and replay
+    /// kernels read as well as the matmul (the embedding and the LM head).
+    pub fn upload_wide(gpu: &Gpu, m: &Matrix, label: &str) -> GpuMatrix {
+        let f = if m.is_q8() { Format::Q8 } else { Format::F16 };
+        Self::upload_as(gpu, m, label, f)
+    }
+
+    /// The fewest bytes per weight that hold `m` exactly.
+    pub fn best_format(m: &Matrix) -> Format {
+        match &m.data {
+            MatData::Q8 { q, .. } if q.iter().all(|&v| (0..16).contains(&v)) => Format::Q4,
+            MatData::Q8 { .. } => Format::Q8,
+            MatData::F16(_) => Format::F16,
+        }
+    }
+
+    fn upload_as(gpu: &Gpu, m: &Matrix, label: &str, format: Format) -> GpuMatrix {
         let (k, n) = (m.k, m.n);
-        let bytes_per_col = match m.data {
-            MatData::Q8 { .. } => k as u64,
-            MatData::F16(_) => 2 * k as u64,
+        let bytes_per_col = match format {
+            Format::Q4 => k as u64 / 2,
+            Format::Q8 => k as u64,
+            Format::F16 => 2 * k as u64,
         };
         let max_cols = ((gpu.max_binding / bytes_per_col) as usize / 64 * 64).max(8);
         let mut parts = Vec::new();
@@ -59,19 +88,25 @@ impl GpuMatrix {
             let cols = n_base..n_base + pn;
             let (w, scale, offset) = match &m.data {
                 MatData::Q8 { q, scale, offset } => {
-                    let mut w = vec![0u32; k / 4 * pn];
+                    // `per` values of one column along k in each u32, `bits` bits each
+                    let (per, bits) = if format == Format::Q4 { (8, 4) } else { (4, 8) };
+                    let mask = (1u32 << bits) - 1;
+                    let mut w = vec![0u32; k / per * pn];
                     for (ci, c) in cols.clone().enumerate() {
-                        for kq in 0..k / 4 {
-                            let b = &q[c * k + 4 * kq..c * k + 4 * kq + 4];
-                            w[kq * pn + ci] = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                        for kw in 0..k / per {
+                            let vals = &q[c * k + per * kw..c * k + per * kw + per];
+                            w[col_major(ci, kw, k / per)] = vals
+                                .iter()
+                                .enumerate()
+                                .fold(0, |acc, (i, &v)| acc | ((v as u8 as u32 & mask) << (bits * i)));
                         }
                     }
                     let mut s = vec![0f32; k / 32 * pn];
                     let mut o = vec![0f32; k / 32 * pn];
                     for (ci, c) in cols.clone().enumerate() {
                         for b in 0..k / 32 {
-                            s[b * pn + ci] = scale[c * k / 32 + b];
-                            o[b * pn + ci] = offset[c * k / 32 + b];
+                            s[col_major(ci, b, k / 32)] = scale[c * k / 32 + b];
+                            o[col_major(ci, b, k / 32)] = offset[c * k / 32 + b];
                         }
                     }
                     (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &o))
@@ -82,7 +117,7 @@ impl GpuMatrix {
                         for kp in 0..k / 2 {
                             let lo = h[c * k + 2 * kp].to_bits() as u32;
                             let hi = h[c * k + 2 * kp + 1].to_bits() as u32;
-                            w[kp * pn + ci] = lo | (hi << 16);
+                            w[col_major(ci, kp, k / 2)] = lo | (hi << 16);
                         }
                     }
                     (gpu.storage(label, &w), gpu.storage(label, &[0u32; 4]), gpu.storage(label, &[0u32; 4]))
@@ -91,7 +126,6 @@ impl GpuMatrix {
             parts.push(MatPart { w, scale, offset, n: pn, n_base });
             n_base += pn;
         }
-        let format = if m.is_q8() { Format::Q8 } else { Format::F16 };
         GpuMatrix { k, format, parts }
     }
 
@@ -330,7 +364,7 @@ impl GpuModel {
         };
 
         // embedding (also the tied LM head)
-        let embed_m = GpuMatrix::upload(g, &w.embed, "embed");
+        let embed_m = GpuMatrix::upload_wide(g, &w.embed, "embed");
         let mut embed = Vec::new();
         {
             let p = kernels.embed(g, embed_m.format);
@@ -410,7 +444,7 @@ impl GpuModel {
             }
         }
         let out_m = match &w.output {
-            Some(o) => GpuMatrix::upload(g, o, "output"),
+            Some(o) => GpuMatrix::upload_wide(g, o, "output"),
             None => embed_m.clone(),
         };
         let out_gamma = g.storage("final norm weight", &w.out_norm);

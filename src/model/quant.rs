@@ -161,12 +161,13 @@ pub fn block_as_q8(ty: GgmlType, block: &[u8], sub: usize) -> Option<([i8; 32], 
     let mut q = [0i8; 32];
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            // values stay 0..15 (so the GPU can keep them as 4 bits); Q4_0's -8 moves into the
+            // offset: d * q - 8d is exactly d * (q - 8) in f32
             let d = f16_at(block, 0);
-            let (m, base) = if ty == GgmlType::Q4_1 { (f16_at(block, 2), 4) } else { (0.0, 2) };
-            let bias = if ty == GgmlType::Q4_0 { 8 } else { 0 };
+            let (m, base) = if ty == GgmlType::Q4_1 { (f16_at(block, 2), 4) } else { (-8.0 * d, 2) };
             for j in 0..16 {
-                q[j] = (block[base + j] & 0xF) as i8 - bias;
-                q[j + 16] = (block[base + j] >> 4) as i8 - bias;
+                q[j] = (block[base + j] & 0xF) as i8;
+                q[j + 16] = (block[base + j] >> 4) as i8;
             }
             Some((q, d, m))
         }

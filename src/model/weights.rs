@@ -2,11 +2,12 @@
 //! kernels read directly, and everything else (norms, biases) as f32.
 //!
 //! * `Q8`: 8-bit values in blocks of 32 along K, each block with an f32 scale and offset
-//!   (x = scale * q + offset). Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K convert to it exactly.
+//!   (x = scale * q + offset). Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K convert to it exactly; the 4-bit
+//!   types keep their values in 0..15, and the GPU stores such matrices in 4 bits (`Q4`).
 //! * `F16`: everything else (F32, F16, BF16, Q6_K), and fused matrices whose parts differ.
 //!
-//! Matrices are held here output-row-major ([N][K], like the file); `gpu::upload` lays them out
-//! K-major for the kernels. The CPU reference reads exactly these values, so GPU and CPU compute
+//! Matrices are held here output-row-major ([N][K], like the file); `GpuMatrix::upload` lays them
+//! out column-group-major for the kernels. The CPU reference reads exactly these values, so GPU and CPU compute
 //! with identical weights.
 
 use crate::error::{Error, Result};

@@ -52,9 +52,14 @@ impl Rng {
 }
 
 pub fn random_matrix(rng: &mut Rng, k: usize, n: usize, q8: bool) -> Matrix {
+    random_matrix_with(rng, k, n, q8, false)
+}
+
+/// `q4`: 8-bit values that all fit in 4 bits (0..15), which the GPU keeps as Q4.
+pub fn random_matrix_with(rng: &mut Rng, k: usize, n: usize, q8: bool, q4: bool) -> Matrix {
     let data = if q8 {
         MatData::Q8 {
-            q: (0..k * n).map(|_| (rng.next() % 31) as i8 - 15).collect(),
+            q: (0..k * n).map(|_| if q4 { (rng.next() % 16) as i8 } else { (rng.next() % 31) as i8 - 15 }).collect(),
             scale: (0..k * n / 32).map(|_| 0.02 + 0.01 * rng.f()).collect(),
             offset: (0..k * n / 32).map(|_| 0.02 * rng.f()).collect(),
         }
@@ -64,7 +69,9 @@ pub fn random_matrix(rng: &mut Rng, k: usize, n: usize, q8: bool) -> Matrix {
     Matrix { k, n, data }
 }
 
-/// A small random transformer (2 layers, GQA) in either weight format and RoPE style.
+/// A small random transformer (2 layers, GQA) in either weight format and RoPE style. With
+/// `q8`, the attention output and gate/up projections are Q4-valued (4-bit on the GPU), QKV and
+/// the embedding Q8, and the down projection and LM head F16; without, the other way round.
 pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, Weights) {
     let cfg = Config {
         arch: "tiny".into(),
@@ -89,9 +96,9 @@ pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, 
             attn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
             qkv: random_matrix(&mut rng, d, qkv, q8),
             qkv_bias: bias.then(|| rng.vec(qkv, 0.1)),
-            attn_out: random_matrix(&mut rng, cfg.q_dim(), d, q8),
+            attn_out: random_matrix_with(&mut rng, cfg.q_dim(), d, q8, true),
             ffn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
-            gate_up: random_matrix(&mut rng, d, 2 * cfg.ffn_dim, q8),
+            gate_up: random_matrix_with(&mut rng, d, 2 * cfg.ffn_dim, q8, true),
             down: random_matrix(&mut rng, cfg.ffn_dim, d, !q8),
         })
         .collect();
