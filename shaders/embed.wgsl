@@ -1,6 +1,7 @@
-// x[row] = embedding of tokens[row], read from the embedding matrix in the Q8 or F16
-// column-group-major layout of matmul.wgsl (the same buffers serve as the tied LM head). The matrix may be split in
-// column parts; each part's dispatch fills the rows whose token falls in its range.
+// x[row] = embedding of tokens[row], read from the embedding matrix in the Q8, Q8x16 or F16
+// column-group-major layout of matmul.wgsl (the same buffers serve as the tied LM head). The
+// matrix may be split in column parts; each part's dispatch fills the rows whose token falls in
+// its range.
 
 override FORMAT: u32 = 0u;
 
@@ -39,6 +40,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let q = vec4<f32>(unpack4xI8(w[(g * k4 + kq) * 4u + c]));
         let b = (g * (p.k / 32u) + kq / 8u) * 4u + c;
         x[row * k4 + kq] = q * scale[b] + vec4<f32>(offset[b]);
+    } else if (FORMAT == 3u) {
+        let q = vec4<f32>(unpack4xI8(w[(g * k4 + kq) * 4u + c]));
+        x[row * k4 + kq] = q * scale[(g * (p.k / 16u) + kq / 4u) * 4u + c];
     } else {
         let lo = unpack2x16float(w[(g * 2u * k4 + 2u * kq) * 4u + c]);
         let hi = unpack2x16float(w[(g * 2u * k4 + 2u * kq + 1u) * 4u + c]);

@@ -20,7 +20,8 @@
 // Parameters live in one buffer: w1 [2d][r], b1 [r], w2 [r][d], b2 [d]; d and r are multiples of 4,
 // so the parameter, moment and activation buffers are read and written as vec4s where lanes
 // vary (every row of every block starts on a multiple of 4).
-// The LM head is read in the engine's column-group-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
+// The LM head is read in the engine's column-group-major layout (matmul.wgsl): FORMAT 0 Q8, 1 F16
+// or 3 Q8x16.
 
 override FORMAT: u32 = 0u;
 
@@ -91,6 +92,10 @@ fn w_out(k: u32, c: u32) -> f32 {
         let q = unpack4xI8(wout[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
         let b = (g * (kk / 32u) + k / 32u) * 4u + col;
         return f32(q) * wscale[b] + woffset[b];
+    }
+    if (FORMAT == 3u) {
+        let q = unpack4xI8(wout[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
+        return f32(q) * wscale[(g * (kk / 16u) + k / 16u) * 4u + col];
     }
     return unpack2x16float(wout[(g * (kk / 2u) + k / 2u) * 4u + col])[k % 2u];
 }

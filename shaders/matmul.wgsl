@@ -9,6 +9,7 @@
 //                   k..k+7 (value i in bits 4i..4i+3), scale and offset as for Q8. Q4_0, Q4_1
 //                   and Q4_K weights, half the bytes of Q8: on lavapipe every per-lane load costs
 //                   a bounds-checked scalar load per component, so fewer loads per weight win.
+//   FORMAT 3 (Q8x16): w as Q8; scale[g * K/16 + k/16] per 16 values, no offset (Q6_K exactly).
 // Each invocation computes 4 adjacent columns for up to 4 rows, reading each weight once for all
 // of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
 //
@@ -86,6 +87,34 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>) -
     return acc;
 }
 
+// Q8x16: one 32-block of 4-column group g, as two 16-blocks with their own scales.
+fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    let k4 = p.k / 4u;
+    var acc = acc_in;
+    for (var h = 0u; h < 2u; h++) {
+        var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        for (var j = 0u; j < 4u; j++) {
+            let kq = b * 8u + h * 4u + j;
+            let q = w[g * k4 + kq];
+            let c0 = vec4<f32>(unpack4xI8(q.x));
+            let c1 = vec4<f32>(unpack4xI8(q.y));
+            let c2 = vec4<f32>(unpack4xI8(q.z));
+            let c3 = vec4<f32>(unpack4xI8(q.w));
+            for (var r = 0u; r < R; r++) {
+                if (r < rows) {
+                    let xv = x[(row0 + r) * k4 + kq];
+                    part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
+                }
+            }
+        }
+        let s = scale[g * (p.k / 16u) + 2u * b + h];
+        for (var r = 0u; r < R; r++) {
+            acc[r] += s * part[r];
+        }
+    }
+    return acc;
+}
+
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
 fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
     let k4 = p.k / 4u;
@@ -93,6 +122,10 @@ fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
     for (var b = 0u; b < p.k / 32u; b++) {
         if (FORMAT == 2u) {
             acc = q4_block(b, g, row0, rows, acc);
+            continue;
+        }
+        if (FORMAT == 3u) {
+            acc = q8x16_block(b, g, row0, rows, acc);
             continue;
         }
         var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));

@@ -18,7 +18,8 @@
 //                alpha, the realised token x (1 - alpha); the fed token, the head's own drafts
 //                and hashed negatives x 0).
 //   embed_tokens e[b] = embedding of token idx[b] (inputs for drafting).
-// The embedding is read in the engine's column-group-major layout (matmul.wgsl), FORMAT 0 Q8 or 1 F16.
+// The embedding is read in the engine's column-group-major layout (matmul.wgsl): FORMAT 0 Q8, 1
+// F16 or 3 Q8x16.
 
 override FORMAT: u32 = 0u;
 
@@ -78,6 +79,10 @@ fn emb(k: u32, c: u32) -> f32 {
         let q = unpack4xI8(emb_w[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
         let b = (g * (kk / 32u) + k / 32u) * 4u + col;
         return f32(q) * emb_scale[b] + emb_offset[b];
+    }
+    if (FORMAT == 3u) {
+        let q = unpack4xI8(emb_w[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
+        return f32(q) * emb_scale[(g * (kk / 16u) + k / 16u) * 4u + col];
     }
     return unpack2x16float(emb_w[(g * (kk / 2u) + k / 2u) * 4u + col])[k % 2u];
 }

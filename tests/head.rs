@@ -24,11 +24,11 @@ fn dense_kc(w: &augur::model::weights::Matrix, d: usize, vocab: usize) -> Vec<f3
 #[test]
 fn head_forward_and_training_steps_match_cpu_reference() {
     let gpu = gpu();
-    for q8 in [true, false] {
+    for (seed, kind) in [(5, Kind::Q8), (6, Kind::F16), (7, Kind::Q8x16)] {
         let dims = HeadDims { d: 64, r: 96 };
         let vocab = 512;
-        let mut rng = Rng(if q8 { 5 } else { 6 });
-        let wout = random_matrix(&mut rng, dims.d, vocab, q8);
+        let mut rng = Rng(seed);
+        let wout = random_matrix_of(&mut rng, dims.d, vocab, kind);
         let dense = dense_kc(&wout, dims.d, vocab);
         let gamma: Vec<f32> = (0..dims.d).map(|_| 1.0 + 0.3 * rng.f()).collect();
         let mut p = head::init(dims, 9);
@@ -81,7 +81,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
             let want = head::forward(dims, &p, &s.h, &s.e).y;
             let got = &act[gh.y_offset(n) + b * dims.d..gh.y_offset(n) + (b + 1) * dims.d];
             let e = rel_l2(got, &want);
-            assert!(e < 1e-5, "q8 {q8} row {b}: forward rel L2 {e}");
+            assert!(e < 1e-5, "{kind:?} row {b}: forward rel L2 {e}");
         }
 
         // two training steps; eps large enough that Adam's update is linear in tiny gradients
@@ -101,7 +101,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
             let gpu_loss: f32 = act[gh.loss_offset(n)..].iter().sum::<f32>() / n as f32;
             assert!(
                 (gpu_loss - loss).abs() < 1e-4 * loss.abs().max(1.0),
-                "q8 {q8} step {step}: loss {gpu_loss} vs {loss}"
+                "{kind:?} step {step}: loss {gpu_loss} vs {loss}"
             );
             let got = gpu.read_f32(&gh.params, dims.n_params());
             for (name, range) in [("w1", dims.w1()), ("b1", dims.b1()), ("w2", dims.w2()), ("b2", dims.b2())] {
@@ -109,7 +109,7 @@ fn head_forward_and_training_steps_match_cpu_reference() {
                     let (dg, dc) = (got[i] - before[i], cpu[i] - before[i]);
                     assert!(
                         (dg - dc).abs() <= 0.02 * opt.lr + 1e-6 * before[i].abs(),
-                        "q8 {q8} step {step} {name}[{i}]: GPU moved {dg}, CPU {dc}"
+                        "{kind:?} step {step} {name}[{i}]: GPU moved {dg}, CPU {dc}"
                     );
                 }
             }
@@ -239,11 +239,17 @@ fn head_learns_a_deterministic_mapping() {
 /// `embed_tokens` looks embeddings up.
 #[test]
 fn replay_record_and_gather_match_cpu_reference() {
+    // odd seed: Q8 embedding; even: Q8x16 (see tiny_model)
+    replay_matches_cpu_reference(21);
+    replay_matches_cpu_reference(22);
+}
+
+fn replay_matches_cpu_reference(seed: u64) {
     use augur::gpu::kernels::CANDIDATES as TEACH;
     use augur::model::gpu::{GpuModel, RESULT_BONUS, RESULT_LEN};
     use augur::train::replay::{META, Replay, gather_cpu, record_cpu, record_prompt_cpu};
     let gpu = gpu();
-    let (cfg, w) = tiny_model(21, true, augur::model::config::RopeStyle::Neox, false);
+    let (cfg, w) = tiny_model(seed, true, augur::model::config::RopeStyle::Neox, false);
     let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
     let d = cfg.dim;
     let dims = HeadDims { d, r: 32 };

@@ -1,5 +1,5 @@
 //! Every WGSL kernel against its plain-Rust reference, on random inputs, on the GPU wgpu finds
-//! (lavapipe in CI). The forward-pass kernels (embed, matmul in all three weight formats with every epilogue,
+//! (lavapipe in CI). The forward-pass kernels (embed, matmul in all four weight formats with every epilogue,
 //! rope_kv, attention) are checked through a tiny random transformer against the CPU forward; the
 //! acceptance kernel's sampling directly against its CPU twin.
 
@@ -19,9 +19,12 @@ fn gpu_logits(m: &GpuModel, spec: &PassSpec) -> Vec<f32> {
 #[test]
 fn tiny_model_matches_cpu_reference() {
     let gpu = gpu();
-    for (seed, q8, rope, bias) in
-        [(1, true, RopeStyle::Interleaved, false), (2, false, RopeStyle::Neox, true), (3, true, RopeStyle::Neox, true)]
-    {
+    for (seed, q8, rope, bias) in [
+        (1, true, RopeStyle::Interleaved, false),
+        (2, false, RopeStyle::Neox, true),
+        (3, true, RopeStyle::Neox, true),
+        (4, true, RopeStyle::Neox, false),
+    ] {
         let (cfg, w) = tiny_model(seed, q8, rope, bias);
         let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
         let mut cpu = CpuModel::new(&cfg, &w, 64);

@@ -40,8 +40,9 @@ pub fn source(body: &str) -> String {
 pub enum Format {
     Q8 = 0,
     F16 = 1,
-    /// Matmul only: the embedding, head and replay kernels read Q8 or F16.
+    /// Matmul only: the embedding, head and replay kernels read the others.
     Q4 = 2,
+    Q8x16 = 3,
 }
 
 /// What a matmul does with its result.

@@ -57,10 +57,13 @@ impl GpuMatrix {
         Self::upload_as(gpu, m, label, Self::best_format(m))
     }
 
-    /// Uploads in Q8 or F16 only: for the matrices that the embedding, draft-head and replay
+    /// Uploads in any format but Q4: for the matrices that the embedding, draft-head and replay
     /// kernels read as well as the matmul (the embedding and the LM head).
     pub fn upload_wide(gpu: &Gpu, m: &Matrix, label: &str) -> GpuMatrix {
-        let f = if m.is_q8() { Format::Q8 } else { Format::F16 };
+        let f = match Self::best_format(m) {
+            Format::Q4 => Format::Q8,
+            f => f,
+        };
         Self::upload_as(gpu, m, label, f)
     }
 
@@ -69,6 +72,7 @@ impl GpuMatrix {
         match &m.data {
             MatData::Q8 { q, .. } if q.iter().all(|&v| (0..16).contains(&v)) => Format::Q4,
             MatData::Q8 { .. } => Format::Q8,
+            MatData::Q8x16 { .. } => Format::Q8x16,
             MatData::F16(_) => Format::F16,
         }
     }
@@ -77,7 +81,7 @@ impl GpuMatrix {
         let (k, n) = (m.k, m.n);
         let bytes_per_col = match format {
             Format::Q4 => k as u64 / 2,
-            Format::Q8 => k as u64,
+            Format::Q8 | Format::Q8x16 => k as u64,
             Format::F16 => 2 * k as u64,
         };
         let max_cols = ((gpu.max_binding / bytes_per_col) as usize / 64 * 64).max(8);
@@ -110,6 +114,21 @@ impl GpuMatrix {
                         }
                     }
                     (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &o))
+                }
+                MatData::Q8x16 { q, scale } => {
+                    let mut w = vec![0u32; k / 4 * pn];
+                    let mut s = vec![0f32; k / 16 * pn];
+                    for (ci, c) in cols.clone().enumerate() {
+                        for kw in 0..k / 4 {
+                            let v = &q[c * k + 4 * kw..c * k + 4 * kw + 4];
+                            w[col_major(ci, kw, k / 4)] =
+                                u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8]);
+                        }
+                        for b in 0..k / 16 {
+                            s[col_major(ci, b, k / 16)] = scale[c * k / 16 + b];
+                        }
+                    }
+                    (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &[0u32; 4]))
                 }
                 MatData::F16(h) => {
                     let mut w = vec![0u32; k / 2 * pn];

@@ -202,9 +202,58 @@ pub fn block_as_q8(ty: GgmlType, block: &[u8], sub: usize) -> Option<([i8; 32], 
     }
 }
 
+/// A Q6_K block (256 values) as 8-bit values with one f32 scale per 16: x = scale[i / 16] * q[i].
+/// Exact: each scale is d * sc (an f16 times an i8, exact in f32) and q - 32 fits in an i8, and
+/// `dequantize` computes the same product.
+pub fn q6k_as_q8x16(block: &[u8]) -> ([i8; 256], [f32; 16]) {
+    let (ql, qh, sc) = (&block[0..128], &block[128..192], &block[192..208]);
+    let d = f16_at(block, 208);
+    let mut q = [0i8; 256];
+    let mut scale = [0f32; 16];
+    for (s, &c) in scale.iter_mut().zip(sc) {
+        *s = d * (c as i8) as f32;
+    }
+    for half in 0..2 {
+        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+        let q = &mut q[128 * half..];
+        for l in 0..32 {
+            q[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+            q[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            q[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            q[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+    (q, scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Q6_K as 8-bit values with a scale per 16 gives back exactly the dequantised values.
+    #[test]
+    fn q6k_blocks_match_dequantize() {
+        let mut seed = 0x9876_5432_u64;
+        for _ in 0..20 {
+            let mut block: Vec<u8> = (0..210)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let h = f16::from_f32(((seed % 1000) as f32 - 500.0) / 3000.0).to_le_bytes();
+            block[208] = h[0];
+            block[209] = h[1];
+            let mut y = vec![0f32; 256];
+            dequantize(GgmlType::Q6_K, &block, &mut y);
+            let (q, s) = q6k_as_q8x16(&block);
+            for i in 0..256 {
+                assert_eq!((s[i / 16] * q[i] as f32).to_bits(), y[i].to_bits(), "value {i}");
+            }
+        }
+    }
 
     /// Q8 conversion of every supported block type gives back exactly the dequantised values.
     #[test]

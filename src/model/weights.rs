@@ -1,25 +1,28 @@
-//! Model weights as augur keeps them: every projection matrix in one of two formats that the GPU
+//! Model weights as augur keeps them: every projection matrix in one of three formats that the GPU
 //! kernels read directly, and everything else (norms, biases) as f32.
 //!
 //! * `Q8`: 8-bit values in blocks of 32 along K, each block with an f32 scale and offset
 //!   (x = scale * q + offset). Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K convert to it exactly; the 4-bit
 //!   types keep their values in 0..15, and the GPU stores such matrices in 4 bits (`Q4`).
-//! * `F16`: everything else (F32, F16, BF16, Q6_K), and fused matrices whose parts differ.
+//! * `Q8x16`: 8-bit values with an f32 scale per block of 16 along K and no offset: Q6_K exactly.
+//! * `F16`: everything else (F32, F16, BF16), and fused matrices whose parts differ.
 //!
-//! Matrices are held here output-row-major ([N][K], like the file); `GpuMatrix::upload` lays them
-//! out column-group-major for the kernels. The CPU reference reads exactly these values, so GPU and CPU compute
-//! with identical weights.
+//! Matrices are held here output-row-major ([N][K], like the file); `GpuMatrix::upload` lays
+//! them out column-group-major for the kernels. The CPU reference reads exactly these values, so
+//! GPU and CPU compute with identical weights.
 
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::gguf::{Gguf, TensorInfo};
-use crate::model::quant::{GgmlType, block_as_q8, dequantize};
+use crate::model::quant::{GgmlType, block_as_q8, dequantize, q6k_as_q8x16};
 use half::f16;
 
 #[derive(Debug, Clone)]
 pub enum MatData {
     /// q: [N][K] i8; scale, offset: [N][K/32].
     Q8 { q: Vec<i8>, scale: Vec<f32>, offset: Vec<f32> },
+    /// q: [N][K] i8; scale: [N][K/16].
+    Q8x16 { q: Vec<i8>, scale: Vec<f32> },
     /// [N][K] f16.
     F16(Vec<f16>),
 }
@@ -59,6 +62,15 @@ impl Matrix {
                 }
             }
             Ok(Matrix { k, n, data: MatData::Q8 { q, scale, offset } })
+        } else if t.ty == GgmlType::Q6_K {
+            let mut q = vec![0i8; k * n];
+            let mut scale = vec![0f32; k / 16 * n];
+            for (bi, block) in bytes.chunks_exact(t.ty.block_bytes()).enumerate() {
+                let (vals, sc) = q6k_as_q8x16(block);
+                q[bi * 256..bi * 256 + 256].copy_from_slice(&vals);
+                scale[bi * 16..bi * 16 + 16].copy_from_slice(&sc);
+            }
+            Ok(Matrix { k, n, data: MatData::Q8x16 { q, scale } })
         } else {
             let mut f = vec![0f32; k * n];
             dequantize(t.ty, bytes, &mut f);
@@ -82,6 +94,11 @@ impl Matrix {
                     }
                 }
             }
+            MatData::Q8x16 { q, scale } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = scale[(r * k + i) / 16] * q[r * k + i] as f32;
+                }
+            }
             MatData::F16(w) => {
                 for (o, v) in out.iter_mut().zip(&w[r * k..(r + 1) * k]) {
                     *o = v.to_f32();
@@ -93,7 +110,7 @@ impl Matrix {
     fn to_f16(&self) -> Vec<f16> {
         match &self.data {
             MatData::F16(w) => w.clone(),
-            MatData::Q8 { .. } => {
+            MatData::Q8 { .. } | MatData::Q8x16 { .. } => {
                 let mut w = Vec::with_capacity(self.k * self.n);
                 let mut row = vec![0f32; self.k];
                 for r in 0..self.n {
@@ -120,13 +137,17 @@ impl Matrix {
                 }
                 MatData::Q8 { q: nq, scale: ns, offset: no }
             }
+            MatData::Q8x16 { q, scale } => MatData::Q8x16 {
+                q: rows.iter().flat_map(|&r| q[r * k..(r + 1) * k].iter().copied()).collect(),
+                scale: rows.iter().flat_map(|&r| scale[r * k / 16..(r + 1) * k / 16].iter().copied()).collect(),
+            },
             MatData::F16(w) => MatData::F16(rows.iter().flat_map(|&r| w[r * k..(r + 1) * k].iter().copied()).collect()),
         };
         Matrix { k, n: rows.len(), data }
     }
 
     /// Stacks the outputs of several matrices with the same K into one (fused projections).
-    /// Stays Q8 when every part is Q8, else becomes F16.
+    /// Stays Q8 (or Q8x16) when every part is, else becomes F16.
     pub fn concat(parts: &[&Matrix]) -> Matrix {
         let k = parts[0].k;
         assert!(parts.iter().all(|p| p.k == k));
@@ -141,6 +162,15 @@ impl Matrix {
                 }
             }
             MatData::Q8 { q, scale: s, offset: o }
+        } else if parts.iter().all(|p| matches!(p.data, MatData::Q8x16 { .. })) {
+            let (mut q, mut s) = (Vec::new(), Vec::new());
+            for p in parts {
+                if let MatData::Q8x16 { q: pq, scale } = &p.data {
+                    q.extend_from_slice(pq);
+                    s.extend_from_slice(scale);
+                }
+            }
+            MatData::Q8x16 { q, scale: s }
         } else {
             MatData::F16(parts.iter().flat_map(|p| p.to_f16()).collect())
         };

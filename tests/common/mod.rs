@@ -52,26 +52,39 @@ impl Rng {
 }
 
 pub fn random_matrix(rng: &mut Rng, k: usize, n: usize, q8: bool) -> Matrix {
-    random_matrix_with(rng, k, n, q8, false)
+    random_matrix_of(rng, k, n, if q8 { Kind::Q8 } else { Kind::F16 })
 }
 
-/// `q4`: 8-bit values that all fit in 4 bits (0..15), which the GPU keeps as Q4.
-pub fn random_matrix_with(rng: &mut Rng, k: usize, n: usize, q8: bool, q4: bool) -> Matrix {
-    let data = if q8 {
-        MatData::Q8 {
-            q: (0..k * n).map(|_| if q4 { (rng.next() % 16) as i8 } else { (rng.next() % 31) as i8 - 15 }).collect(),
+/// The GPU formats a matrix can take (Q4: 8-bit values that all fit in 4 bits).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Q4,
+    Q8,
+    Q8x16,
+    F16,
+}
+
+pub fn random_matrix_of(rng: &mut Rng, k: usize, n: usize, kind: Kind) -> Matrix {
+    let data = match kind {
+        Kind::Q4 | Kind::Q8 => MatData::Q8 {
+            q: (0..k * n)
+                .map(|_| if kind == Kind::Q4 { (rng.next() % 16) as i8 } else { (rng.next() % 31) as i8 - 15 })
+                .collect(),
             scale: (0..k * n / 32).map(|_| 0.02 + 0.01 * rng.f()).collect(),
             offset: (0..k * n / 32).map(|_| 0.02 * rng.f()).collect(),
-        }
-    } else {
-        MatData::F16((0..k * n).map(|_| f16::from_f32(0.3 * rng.f())).collect())
+        },
+        Kind::Q8x16 => MatData::Q8x16 {
+            q: (0..k * n).map(|_| (rng.next() % 64) as i8 - 32).collect(),
+            scale: (0..k * n / 16).map(|_| 0.01 * rng.f()).collect(),
+        },
+        Kind::F16 => MatData::F16((0..k * n).map(|_| f16::from_f32(0.3 * rng.f())).collect()),
     };
     Matrix { k, n, data }
 }
 
-/// A small random transformer (2 layers, GQA) in either weight format and RoPE style. With
-/// `q8`, the attention output and gate/up projections are Q4-valued (4-bit on the GPU), QKV and
-/// the embedding Q8, and the down projection and LM head F16; without, the other way round.
+/// A small random transformer (2 layers, GQA) in either set of weight formats and RoPE style.
+/// With `q8`: QKV Q8, attention output and gate/up Q4, down Q8x16, the LM head F16 and the
+/// embedding Q8 (odd seeds) or Q8x16 (even). Without: F16 but for down and the LM head (Q8).
 pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, Weights) {
     let cfg = Config {
         arch: "tiny".into(),
@@ -96,14 +109,23 @@ pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, 
             attn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
             qkv: random_matrix(&mut rng, d, qkv, q8),
             qkv_bias: bias.then(|| rng.vec(qkv, 0.1)),
-            attn_out: random_matrix_with(&mut rng, cfg.q_dim(), d, q8, true),
+            attn_out: random_matrix_of(&mut rng, cfg.q_dim(), d, if q8 { Kind::Q4 } else { Kind::F16 }),
             ffn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
-            gate_up: random_matrix_with(&mut rng, d, 2 * cfg.ffn_dim, q8, true),
-            down: random_matrix(&mut rng, cfg.ffn_dim, d, !q8),
+            gate_up: random_matrix_of(&mut rng, d, 2 * cfg.ffn_dim, if q8 { Kind::Q4 } else { Kind::F16 }),
+            down: random_matrix_of(&mut rng, cfg.ffn_dim, d, if q8 { Kind::Q8x16 } else { Kind::Q8 }),
         })
         .collect();
     let w = Weights {
-        embed: random_matrix(&mut rng, d, cfg.vocab, q8),
+        embed: random_matrix_of(
+            &mut rng,
+            d,
+            cfg.vocab,
+            match (q8, seed % 2) {
+                (false, _) => Kind::F16,
+                (true, 1) => Kind::Q8,
+                (true, _) => Kind::Q8x16,
+            },
+        ),
         layers,
         out_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
         output: Some(random_matrix(&mut rng, d, cfg.vocab, !q8)),
