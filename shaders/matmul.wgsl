@@ -10,6 +10,8 @@
 //                   and Q4_K weights, half the bytes of Q8: on lavapipe every per-lane load costs
 //                   a bounds-checked scalar load per component, so fewer loads per weight win.
 //   FORMAT 3 (Q8x16): w as Q8; scale[g * K/16 + k/16] per 16 values, no offset (Q6_K exactly).
+//   FORMAT 4 (Q8, no offset): Q8 whose offsets are all zero (Q5_0, Q8_0): one load fewer per
+//                   32-block, and no running sum of x.
 // Each invocation computes 4 adjacent columns for up to 4 rows, reading each weight once for all
 // of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
 //
@@ -136,7 +138,7 @@ fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
             var c1: vec4<f32>;
             var c2: vec4<f32>;
             var c3: vec4<f32>;
-            if (FORMAT == 0u) {
+            if (FORMAT == 0u || FORMAT == 4u) {
                 let q = w[g * k4 + kq];
                 c0 = vec4<f32>(unpack4xI8(q.x));
                 c1 = vec4<f32>(unpack4xI8(q.y));
@@ -163,6 +165,11 @@ fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
             let o = offset[g * (p.k / 32u) + b];
             for (var r = 0u; r < R; r++) {
                 acc[r] += s * part[r] + o * xs[r];
+            }
+        } else if (FORMAT == 4u) {
+            let s = scale[g * (p.k / 32u) + b];
+            for (var r = 0u; r < R; r++) {
+                acc[r] += s * part[r];
             }
         } else {
             for (var r = 0u; r < R; r++) {

@@ -24,7 +24,7 @@ fn dense_kc(w: &augur::model::weights::Matrix, d: usize, vocab: usize) -> Vec<f3
 #[test]
 fn head_forward_and_training_steps_match_cpu_reference() {
     let gpu = gpu();
-    for (seed, kind) in [(5, Kind::Q8), (6, Kind::F16), (7, Kind::Q8x16)] {
+    for (seed, kind) in [(5, Kind::Q8), (6, Kind::F16), (7, Kind::Q8x16), (8, Kind::Q8Sym)] {
         let dims = HeadDims { d: 64, r: 96 };
         let vocab = 512;
         let mut rng = Rng(seed);

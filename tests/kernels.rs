@@ -1,5 +1,5 @@
 //! Every WGSL kernel against its plain-Rust reference, on random inputs, on the GPU wgpu finds
-//! (lavapipe in CI). The forward-pass kernels (embed, matmul in all four weight formats with every epilogue,
+//! (lavapipe in CI). The forward-pass kernels (embed, matmul in all five weight formats with every epilogue,
 //! rope_kv, attention) are checked through a tiny random transformer against the CPU forward; the
 //! acceptance kernel's sampling directly against its CPU twin.
 

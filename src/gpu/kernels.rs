@@ -43,6 +43,8 @@ pub enum Format {
     /// Matmul only: the embedding, head and replay kernels read the others.
     Q4 = 2,
     Q8x16 = 3,
+    /// Q8 with every offset zero (Q5_0, Q8_0). Matmul only, like Q4.
+    Q8Sym = 4,
 }
 
 /// What a matmul does with its result.
@@ -163,7 +165,7 @@ impl Kernels {
 
     /// One entry point of head.wgsl (the draft head and its trainer).
     pub fn head(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
-        assert!(f != Format::Q4, "the LM head is uploaded wide (GpuMatrix::upload_wide)");
+        assert!(!matches!(f, Format::Q4 | Format::Q8Sym), "the LM head is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("head {entry} {f:?}"), || {
             gpu.pipeline(entry, &source(HEAD), entry, &HEAD_BINDS, &[("FORMAT", f as u32 as f64)])
         })
@@ -171,14 +173,14 @@ impl Kernels {
 
     /// One entry point of replay.wgsl (the draft head's training data).
     pub fn replay(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
-        assert!(f != Format::Q4, "the embedding is uploaded wide (GpuMatrix::upload_wide)");
+        assert!(!matches!(f, Format::Q4 | Format::Q8Sym), "the embedding is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("replay {entry} {f:?}"), || {
             gpu.pipeline(entry, &source(REPLAY), entry, &REPLAY_BINDS, &[("FORMAT", f as u32 as f64)])
         })
     }
 
     pub fn embed(&self, gpu: &Gpu, f: Format) -> std::sync::Arc<Pipeline> {
-        assert!(f != Format::Q4, "the embedding is uploaded wide (GpuMatrix::upload_wide)");
+        assert!(!matches!(f, Format::Q4 | Format::Q8Sym), "the embedding is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("embed {f:?}"), || {
             gpu.pipeline("embed", &source(EMBED), "main", &EMBED_BINDS, &[("FORMAT", f as u32 as f64)])
         })

@@ -45,7 +45,10 @@ struct MatPart {
 #[derive(Clone)]
 pub struct GpuMatrix {
     k: usize,
+    /// How the buffers hold the weights.
     format: Format,
+    /// A Q8 matrix whose offsets are all zero: the matmul may skip them (`Format::Q8Sym`).
+    zero_offsets: bool,
     parts: Vec<MatPart>,
 }
 
@@ -57,20 +60,21 @@ impl GpuMatrix {
         Self::upload_as(gpu, m, label, Self::best_format(m))
     }
 
-    /// Uploads in any format but Q4: for the matrices that the embedding, draft-head and replay
+    /// Uploads in Q8, Q8x16 or F16: for the matrices that the embedding, draft-head and replay
     /// kernels read as well as the matmul (the embedding and the LM head).
     pub fn upload_wide(gpu: &Gpu, m: &Matrix, label: &str) -> GpuMatrix {
         let f = match Self::best_format(m) {
-            Format::Q4 => Format::Q8,
+            Format::Q4 | Format::Q8Sym => Format::Q8,
             f => f,
         };
         Self::upload_as(gpu, m, label, f)
     }
 
-    /// The fewest bytes per weight that hold `m` exactly.
+    /// The format with the fewest loads per weight that holds `m` exactly.
     pub fn best_format(m: &Matrix) -> Format {
         match &m.data {
             MatData::Q8 { q, .. } if q.iter().all(|&v| (0..16).contains(&v)) => Format::Q4,
+            MatData::Q8 { offset, .. } if offset.iter().all(|&o| o == 0.0) => Format::Q8Sym,
             MatData::Q8 { .. } => Format::Q8,
             MatData::Q8x16 { .. } => Format::Q8x16,
             MatData::F16(_) => Format::F16,
@@ -81,7 +85,7 @@ impl GpuMatrix {
         let (k, n) = (m.k, m.n);
         let bytes_per_col = match format {
             Format::Q4 => k as u64 / 2,
-            Format::Q8 | Format::Q8x16 => k as u64,
+            Format::Q8 | Format::Q8x16 | Format::Q8Sym => k as u64,
             Format::F16 => 2 * k as u64,
         };
         let max_cols = ((gpu.max_binding / bytes_per_col) as usize / 64 * 64).max(8);
@@ -113,7 +117,9 @@ impl GpuMatrix {
                             o[col_major(ci, b, k / 32)] = offset[c * k / 32 + b];
                         }
                     }
-                    (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &o))
+                    let o =
+                        if format == Format::Q8Sym { gpu.storage(label, &[0u32; 4]) } else { gpu.storage(label, &o) };
+                    (gpu.storage(label, &w), gpu.storage(label, &s), o)
                 }
                 MatData::Q8x16 { q, scale } => {
                     let mut w = vec![0u32; k / 4 * pn];
@@ -145,11 +151,19 @@ impl GpuMatrix {
             parts.push(MatPart { w, scale, offset, n: pn, n_base });
             n_base += pn;
         }
-        GpuMatrix { k, format, parts }
+        let zero_offsets = matches!(&m.data, MatData::Q8 { offset, .. } if offset.iter().all(|&o| o == 0.0));
+        GpuMatrix { k, format, zero_offsets, parts }
     }
 
+    /// How the buffers hold the weights (what the embedding, head and replay kernels read).
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// The matmul kernel for this matrix: a wide Q8 matrix without offsets (Qwen's Q8_0 LM head)
+    /// skips them too.
+    fn matmul_format(&self) -> Format {
+        if self.format == Format::Q8 && self.zero_offsets { Format::Q8Sym } else { self.format }
     }
 
     /// The weights, scales and offsets when the matrix fits one binding (None when split).
@@ -219,7 +233,7 @@ impl SiteCtx<'_> {
         y_stride: usize,
     ) -> MatmulSite {
         let g = self.gpu;
-        let kind = MatmulKind { format: m.format, bias: bias.is_some(), epilogue: ep };
+        let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep };
         let pipeline = self.kernels.matmul(g, kind);
         let bias_b = bias.map(|v| g.storage("bias", v));
         let mut groups = Vec::new();

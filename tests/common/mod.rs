@@ -60,18 +60,20 @@ pub fn random_matrix(rng: &mut Rng, k: usize, n: usize, q8: bool) -> Matrix {
 pub enum Kind {
     Q4,
     Q8,
+    /// Q8 with zero offsets.
+    Q8Sym,
     Q8x16,
     F16,
 }
 
 pub fn random_matrix_of(rng: &mut Rng, k: usize, n: usize, kind: Kind) -> Matrix {
     let data = match kind {
-        Kind::Q4 | Kind::Q8 => MatData::Q8 {
+        Kind::Q4 | Kind::Q8 | Kind::Q8Sym => MatData::Q8 {
             q: (0..k * n)
                 .map(|_| if kind == Kind::Q4 { (rng.next() % 16) as i8 } else { (rng.next() % 31) as i8 - 15 })
                 .collect(),
             scale: (0..k * n / 32).map(|_| 0.02 + 0.01 * rng.f()).collect(),
-            offset: (0..k * n / 32).map(|_| 0.02 * rng.f()).collect(),
+            offset: (0..k * n / 32).map(|_| if kind == Kind::Q8Sym { 0.0 } else { 0.02 * rng.f() }).collect(),
         },
         Kind::Q8x16 => MatData::Q8x16 {
             q: (0..k * n).map(|_| (rng.next() % 64) as i8 - 32).collect(),
@@ -84,7 +86,8 @@ pub fn random_matrix_of(rng: &mut Rng, k: usize, n: usize, kind: Kind) -> Matrix
 
 /// A small random transformer (2 layers, GQA) in either set of weight formats and RoPE style.
 /// With `q8`: QKV Q8, attention output and gate/up Q4, down Q8x16, the LM head F16 and the
-/// embedding Q8 (odd seeds) or Q8x16 (even). Without: F16 but for down and the LM head (Q8).
+/// embedding Q8 (odd seeds) or Q8x16 (even). Without: F16 but for down and the LM head (Q8 for
+/// odd seeds, Q8 with zero offsets for even).
 pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, Weights) {
     let cfg = Config {
         arch: "tiny".into(),
@@ -112,7 +115,16 @@ pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, 
             attn_out: random_matrix_of(&mut rng, cfg.q_dim(), d, if q8 { Kind::Q4 } else { Kind::F16 }),
             ffn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
             gate_up: random_matrix_of(&mut rng, d, 2 * cfg.ffn_dim, if q8 { Kind::Q4 } else { Kind::F16 }),
-            down: random_matrix_of(&mut rng, cfg.ffn_dim, d, if q8 { Kind::Q8x16 } else { Kind::Q8 }),
+            down: random_matrix_of(
+                &mut rng,
+                cfg.ffn_dim,
+                d,
+                match (q8, seed % 2) {
+                    (true, _) => Kind::Q8x16,
+                    (false, 1) => Kind::Q8,
+                    (false, _) => Kind::Q8Sym,
+                },
+            ),
         })
         .collect();
     let w = Weights {
@@ -128,7 +140,16 @@ pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, 
         ),
         layers,
         out_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
-        output: Some(random_matrix(&mut rng, d, cfg.vocab, !q8)),
+        output: Some(random_matrix_of(
+            &mut rng,
+            d,
+            cfg.vocab,
+            match (q8, seed % 2) {
+                (true, _) => Kind::F16,
+                (false, 1) => Kind::Q8,
+                (false, _) => Kind::Q8Sym,
+            },
+        )),
     };
     (cfg, w)
 }
