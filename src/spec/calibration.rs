@@ -47,15 +47,20 @@ impl Calibration {
     /// The acceptance probability of a node scored `score` on evidence `level`.
     ///
     /// Pooled over levels: the bin's rate, with the score itself as a prior worth two
-    /// observations (what a cold start trusts), plus an optimism bonus that fades with
-    /// observations, so that a bin never tried gets tried (without it, drafts the prior
-    /// undervalues would never be verified, and never learned to be good). The level's own bin
-    /// then starts from the pooled estimate and moves to its own rate as it fills, so levels
-    /// split apart without multiplying what exploration costs.
-    pub fn p(&self, level: usize, score: f32) -> f64 {
+    /// observations (what a cold start trusts), plus, when `explore`, an optimism bonus that
+    /// fades with observations, so that a bin never tried gets tried (without it, drafts the
+    /// prior undervalues would never be verified, and never learned to be good). The level's
+    /// own bin then starts from the pooled estimate and moves to its own rate as it fills, so
+    /// levels split apart without multiplying what exploration costs.
+    ///
+    /// The controller explores with a tree's first level only: one verified node teaches a bin
+    /// as much as a chain of them, and a cold chain of 8 one-token-match guesses, each lifted by
+    /// the bonus, cost 4-5 plain steps a round for nothing (session 6's qa trace).
+    pub fn p(&self, level: usize, score: f32, explore: bool) -> f64 {
         let b = Self::bin(score);
         let (n, a) = self.bins[LEVELS][b];
-        let pooled = ((a + 2.0 * score as f64) / (n + 2.0) + 0.5 / (1.0 + n)).min(1.0);
+        let bonus = if explore { 0.5 / (1.0 + n) } else { 0.0 };
+        let pooled = ((a + 2.0 * score as f64) / (n + 2.0) + bonus).min(1.0);
         let (nl, al) = self.bins[level][b];
         (al + POOL_PRIOR * pooled) / (nl + POOL_PRIOR)
     }

@@ -225,7 +225,7 @@ impl Controller {
     pub fn min_score(&self, d: Drafter) -> f32 {
         let price = self.cost.verify_ms(2) / self.cost.verify_ms(1) - 1.0;
         let cal = &self.calib[idx(d)];
-        (0..BINS).map(|b| b as f32 / BINS as f32).find(|&s| cal.p(level(0), s.max(0.01)) >= price).unwrap_or(1.0)
+        (0..BINS).map(|b| b as f32 / BINS as f32).find(|&s| cal.p(level(0), s.max(0.01), true) >= price).unwrap_or(1.0)
     }
 
     /// Whether an expensive speculator is paying for its drafting (or has not been measured yet).
@@ -252,8 +252,8 @@ impl Controller {
             let mut map = vec![0usize; tree.len()];
             let mut own_p = vec![0f64; tree.len()];
             for (i, n) in tree.nodes.iter().enumerate() {
-                // a node is never likelier than its parent
-                let p = cal.p(lv, n.score).min(n.parent.map_or(1.0, |q| own_p[q]));
+                // a node is never likelier than its parent; only first-level nodes explore
+                let p = cal.p(lv, n.score, n.parent.is_none()).min(n.parent.map_or(1.0, |q| own_p[q]));
                 let src = Source { drafter: *d, index: i, score: n.score, level: lv };
                 own_p[i] = p;
                 let parent = n.parent.map(|q| map[q]);
@@ -421,6 +421,20 @@ mod tests {
             c.observe(&plan, &accepted, n + 1, ms, &[]);
         }
         assert!(c.choose(&prop, 63).tree.is_empty(), "a 10% draft does not pay for a 40% dearer pass");
+    }
+
+    #[test]
+    fn a_cold_chain_of_guesses_is_explored_one_node_deep() {
+        // a cold controller: every bin untried. Eight one-token-match guesses scored 0.3: the
+        // optimism that gets a bin tried lifts the first node only, so a steep device verifies
+        // one of them, not the chain (which cost 4-5 plain steps a round in session 6's qa)
+        let guesses = [(Drafter::Suffix, chain(&[0.3; 8], Drafter::Suffix))];
+        assert_eq!(Controller::new(steep_cost()).choose(&guesses, 63).tree.len(), 1);
+        // a confident chain is still verified deep where rows are cheap, and as far as it pays
+        // where they are dear
+        let sure = [(Drafter::Suffix, chain(&[0.95; 8], Drafter::Suffix))];
+        assert_eq!(Controller::new(flat_cost()).choose(&sure, 63).tree.len(), 8);
+        assert!(Controller::new(steep_cost()).choose(&sure, 63).tree.len() >= 3);
     }
 
     #[test]
