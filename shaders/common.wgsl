@@ -16,6 +16,13 @@ struct Pass {
     _p1: u32,
 };
 
+// Index of word kw (of `words` along K) of column c in the column-group-major layout of every
+// weight matrix (matmul.wgsl; GpuMatrix::upload): groups of 4 columns one after the other, each
+// running down K, the 4 columns' words side by side. The same for per-block scales and offsets.
+fn col_major(c: u32, kw: u32, words: u32) -> u32 {
+    return ((c / 4u) * words + kw) * 4u + c % 4u;
+}
+
 // Scores below this are masked out.
 const MASKED: f32 = -3.0e38;
 

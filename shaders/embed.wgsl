@@ -33,19 +33,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let n = t - p.n_base;
-    // column n's words in the column-group-major layout (matmul.wgsl)
-    let g = n / 4u;
-    let c = n % 4u;
     if (FORMAT == 0u) {
-        let q = vec4<f32>(unpack4xI8(w[(g * k4 + kq) * 4u + c]));
-        let b = (g * (p.k / 32u) + kq / 8u) * 4u + c;
+        let q = vec4<f32>(unpack4xI8(w[col_major(n, kq, k4)]));
+        let b = col_major(n, kq / 8u, p.k / 32u);
         x[row * k4 + kq] = q * scale[b] + vec4<f32>(offset[b]);
     } else if (FORMAT == 3u) {
-        let q = vec4<f32>(unpack4xI8(w[(g * k4 + kq) * 4u + c]));
-        x[row * k4 + kq] = q * scale[(g * (p.k / 16u) + kq / 4u) * 4u + c];
+        let q = vec4<f32>(unpack4xI8(w[col_major(n, kq, k4)]));
+        x[row * k4 + kq] = q * scale[col_major(n, kq / 4u, p.k / 16u)];
     } else {
-        let lo = unpack2x16float(w[(g * 2u * k4 + 2u * kq) * 4u + c]);
-        let hi = unpack2x16float(w[(g * 2u * k4 + 2u * kq + 1u) * 4u + c]);
+        let lo = unpack2x16float(w[col_major(n, 2u * kq, 2u * k4)]);
+        let hi = unpack2x16float(w[col_major(n, 2u * kq + 1u, 2u * k4)]);
         x[row * k4 + kq] = vec4<f32>(lo, hi);
     }
 }

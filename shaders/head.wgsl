@@ -84,20 +84,17 @@ fn o_ok() -> u32 { return o_loss() + hp.batch; }
 
 // LM-head weight of hidden index k for token c.
 fn w_out(k: u32, c: u32) -> f32 {
-    // column c's words in the column-group-major layout (matmul.wgsl); K = hidden size
-    let kk = hp.d;
-    let g = c / 4u;
-    let col = c % 4u;
+    let kk = hp.d; // K: the hidden size
     if (FORMAT == 0u) {
-        let q = unpack4xI8(wout[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
-        let b = (g * (kk / 32u) + k / 32u) * 4u + col;
+        let q = unpack4xI8(wout[col_major(c, k / 4u, kk / 4u)])[k % 4u];
+        let b = col_major(c, k / 32u, kk / 32u);
         return f32(q) * wscale[b] + woffset[b];
     }
     if (FORMAT == 3u) {
-        let q = unpack4xI8(wout[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
-        return f32(q) * wscale[(g * (kk / 16u) + k / 16u) * 4u + col];
+        let q = unpack4xI8(wout[col_major(c, k / 4u, kk / 4u)])[k % 4u];
+        return f32(q) * wscale[col_major(c, k / 16u, kk / 16u)];
     }
-    return unpack2x16float(wout[(g * (kk / 2u) + k / 2u) * 4u + col])[k % 2u];
+    return unpack2x16float(wout[col_major(c, k / 2u, kk / 2u)])[k % 2u];
 }
 
 var<workgroup> red: array<f32, 64>;

@@ -71,20 +71,17 @@ const RESULT_BONUS: u32 = 33u;
 
 // Embedding value k of token c.
 fn emb(k: u32, c: u32) -> f32 {
-    // column c's words in the column-group-major layout (matmul.wgsl); K = hidden size
-    let kk = rp.d;
-    let g = c / 4u;
-    let col = c % 4u;
+    let kk = rp.d; // K: the hidden size
     if (FORMAT == 0u) {
-        let q = unpack4xI8(emb_w[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
-        let b = (g * (kk / 32u) + k / 32u) * 4u + col;
+        let q = unpack4xI8(emb_w[col_major(c, k / 4u, kk / 4u)])[k % 4u];
+        let b = col_major(c, k / 32u, kk / 32u);
         return f32(q) * emb_scale[b] + emb_offset[b];
     }
     if (FORMAT == 3u) {
-        let q = unpack4xI8(emb_w[(g * (kk / 4u) + k / 4u) * 4u + col])[k % 4u];
-        return f32(q) * emb_scale[(g * (kk / 16u) + k / 16u) * 4u + col];
+        let q = unpack4xI8(emb_w[col_major(c, k / 4u, kk / 4u)])[k % 4u];
+        return f32(q) * emb_scale[col_major(c, k / 16u, kk / 16u)];
     }
-    return unpack2x16float(emb_w[(g * (kk / 2u) + k / 2u) * 4u + col])[k % 2u];
+    return unpack2x16float(emb_w[col_major(c, k / 2u, kk / 2u)])[k % 2u];
 }
 
 // One workgroup; invocations stride the hidden dimension.

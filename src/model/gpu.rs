@@ -32,6 +32,33 @@ fn col_major(c: usize, kw: usize, words: usize) -> usize {
     ((c / 4) * words + kw) * 4 + c % 4
 }
 
+/// Columns `cols` of an [N][K] matrix of small integers as u32 words in the column-group-major
+/// layout: `per` values of a column along K in each word, `bits` bits each.
+fn pack_words(q: &[i8], k: usize, cols: std::ops::Range<usize>, per: usize, bits: usize) -> Vec<u32> {
+    let mask = (1u32 << bits) - 1;
+    let mut w = vec![0u32; k / per * cols.len()];
+    for (ci, c) in cols.enumerate() {
+        for kw in 0..k / per {
+            let vals = &q[c * k + per * kw..c * k + per * kw + per];
+            w[col_major(ci, kw, k / per)] =
+                vals.iter().enumerate().fold(0, |acc, (i, &v)| acc | ((v as u8 as u32 & mask) << (bits * i)));
+        }
+    }
+    w
+}
+
+/// Columns `cols` of per-block values ([N][K/block], one per `block` along K) in the same layout.
+fn pack_blocks(v: &[f32], k: usize, cols: std::ops::Range<usize>, block: usize) -> Vec<f32> {
+    let per_col = k / block;
+    let mut out = vec![0f32; per_col * cols.len()];
+    for (ci, c) in cols.enumerate() {
+        for b in 0..per_col {
+            out[col_major(ci, b, per_col)] = v[c * per_col + b];
+        }
+    }
+    out
+}
+
 /// One column range of a matrix, small enough for one storage binding.
 #[derive(Clone)]
 struct MatPart {
@@ -96,44 +123,18 @@ impl GpuMatrix {
             let cols = n_base..n_base + pn;
             let (w, scale, offset) = match &m.data {
                 MatData::Q8 { q, scale, offset } => {
-                    // `per` values of one column along k in each u32, `bits` bits each
                     let (per, bits) = if format == Format::Q4 { (8, 4) } else { (4, 8) };
-                    let mask = (1u32 << bits) - 1;
-                    let mut w = vec![0u32; k / per * pn];
-                    for (ci, c) in cols.clone().enumerate() {
-                        for kw in 0..k / per {
-                            let vals = &q[c * k + per * kw..c * k + per * kw + per];
-                            w[col_major(ci, kw, k / per)] = vals
-                                .iter()
-                                .enumerate()
-                                .fold(0, |acc, (i, &v)| acc | ((v as u8 as u32 & mask) << (bits * i)));
-                        }
-                    }
-                    let mut s = vec![0f32; k / 32 * pn];
-                    let mut o = vec![0f32; k / 32 * pn];
-                    for (ci, c) in cols.clone().enumerate() {
-                        for b in 0..k / 32 {
-                            s[col_major(ci, b, k / 32)] = scale[c * k / 32 + b];
-                            o[col_major(ci, b, k / 32)] = offset[c * k / 32 + b];
-                        }
-                    }
-                    let o =
-                        if format == Format::Q8Sym { gpu.storage(label, &[0u32; 4]) } else { gpu.storage(label, &o) };
+                    let w = pack_words(q, k, cols.clone(), per, bits);
+                    let s = pack_blocks(scale, k, cols.clone(), 32);
+                    let o = match format {
+                        Format::Q8Sym => gpu.storage(label, &[0u32; 4]),
+                        _ => gpu.storage(label, &pack_blocks(offset, k, cols.clone(), 32)),
+                    };
                     (gpu.storage(label, &w), gpu.storage(label, &s), o)
                 }
                 MatData::Q8x16 { q, scale } => {
-                    let mut w = vec![0u32; k / 4 * pn];
-                    let mut s = vec![0f32; k / 16 * pn];
-                    for (ci, c) in cols.clone().enumerate() {
-                        for kw in 0..k / 4 {
-                            let v = &q[c * k + 4 * kw..c * k + 4 * kw + 4];
-                            w[col_major(ci, kw, k / 4)] =
-                                u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8]);
-                        }
-                        for b in 0..k / 16 {
-                            s[col_major(ci, b, k / 16)] = scale[c * k / 16 + b];
-                        }
-                    }
+                    let w = pack_words(q, k, cols.clone(), 4, 8);
+                    let s = pack_blocks(scale, k, cols.clone(), 16);
                     (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &[0u32; 4]))
                 }
                 MatData::F16(h) => {

@@ -119,23 +119,10 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
                 }
             }
             GgmlType::Q6_K => {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-                let d = f16_at(b, 208);
-                for half in 0..2 {
-                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    let sc = &sc[8 * half..];
-                    let y = &mut y[128 * half..];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                    }
+                // the same products the GPU's Q8x16 form holds: (d * sc) * (q - 32)
+                let (q, scale) = q6k_as_q8x16(b);
+                for (i, v) in y.iter_mut().enumerate() {
+                    *v = scale[i / 16] * q[i] as f32;
                 }
             }
         }
