@@ -524,16 +524,21 @@ impl Engine {
         stats.draft_ms += spec_t.elapsed().as_secs_f64() * 1e3;
         let verify_t = Instant::now();
         let root = *context.last().expect("context holds at least the prompt");
-        let mut input = vec![root];
-        input.extend(tree.nodes.iter().map(|n| n.token));
-        self.model.set_tokens(&input);
-        let m = input.len();
+        let m = 1 + tree.len();
+        // with nothing drafted this is a plain step: the last acceptance left the root in the
+        // pass's first token slot, and a causal pass of one row needs no tree rows (the writes
+        // they take cost 4% of a SmolLM2 step on lavapipe)
+        if !tree.is_empty() {
+            let mut input = vec![root];
+            input.extend(tree.nodes.iter().map(|n| n.token));
+            self.model.set_tokens(&input);
+        }
         // a chain's accepted prefix is already in place; only branching trees need compaction
         let branches = tree.nodes.iter().enumerate().any(|(i, n)| n.parent != i.checked_sub(1));
         let spec = PassSpec {
             m,
             n_past,
-            tree: Some(tree.rows(n_past)),
+            tree: (!tree.is_empty()).then(|| tree.rows(n_past)),
             logits_rows: 0..m,
             accept: Some(sampling),
             compact: branches,
@@ -577,13 +582,16 @@ impl Engine {
             let drafted_ms = plan.as_ref().map_or(String::new(), |(_, d)| {
                 d.iter().map(|d| format!(" {}={:.0}+{:.0}ms", d.drafter.name(), d.ms, d.idle_ms)).collect::<String>()
             });
+            // the controller's estimate of each node's acceptance (its score for a fixed mode)
+            let p: Vec<String> = tree.nodes.iter().map(|n| format!("{:.2}", n.score)).collect();
             eprintln!(
-                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.0}ms{drafted_ms} verify {verify_ms:.0}ms",
+                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.0}ms{drafted_ms} verify {verify_ms:.0}ms p [{}]",
                 tree.len(),
                 by(Drafter::Suffix),
                 by(Drafter::Draft),
                 by(Drafter::Head),
                 (verify_t - spec_t).as_secs_f64() * 1e3,
+                p.join(" "),
             );
         }
         if let Some(h) = self.head.as_mut() {
