@@ -45,9 +45,10 @@ struct MatParams {
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 
-// Rows per invocation. (Measured on lavapipe: a 1-row variant for single-token passes was no
-// faster, and putting rows across invocations so that lanes share weight loads was 1.5-2x
-// slower for 8 rows.)
+// Rows per invocation (MATMUL_ROWS on the host). (Measured on lavapipe: a 1-row variant for
+// single-token passes was no faster; putting rows across invocations so that lanes share weight
+// loads was 1.5-2x slower for 8 rows; 8 rows per invocation made single-token decode 17% slower,
+// session 7, side by side.)
 const R: u32 = 4u;
 
 // The low four 4-bit values of v, as floats. (Converted from i32: x86 has no unsigned

@@ -7,6 +7,9 @@ use std::sync::Mutex;
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+/// Rows of x one matmul invocation computes (`R` in matmul.wgsl): a dispatch covers the rows in
+/// blocks of this many, and every block reads the weights once.
+pub const MATMUL_ROWS: usize = 4;
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
@@ -372,5 +375,12 @@ mod tests {
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
+    }
+
+    /// The host sizes matmul dispatches by the rows the shader computes per invocation.
+    #[test]
+    fn matmul_rows_per_invocation_agree() {
+        let decl = format!("const R: u32 = {}u;", super::MATMUL_ROWS);
+        assert!(super::MATMUL.contains(&decl), "matmul.wgsl must declare `{decl}`");
     }
 }

@@ -658,7 +658,7 @@ impl GpuModel {
         };
         let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: usize| {
             for (b, gx) in &s.groups {
-                plan.push(Planned { label, pipeline: &s.pipeline, bind: b, size: [*gx, ceil(rows, 4), 1] });
+                plan.push(Planned { label, pipeline: &s.pipeline, bind: b, size: [*gx, ceil(rows, MATMUL_ROWS), 1] });
             }
         };
         for e in &self.embed {
@@ -785,7 +785,7 @@ impl LmHeadRig {
         cp.set_pipeline(&self.site.pipeline.pipeline);
         for (b, gx) in &self.site.groups {
             cp.set_bind_group(0, b, &[]);
-            cp.dispatch_workgroups(*gx, ceil(rows, 4), 1);
+            cp.dispatch_workgroups(*gx, ceil(rows, MATMUL_ROWS), 1);
         }
         cp.set_pipeline(&self.topk.pipeline.pipeline);
         cp.set_bind_group(0, &self.topk.bind, &[]);
@@ -810,7 +810,7 @@ pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
-            let ry = ceil(rows, 4);
+            let ry = ceil(rows, MATMUL_ROWS);
             cp.set_pipeline(&site.pipeline.pipeline);
             for _ in 0..n {
                 for (b, gx) in &site.groups {
