@@ -1,9 +1,10 @@
 //! The confidence-aware controller behind `--speculate auto`. Every round it decides which
 //! speculators draft and which of their nodes the target verifies, from what it keeps measuring
 //! on this device:
-//! - calibration: for each speculator, how often a node it scored s was accepted (its own
-//!   confidence mapped to a realised acceptance rate, per score bin, exponentially weighted so
-//!   that drift shows within tens of rounds);
+//! - calibration: for each speculator, how often a node it gave conditional score s (its
+//!   chance once its parent is accepted) was accepted when its parent was (its own confidence
+//!   mapped to a realised acceptance rate, per score bin, exponentially weighted so that drift
+//!   shows within tens of rounds); a node's estimate is the product of these along its path;
 //! - cost: what a verification pass of M rows takes (`cost.rs`), and what each expensive
 //!   speculator's drafting takes.
 //!
@@ -132,7 +133,11 @@ pub struct Source {
     pub drafter: Drafter,
     /// The node's index in that speculator's proposal.
     pub index: usize,
-    /// Its score there.
+    /// Its conditional score there: its own score over its parent's, the chance that drafter
+    /// gives it once its parent is accepted (scores are path probabilities). That is what is
+    /// calibrated, so a chain's estimate is a product that falls with depth: a calibration of
+    /// path scores pooled the depths, and its mean let 8-deep chains of once-seen continuations
+    /// (path scores 0.5 all along) through that were accepted 7 times in 35 predicted (qa).
     pub score: f32,
     /// The proposal's evidence level (`level`).
     pub level: usize,
@@ -171,6 +176,17 @@ fn idx(d: Drafter) -> usize {
         Drafter::Suffix => 0,
         Drafter::Draft => 1,
         Drafter::Head => 2,
+    }
+}
+
+/// Node i's score given its parent's acceptance: the ratio of path scores (a drafter's
+/// conditional probability of the token; for the suffix index, how often the continuation
+/// followed its parent's).
+fn conditional(tree: &TokenTree, i: usize) -> f32 {
+    let n = &tree.nodes[i];
+    match n.parent.map(|q| tree.nodes[q].score) {
+        Some(ps) if ps > 0.0 => (n.score / ps).min(1.0),
+        _ => n.score,
     }
 }
 
@@ -242,7 +258,11 @@ impl Controller {
             parent: Option<usize>,
             token: u32,
             depth: usize,
+            /// The estimated chance of acceptance, with the optimism that gets an untried
+            /// first-level bin verified (what orders the nodes and prices the tree)...
             p: f64,
+            /// ...and without it (what a child's estimate builds on).
+            sure: f64,
             sources: Vec<Source>,
         }
         let mut merged: Vec<M> = Vec::new();
@@ -250,23 +270,25 @@ impl Controller {
             let cal = &self.calib[idx(*d)];
             let lv = level(tree.evidence);
             let mut map = vec![0usize; tree.len()];
-            let mut own_p = vec![0f64; tree.len()];
             for (i, n) in tree.nodes.iter().enumerate() {
-                // a node is never likelier than its parent; only first-level nodes explore
-                let p = cal.p(lv, n.score, n.parent.is_none()).min(n.parent.map_or(1.0, |q| own_p[q]));
-                let src = Source { drafter: *d, index: i, score: n.score, level: lv };
-                own_p[i] = p;
+                let score = conditional(tree, i);
                 let parent = n.parent.map(|q| map[q]);
+                // accepted only if its parent is: the product along the path; only the first
+                // level explores
+                let sure = parent.map_or(1.0, |q| merged[q].sure) * cal.p(lv, score, false);
+                let p = if parent.is_none() { cal.p(lv, score, true) } else { sure };
+                let src = Source { drafter: *d, index: i, score, level: lv };
                 let hit = merged.iter().position(|m| m.parent == parent && m.token == n.token);
                 map[i] = match hit {
                     Some(j) => {
                         merged[j].p = merged[j].p.max(p);
+                        merged[j].sure = merged[j].sure.max(sure);
                         merged[j].sources.push(src);
                         j
                     }
                     None => {
                         let depth = parent.map_or(1, |q| merged[q].depth + 1);
-                        merged.push(M { parent, token: n.token, depth, p, sources: vec![src] });
+                        merged.push(M { parent, token: n.token, depth, p, sure, sources: vec![src] });
                         merged.len() - 1
                     }
                 };
@@ -318,8 +340,12 @@ impl Controller {
         let (mut own, mut alone) = ([0usize; 3], [0usize; 3]);
         let (mut deep_own, mut deep_alone) = ([0usize; 3], [0usize; 3]);
         for ((srcs, &ok), node) in plan.sources.iter().zip(accepted).zip(&plan.tree.nodes) {
+            // a conditional chance is learned where its condition held: the parent accepted
+            let tried = node.parent.is_none_or(|q| accepted[q]);
             for src in srcs {
-                self.calib[idx(src.drafter)].observe(src.level, src.score, ok);
+                if tried {
+                    self.calib[idx(src.drafter)].observe(src.level, src.score, ok);
+                }
                 self.stats.nodes_from.entry(src.drafter.name().into()).and_modify(|c| *c += 1).or_insert(1);
             }
             if let [src] = srcs.as_slice() {
@@ -452,6 +478,33 @@ mod tests {
             }
         }
         assert!(c.choose(&prop, 63).tree.is_empty(), "never accepted: no longer verified");
+    }
+
+    #[test]
+    fn a_chain_is_trusted_as_the_product_of_its_conditional_chances() {
+        // once-seen continuations (path score 0.5 all along) where each token, once its parent
+        // is accepted, is right half the time: the chain's estimates learn to halve with depth
+        let mut c = Controller::new(flat_cost());
+        let prop = [(Drafter::Suffix, chain(&[0.5; 6], Drafter::Suffix))];
+        let mut rng = 7u32;
+        for _ in 0..300 {
+            let plan = c.choose(&prop, 63);
+            let mut accepted = Vec::new();
+            for i in 0..plan.tree.len() {
+                rng = rng.wrapping_mul(1664525).wrapping_add(1013904223);
+                accepted.push((i == 0 || accepted[i - 1]) && rng >> 31 == 1);
+            }
+            let n = plan.tree.len();
+            c.observe(&plan, &accepted, n + 1, flat_cost().verify_ms(n + 1), &[]);
+        }
+        let p: Vec<f32> = c.choose(&prop, 63).tree.nodes.iter().map(|n| n.score).collect();
+        assert!(p.len() >= 2 && (0.35..0.65).contains(&p[0]), "{p:?}");
+        for w in p.windows(2) {
+            assert!((0.3..0.7).contains(&(w[1] / w[0])), "each level about half its parent: {p:?}");
+        }
+        // so where a row costs 40% of a step, only the head of the chain is verified
+        c.cost = steep_cost();
+        assert!(c.choose(&prop, 63).tree.len() <= 1);
     }
 
     #[test]
