@@ -152,7 +152,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     Ok(())
 }
 
-/// Matmul kernel speed on this device for the shapes that matter, in both weight formats: the
+/// Matmul kernel speed on this device for the shapes that matter, in four weight formats: the
 /// roofline that whole-model decode speed is compared with.
 pub fn matmul_table(gpu: &crate::gpu::Gpu) {
     use crate::model::weights::{MatData, Matrix};
@@ -166,26 +166,22 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
     println!("\nmatmul kernel alone (20 dispatches per submission), ms per dispatch and weights/s:");
     println!("| K x N | format | M | ms | Gweights/s |\n|---|---|---|---|---|");
     for (k, n) in [(576usize, 1536usize), (2048, 2048), (576, 49152)] {
-        for (q8, q4) in [(true, true), (true, false), (false, false)] {
-            let data = if q8 {
-                MatData::Q8 {
-                    q: (0..k * n).map(|_| if q4 { (rnd() % 16) as i8 } else { (rnd() % 31) as i8 - 15 }).collect(),
-                    scale: (0..k * n / 32).map(|_| 0.01).collect(),
-                    offset: (0..k * n / 32).map(|_| 0.001).collect(),
-                }
-            } else {
+        // (name, value range, offset): what each GPU format is chosen for (GpuMatrix::best_format)
+        for (fmt, lo, hi, offset) in
+            [("Q4", 0i32, 16i32, 0.001f32), ("Q8", -127, 128, 0.001), ("Q8Sym", -127, 128, 0.0), ("F16", 0, 0, 0.0)]
+        {
+            let data = if fmt == "F16" {
                 MatData::F16((0..k * n).map(|_| half::f16::from_f32((rnd() % 100) as f32 / 1000.0)).collect())
+            } else {
+                MatData::Q8 {
+                    q: (0..k * n).map(|_| (lo + (rnd() % (hi - lo) as u64) as i32) as i8).collect(),
+                    scale: (0..k * n / 32).map(|_| 0.01).collect(),
+                    offset: (0..k * n / 32).map(|_| offset).collect(),
+                }
             };
             let m = Matrix { k, n, data };
             for rows in [1usize, 8] {
                 let ms = crate::model::gpu::bench_matmul(gpu, &m, rows, 20);
-                let fmt = if q4 {
-                    "Q4"
-                } else if q8 {
-                    "Q8"
-                } else {
-                    "F16"
-                };
                 println!("| {k} x {n} | {fmt} | {rows} | {ms:.3} | {:.2} |", (k * n) as f64 / ms / 1e6);
             }
         }
