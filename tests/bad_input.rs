@@ -93,9 +93,13 @@ fn truncated_real_model_is_refused() {
     assert!(e.contains("not a valid GGUF file"), "{e}");
 }
 
+/// Runs the CLI with an AUGUR_HOME of its own, removed afterwards.
 fn augur(args: &[&str]) -> (i32, String, String) {
-    let home = std::env::temp_dir().join(format!("augur-cli-home-{}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let home = std::env::temp_dir().join(format!("augur-cli-home-{}-{call}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_augur")).args(args).env("AUGUR_HOME", &home).output().unwrap();
+    let _ = std::fs::remove_dir_all(&home);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
