@@ -178,8 +178,8 @@ impl GpuMatrix {
 
 /// One matmul call site: pipeline, bind groups and dispatch width per part.
 struct MatmulSite {
-    /// Up to 4 rows per invocation (see matmul.wgsl): one pipeline for every pass size, so a
-    /// row's arithmetic is the same whatever M is.
+    /// Up to MATMUL_ROWS rows per invocation (see matmul.wgsl): one pipeline for every pass
+    /// size, so a row's arithmetic is the same whatever M is.
     pipeline: Arc<Pipeline>,
     groups: Vec<(wgpu::BindGroup, u32)>,
     _params: Vec<wgpu::Buffer>,

@@ -66,11 +66,11 @@ impl Calibration {
     ///
     /// Pooled over levels: the bin's rate, with the score scaled by the speculator's overall
     /// accepted-to-predicted ratio as a prior worth two observations (a cold start trusts the
-    /// score itself), plus, when `explore`, an optimism bonus that
-    /// fades with observations, so that a bin never tried gets tried (without it, drafts the
-    /// prior undervalues would never be verified, and never learned to be good). The level's
-    /// own bin then starts from the pooled estimate and moves to its own rate as it fills, so
-    /// levels split apart without multiplying what exploration costs.
+    /// score itself), plus, when `explore`, an optimism bonus that fades with observations, so
+    /// that a bin never tried gets tried (without it, drafts the prior undervalues would never
+    /// be verified, and never learned to be good). The level's own bin then starts from the
+    /// pooled estimate and moves to its own rate as it fills, so levels split apart without
+    /// multiplying what exploration costs.
     ///
     /// The controller explores with a tree's first level only: one verified node teaches a bin
     /// as much as a chain of them, and a cold chain of 8 one-token-match guesses, each lifted by

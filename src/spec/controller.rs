@@ -48,7 +48,8 @@ const EXPLORE_SHARE: f64 = 0.03;
 /// verified. The estimates behind the gain are uncertain, and worst when the text has just
 /// changed (the bins learn over ~50 observations): a tree predicted to gain 3% on lavapipe is a
 /// 1-node guess at the break-even rate, the kind of tree most of Spec-Bench's qa verified in
-/// session 7, accepted 20-30% of the time where 35-60% was believed. A cut of 5% costs little where speculation pays (accepted drafts promise 20-80%).
+/// session 7, accepted 20-30% of the time where 35-60% was believed. A cut of 5% costs little
+/// where speculation pays (accepted drafts promise 20-80%).
 const MIN_GAIN: f64 = 0.05;
 /// Deepest lookahead the controller asks of an expensive speculator (the round clamps it too).
 const MAX_LOOKAHEAD: usize = 16;
