@@ -570,6 +570,8 @@ impl Engine {
         for &row in &r[1..=k] {
             stats.count_accepted(tree.nodes[row as usize - 1].drafter);
         }
+        // what the cost model expected this pass to take, for the trace
+        let predicted_ms = self.controller.as_ref().map_or(0.0, |c| c.cost.verify_ms(m));
         if let (Some((plan, drafted)), Some(c)) = (&plan, self.controller.as_mut()) {
             let mut accepted = vec![false; tree.len()];
             for &row in &r[1..=k] {
@@ -585,7 +587,7 @@ impl Engine {
             // the controller's estimate of each node's acceptance (its score for a fixed mode)
             let p: Vec<String> = tree.nodes.iter().map(|n| format!("{:.2}", n.score)).collect();
             eprintln!(
-                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.0}ms{drafted_ms} verify {verify_ms:.0}ms p [{}]",
+                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.2}ms{drafted_ms} verify {verify_ms:.0}ms (expected {predicted_ms:.0}) p [{}]",
                 tree.len(),
                 by(Drafter::Suffix),
                 by(Drafter::Draft),

@@ -47,7 +47,8 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         gen_tokens: usize,
     },
-    /// Speculation benchmark: each prompt plain and speculated, side by side
+    /// Speculation benchmark: each prompt plain and speculated, in lockstep round by round
+    /// (`--speculate off`: both arms plain, which shows the harness's own tilt)
     BenchSpec {
         #[command(flatten)]
         model: ModelArgs,
@@ -205,6 +206,19 @@ struct SpecArgs {
 
 impl ModelArgs {
     fn engine(&self) -> Result<Engine> {
+        let (path, opts) = self.engine_options()?;
+        Engine::load(&path, &opts)
+    }
+
+    /// The model a second time on `engine`'s GPU, with no suffix store: the plain arm of a
+    /// benchmark that runs both arms in lockstep.
+    fn plain_twin(&self, engine: &Engine) -> Result<Engine> {
+        let (path, opts) = self.engine_options()?;
+        let opts = EngineOptions { suffix_store: None, ..opts };
+        Engine::with_gpu(engine.gpu().clone(), augur::model::LoadedModel::load(&path)?, &opts)
+    }
+
+    fn engine_options(&self) -> Result<(std::path::PathBuf, EngineOptions)> {
         let path = pull::resolve_model(&self.model, true)?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
         let opts = EngineOptions {
@@ -218,7 +232,7 @@ impl ModelArgs {
             gpu: GpuOptions { no_optional_features: self.no_gpu_features, adapter: self.adapter.clone() },
             ..Default::default()
         };
-        Engine::load(&path, &opts)
+        Ok((path, opts))
     }
 
     /// The engine with the draft model and draft head that `spec` asks for attached. Returns
@@ -404,18 +418,22 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
         Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, spec } => {
-            if spec.speculate == augur::spec::SpecMode::Off {
-                return Err(Error::msg(
-                    "bench-spec compares against --speculate off already; pick suffix, draft or auto",
-                ));
-            }
             let items = match workload.as_str() {
                 "spec-bench" => bench::spec_bench_workload(&questions, per_category.max(1))?,
                 "rewrite" => bench::rewrite_workload(&sources, per_category.max(1))?,
                 other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
             let (mut engine, _) = model.engine_with(&spec)?;
-            bench::spec_run(&mut engine, &items, max_tokens.max(2), spec.speculate, spec.tree_budget, spec.max_depth)?;
+            let mut plain = model.plain_twin(&engine)?;
+            bench::spec_run(
+                &mut engine,
+                &mut plain,
+                &items,
+                max_tokens.max(2),
+                spec.speculate,
+                spec.tree_budget,
+                spec.max_depth,
+            )?;
         }
         Cmd::BenchAdapt {
             model,

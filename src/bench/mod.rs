@@ -3,6 +3,7 @@
 //! speculative verification lives on), and the fixed cost of one submitted round.
 
 pub mod adapt;
+pub mod lockstep;
 pub mod plot;
 
 use crate::engine::{CancelToken, Engine, GenerateParams};
@@ -284,13 +285,14 @@ fn ratio_interval(logs: &[f64]) -> Option<(f64, f64)> {
     Some(((mean - 2.0 * se).exp(), (mean + 2.0 * se).exp()))
 }
 
-/// Runs every prompt with `--speculate off` and with `mode`, side by side (the order alternates
-/// from prompt to prompt, so that a machine slowing down or speeding up favours neither), and
-/// prints per category: tokens/s of each, speedup with its uncertainty, tau and acceptance per
-/// depth. The suffix store starts empty and learns only from the speculative runs, as a fresh
-/// install would.
+/// Runs every prompt with `--speculate off` on `plain` (the same model loaded a second time, on
+/// the same GPU) and with `mode` on `engine`, in lockstep round by round (`lockstep.rs`; which
+/// arm starts alternates from prompt to prompt), and prints per category: tokens/s of each,
+/// speedup with its uncertainty, tau and acceptance per depth. The suffix store starts empty
+/// and learns only from the speculative runs, as a fresh install would.
 pub fn spec_run(
     engine: &mut Engine,
+    plain: &mut Engine,
     items: &[WorkItem],
     max_tokens: usize,
     mode: crate::spec::SpecMode,
@@ -306,7 +308,6 @@ pub fn spec_run(
         items.len()
     );
     engine.suffix = Some(Box::new(crate::spec::suffix::SuffixSpeculator::in_memory()));
-    let c = CancelToken::default();
     let base = GenerateParams { max_tokens, chat: true, tree_budget: budget, max_depth: depth, ..Default::default() };
     let mut cats: Vec<(String, CatTotals)> = Vec::new();
     // over the whole run: verified and accepted nodes per speculator, and (auto) the rounds in
@@ -314,22 +315,23 @@ pub fn spec_run(
     let mut by_drafter: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     let mut drafted_rounds: std::collections::BTreeMap<String, u64> = Default::default();
     let mut all_rounds = 0;
+    plain.suffix = None; // plain runs teach the store nothing
     warm_up(engine)?;
+    warm_up(plain)?;
+    let (spec_params, off_params) =
+        (GenerateParams { speculate: mode, ..base.clone() }, GenerateParams { speculate: SpecMode::Off, ..base });
     for (n, it) in items.iter().enumerate() {
         let ids = engine.encode_prompt(&it.prompt, true)?;
         let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
-        let plain = |engine: &mut Engine| {
-            let saved = engine.suffix.take(); // plain runs teach the store nothing
-            let off =
-                engine.generate_tokens(ids, &GenerateParams { speculate: SpecMode::Off, ..base.clone() }, &c, |_| true);
-            engine.suffix = saved;
-            off
-        };
-        let off_first = if n % 2 == 1 { Some(plain(engine)?) } else { None };
-        let spec = engine.generate_tokens(ids, &GenerateParams { speculate: mode, ..base.clone() }, &c, |_| true)?;
-        let off = match off_first {
-            Some(off) => off,
-            None => plain(engine)?,
+        // which arm starts alternates every prompt, which thread runs which arm every other
+        // prompt: either order or seat alone tilts a comparison by 1-2% on this machine
+        let first = n % 2;
+        let [spec, off] = if (n / 2) % 2 == 0 {
+            lockstep::side_by_side([(&mut *engine, &spec_params), (&mut *plain, &off_params)], ids, first)?
+        } else {
+            let [off, spec] =
+                lockstep::side_by_side([(&mut *plain, &off_params), (&mut *engine, &spec_params)], ids, first)?;
+            [spec, off]
         };
         let i = match cats.iter().position(|(k, _)| *k == it.category) {
             Some(i) => i,
@@ -416,7 +418,7 @@ pub fn spec_run(
         println!("\nmean speedup over categories: {mean:.2}x (worst category {worst:.2}x)");
     }
     println!(
-        "per-prompt range: exp(mean -/+ 2 standard errors) of the prompts' log speedups; arms alternate in order per prompt"
+        "per-prompt range: exp(mean -/+ 2 standard errors) of the prompts' log speedups; the arms run in lockstep, round by round"
     );
     let nodes: Vec<String> = by_drafter.iter().map(|(k, (d, a))| format!("{k} {a}/{d}")).collect();
     if !nodes.is_empty() {
