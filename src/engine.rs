@@ -500,6 +500,9 @@ impl Engine {
         stats: &mut SpecStats,
     ) -> Result<(Vec<u32>, usize)> {
         let spec_t = Instant::now();
+        if let Some(c) = self.controller.as_mut() {
+            c.cost.at_context(n_past); // a row's attention spans the context: dearer when it is long
+        }
         let room = self.model.max_ctx - n_past - 1; // slots left after the root's
         let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room);
         let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1);

@@ -289,3 +289,34 @@ fn controller_speculation_is_identical_to_plain_decoding() {
     assert!(asked.get("head").is_some_and(|&n| n > 0), "the head never drafted: {asked:?}");
     assert!(policy_us / 1e3 < 0.02 * decode_ms, "the policy took {policy_us:.0} us of {decode_ms:.0} ms");
 }
+
+/// Pathological text for the controller: a very long repeat (the suffix index matches
+/// everything, at every length) and random bytes (it matches nothing, and the tokenizer falls
+/// back to byte tokens). Sane choices: output identical to plain decoding, no panic, no stall.
+#[test]
+fn controller_survives_long_repeats_and_random_bytes() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 1024, ..Default::default() }).unwrap();
+    let c = CancelToken::default();
+    let mut rng = Rng(0x5eed);
+    let bytes: Vec<u8> = (0..400).map(|_| (rng.next() % 256) as u8).collect();
+    let random = String::from_utf8_lossy(&bytes).into_owned();
+    let repeat = "the cat sat on the mat. ".repeat(60);
+    for prompt in [repeat, random] {
+        let ids = e.encode_prompt(&prompt, false).unwrap();
+        let plain =
+            GenerateParams { max_tokens: 40, stop_at_eos: false, speculate: SpecMode::Off, ..Default::default() };
+        let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+        let auto = GenerateParams { speculate: SpecMode::Auto, tree_budget: 16, max_depth: 8, ..plain.clone() };
+        let got = e.generate_tokens(&ids, &auto, &c, |_| true).unwrap();
+        assert_eq!(
+            got.tokens,
+            want.tokens,
+            "the controller changed the output of {:?}",
+            prompt.chars().take(40).collect::<String>()
+        );
+        assert_eq!(got.stats.finish_reason, "length");
+        let s = got.spec.unwrap();
+        assert!(s.rounds <= 40, "{} rounds for 40 tokens", s.rounds);
+    }
+}

@@ -1,7 +1,14 @@
 //! What a verification pass of M rows costs on this device, measured: a start-up calibration
 //! times passes of a few sizes (cached per model and device, so it runs once), and every round
-//! afterwards rescales the curve by what its pass really took, so the model follows the context
-//! growing, the machine getting busier or the clock changing, while keeping the curve's shape.
+//! afterwards rescales the curve by what its pass really took, so the model follows the machine
+//! getting busier or the clock changing, while keeping the curve's shape.
+//!
+//! The context counts too: every row of a pass attends over the whole context, so a row costs
+//! more at 1000 tokens of context than at 100 (on lavapipe a SmolLM2 step takes ~45 ms at 100
+//! tokens and ~80 ms at 1000, and each extra verification row about half of that again). The
+//! calibration also times passes over a long context, which gives a cost per row and key of
+//! context; without it, rows priced at short contexts looked cheap on long prompts
+//! (summarization) and the controller verified trees that did not pay.
 //!
 //! Wall-clock time of the whole submit-and-read-back is measured, not GPU timestamps: it is what
 //! a round costs the user, and on small passes the submission and readback are a large part of
@@ -15,21 +22,33 @@ use std::time::Instant;
 
 /// Row counts the calibration times (clamped to what a pass holds).
 pub const CALIBRATION_ROWS: [usize; 7] = [1, 2, 3, 4, 5, 8, 16];
+/// Rows of the passes timed over a long context (the difference from the same passes over an
+/// empty context is the attention over that context).
+const CONTEXT_ROWS: usize = 4;
+/// The long context the calibration times, at most (clamped to what the KV cache holds).
+const CONTEXT_KEYS: usize = 768;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CostModel {
-    /// (rows, milliseconds) from the calibration, rows ascending.
+    /// (rows, milliseconds) from the calibration over an empty context, rows ascending.
     pub curve: Vec<(usize, f64)>,
+    /// Milliseconds that one row's attention adds per token of context (calibrated).
+    #[serde(default)]
+    pub per_row_key_ms: f64,
+    /// The context length of the round being priced (`at_context`).
+    #[serde(skip)]
+    context: usize,
     /// Measured over modelled time, exponentially weighted over rounds.
     #[serde(skip, default = "one")]
     pub scale: f64,
-    /// Per row count: measured milliseconds (exponentially weighted) and how many rounds; a size
-    /// measured often enough is priced by what it really took, not by the calibration's shape.
+    /// Per row count: how far the rounds of that size really took from the model (measured over
+    /// modelled-and-scaled, exponentially weighted) and how many rounds; a size measured often
+    /// enough is priced with its own correction, not by the calibration's shape alone.
     #[serde(skip)]
     seen: Vec<(f64, u32)>,
 }
 
-/// Rounds of one size before its own measurements replace the calibrated curve.
+/// Rounds of one size before its own correction replaces the calibrated shape.
 const TRUSTED_AFTER: u32 = 4;
 
 fn one() -> f64 {
@@ -40,11 +59,21 @@ impl CostModel {
     pub fn from_curve(mut curve: Vec<(usize, f64)>) -> CostModel {
         curve.sort_by_key(|p| p.0);
         curve.dedup_by_key(|p| p.0);
-        CostModel { curve, scale: 1.0, seen: Vec::new() }
+        CostModel { curve, per_row_key_ms: 0.0, context: 0, scale: 1.0, seen: Vec::new() }
     }
 
-    /// The calibration's time for `m` rows: linear between measured sizes, beyond the last one
-    /// extended by its last slope.
+    pub fn with_context_cost(mut self, per_row_key_ms: f64) -> CostModel {
+        self.per_row_key_ms = per_row_key_ms.max(0.0);
+        self
+    }
+
+    /// The rounds priced and observed next have `n_past` tokens of context.
+    pub fn at_context(&mut self, n_past: usize) {
+        self.context = n_past;
+    }
+
+    /// The calibration's time for `m` rows over an empty context: linear between measured
+    /// sizes, beyond the last one extended by its last slope.
     fn curve_ms(&self, m: usize) -> f64 {
         let c = &self.curve;
         match c.len() {
@@ -59,64 +88,86 @@ impl CostModel {
         }
     }
 
-    /// Expected milliseconds of a verification round with `m` rows.
-    pub fn verify_ms(&self, m: usize) -> f64 {
+    /// The calibrated time for `m` rows at the current context.
+    fn model_ms(&self, m: usize) -> f64 {
+        self.curve_ms(m) + self.per_row_key_ms * (m * self.context) as f64
+    }
+
+    fn correction(&self, m: usize) -> f64 {
         match self.seen.get(m) {
-            Some(&(ms, n)) if n >= TRUSTED_AFTER => ms,
-            _ => self.curve_ms(m) * self.scale,
+            Some(&(r, n)) if n >= TRUSTED_AFTER => r,
+            _ => 1.0,
         }
     }
 
-    /// A round of `m` rows took `ms`.
+    /// Expected milliseconds of a verification round with `m` rows at the current context.
+    pub fn verify_ms(&self, m: usize) -> f64 {
+        self.model_ms(m) * self.scale * self.correction(m)
+    }
+
+    /// A round of `m` rows at the current context took `ms`.
     pub fn observe(&mut self, m: usize, ms: f64) {
-        let model = self.curve_ms(m);
+        let model = self.model_ms(m);
         if model > 0.0 && ms.is_finite() && ms > 0.0 {
+            // the speed of the machine, from rounds of every size...
             let r = (ms / model).clamp(0.1, 10.0);
             self.scale += 0.1 * (r - self.scale);
             if self.seen.len() <= m {
-                self.seen.resize(m + 1, (0.0, 0));
+                self.seen.resize(m + 1, (1.0, 0));
             }
+            // ...and how far this size sits from it (what the calibration's shape got wrong)
+            let shape = (r / self.scale).clamp(0.1, 10.0);
             let (avg, n) = &mut self.seen[m];
-            *avg = if *n == 0 { ms } else { *avg + 0.2 * (ms - *avg) };
+            *avg = if *n == 0 { shape } else { *avg + 0.2 * (shape - *avg) };
             *n += 1;
         }
     }
 }
 
 /// Times verification-shaped passes (a chain of m - 1 drafts after the root, logits for every
-/// row, acceptance) of each calibration size: the faster of two after a warm-up (the least
-/// disturbed by other work), made non-decreasing in m. Writes KV
-/// slots 0..16 and the pass buffers, so it runs before a request's prefill. `sim` simulates
-/// another device (see `EngineOptions::simulate`).
+/// row, acceptance) of each calibration size over an empty context, the faster of two after a
+/// warm-up (the least disturbed by other work), made non-decreasing in m; then passes of
+/// `CONTEXT_ROWS` rows over a long context, for the cost of attention per row and key. Writes
+/// KV slots 0..16 and a few at the long context, and the pass buffers, so it runs before a
+/// request's prefill. `sim` simulates another device (see `EngineOptions::simulate`).
 pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
-    let mut curve = Vec::new();
     let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
-    for m in CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)) {
+    let fastest = |m: usize, n_past: usize| -> Result<f64> {
         let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
         let tree = super::TokenTree::chain(&tokens[1..], super::Drafter::Suffix);
         let spec = PassSpec {
             m,
-            n_past: 0,
-            tree: Some(tree.rows(0)),
+            n_past,
+            tree: Some(tree.rows(n_past)),
             logits_rows: 0..m,
             accept: Some(greedy),
             compact: false,
         };
-        let mut times = Vec::new();
+        let mut best = f64::MAX;
         for rep in 0..3 {
             model.set_tokens(&tokens);
             let t = Instant::now();
             model.run(&spec)?;
             sim.delay(m);
             if rep > 0 {
-                times.push(t.elapsed().as_secs_f64() * 1e3);
+                best = best.min(t.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let fastest = times.iter().cloned().fold(f64::MAX, f64::min);
+        Ok(best)
+    };
+    let mut curve = Vec::new();
+    for m in CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)) {
         let floor = curve.last().map_or(0.0, |p: &(usize, f64)| p.1);
-        curve.push((m, fastest.max(floor)));
+        curve.push((m, fastest(m, 0)?.max(floor)));
     }
-    Ok(CostModel::from_curve(curve))
+    let rows = CONTEXT_ROWS.min(model.max_batch);
+    let keys = CONTEXT_KEYS.min(model.max_ctx.saturating_sub(rows));
+    let mut per_row_key_ms = 0.0;
+    if keys >= 64 {
+        let short = curve.iter().find(|p| p.0 == rows).map_or(fastest(rows, 0)?, |p| p.1);
+        per_row_key_ms = ((fastest(rows, keys)? - short) / (rows * keys) as f64).max(0.0);
+    }
+    Ok(CostModel::from_curve(curve).with_context_cost(per_row_key_ms))
 }
 
 /// For experiments: a device whose passes cost more, by a fixed amount per pass (a device where
@@ -145,6 +196,8 @@ struct Cached {
     device: String,
     simulated: SimulatedDevice,
     curve: Vec<(usize, f64)>,
+    /// Absent in calibrations made before the context was priced: those are redone.
+    per_row_key_ms: Option<f64>,
 }
 
 /// The calibration from `path` when it was made for this model and device, else a new one
@@ -163,12 +216,19 @@ pub fn calibrated(
         && c.device == device
         && c.simulated == sim
         && !c.curve.is_empty()
+        && let Some(per_key) = c.per_row_key_ms
     {
-        return Ok(CostModel::from_curve(c.curve));
+        return Ok(CostModel::from_curve(c.curve).with_context_cost(per_key));
     }
     let cost = calibrate(model, sim)?;
     if let Some(p) = path {
-        let c = Cached { model: fingerprint.into(), device, simulated: sim, curve: cost.curve.clone() };
+        let c = Cached {
+            model: fingerprint.into(),
+            device,
+            simulated: sim,
+            curve: cost.curve.clone(),
+            per_row_key_ms: Some(cost.per_row_key_ms),
+        };
         let json = serde_json::to_string_pretty(&c).expect("plain data");
         if let Err(e) = crate::util::write_atomic(p, json.as_bytes()) {
             eprintln!("augur: could not keep the cost calibration ({e}); it will run again next time");
@@ -196,5 +256,24 @@ mod tests {
             c.observe(3, 100.0);
         }
         assert!((c.verify_ms(3) - 100.0).abs() < 0.5, "{}", c.verify_ms(3));
+    }
+
+    /// Rows cost more over a long context, by the calibrated price per row and key, and the
+    /// model learns the machine's speed at one context without mispricing another.
+    #[test]
+    fn rows_over_a_long_context_cost_more() {
+        let mut c = CostModel::from_curve(vec![(1, 10.0), (2, 12.0), (4, 16.0)]).with_context_cost(0.01);
+        assert_eq!(c.verify_ms(2), 12.0);
+        c.at_context(1000);
+        assert!((c.verify_ms(1) - 20.0).abs() < 1e-9);
+        assert!((c.verify_ms(2) - 32.0).abs() < 1e-9, "{}", c.verify_ms(2));
+        // an extra row is dearer relative to a step: 0.2 of one at no context, 0.6 at 1000
+        assert!(c.verify_ms(2) / c.verify_ms(1) > 1.5);
+        // the device runs at half speed over a long context; the price at a short one follows
+        for _ in 0..100 {
+            c.observe(1, 40.0);
+        }
+        c.at_context(0);
+        assert!((c.verify_ms(2) - 24.0).abs() < 0.5, "{}", c.verify_ms(2));
     }
 }
