@@ -1,7 +1,11 @@
 // Attention over the KV cache with an arbitrary mask per query row, in two dispatches:
-//   scores:    one invocation per (row, head, slot): q . k / sqrt(d), or MASKED;
-//   softmax_v: one invocation per (row, head, 4 output dims): online softmax over the visible
-//              slots in slot order, weighted sum of V.
+//   scores:    one invocation per (row, KV head, slot): q . k / sqrt(d) for each query head
+//              of the group, or MASKED;
+//   softmax_v: one workgroup per (row, head), one invocation per 4 output dims: online softmax
+//              over the visible slots in slot order, weighted sum of V.
+// Row and head come from the workgroup id, so that the compiler sees q's and the scores'
+// addresses as uniform across a workgroup: on lavapipe one load broadcast instead of a load per
+// lane.
 // Row i of the pass sits at slot n_past + i and never sees a slot after its own. A causal row
 // sees every slot up to its own. A token-tree row sees every slot below tree_base and slot
 // tree_base + j when bit j of masks[i] is set (up to 64 tree slots). The target verifies a tree
@@ -44,42 +48,57 @@ fn visible(row: u32, slot: u32) -> bool {
     return ((mk.y >> (j - 32u)) & 1u) == 1u;
 }
 
+// Query heads per KV head (grouped-query attention), at most 16: one invocation scores a slot
+// for all of them, so each key is loaded once per KV head rather than once per query head (on
+// lavapipe every per-lane load is a bounds-checked scalar load per component; the keys' loads
+// were most of the scores pass).
+override GROUP: u32 = 1u;
+
 @compute @workgroup_size(64)
-fn scores_main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let slot = gid.x;
-    let head = gid.y;
-    let row = gid.z;
+fn scores_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let slot = wid.x * 64u + lid;
+    let kvh = wid.y;
+    let row = wid.z;
     let n_slots = pass_.n_past + pass_.m;
     if (slot >= n_slots || row >= pass_.m) {
         return;
     }
-    var s = MASKED;
-    if (visible(row, slot)) {
+    let vis = visible(row, slot);
+    var acc = array<f32, 16>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    if (vis) {
         let d4 = p.head_dim / 4u;
         let q_dim4 = p.n_heads * d4;
         let kv_dim4 = p.n_kv_heads * d4;
-        let kvh = head / (p.n_heads / p.n_kv_heads);
-        let qb = row * (q_dim4 + 2u * kv_dim4) + head * d4;
+        let qb = row * (q_dim4 + 2u * kv_dim4) + kvh * GROUP * d4;
         let kb = slot * kv_dim4 + kvh * d4;
-        var acc = 0.0;
         for (var i = 0u; i < d4; i++) {
-            acc += dot(qkv[qb + i], k_cache[kb + i]);
+            let k = k_cache[kb + i];
+            for (var g = 0u; g < GROUP; g++) {
+                acc[g] += dot(qkv[qb + g * d4 + i], k);
+            }
         }
-        s = acc * p.scale;
     }
-    scores[(row * p.n_heads + head) * p.max_slots + slot] = s;
+    for (var g = 0u; g < GROUP; g++) {
+        var s = MASKED;
+        if (vis) {
+            s = acc[g] * p.scale;
+        }
+        scores[(row * p.n_heads + kvh * GROUP + g) * p.max_slots + slot] = s;
+    }
 }
 
-@compute @workgroup_size(64)
-fn softmax_v_main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let d4 = p.head_dim / 4u;
-    let t = gid.x;
-    let row = gid.y;
-    if (t >= p.n_heads * d4 || row >= pass_.m) {
+// head_dim / 4: the invocations of one (row, head).
+override D4: u32 = 16u;
+
+@compute @workgroup_size(D4)
+fn softmax_v_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) dq: u32) {
+    let d4 = D4;
+    let head = wid.x;
+    let row = wid.y;
+    if (row >= pass_.m) {
         return;
     }
-    let head = t / d4;
-    let dq = t % d4;
+    let t = head * d4 + dq;
     let kvh = head / (p.n_heads / p.n_kv_heads);
     let kv_dim4 = p.n_kv_heads * d4;
     let sb = (row * p.n_heads + head) * p.max_slots;
@@ -92,12 +111,17 @@ fn softmax_v_main(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (sc <= MASKED) {
             continue;
         }
-        let m_new = max(mx, sc);
-        let corr = exp(mx - m_new);
-        let e = exp(sc - m_new);
-        l = l * corr + e;
-        acc = acc * corr + e * v_cache[s * kv_dim4 + kvh * d4 + dq];
-        mx = m_new;
+        // rescale only when the running maximum rises (the exp of one correction, where it
+        // used to take two per slot; exact: the old corr was exp(0) = 1 otherwise)
+        if (sc > mx) {
+            let corr = exp(mx - sc);
+            l = l * corr;
+            acc = acc * corr;
+            mx = sc;
+        }
+        let e = exp(sc - mx);
+        l = l + e;
+        acc = acc + e * v_cache[s * kv_dim4 + kvh * d4 + dq];
     }
     out[row * p.n_heads * d4 + t] = acc / l;
 }

@@ -10,6 +10,8 @@ pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 /// Rows of x one matmul invocation computes (`R` in matmul.wgsl): a dispatch covers the rows in
 /// blocks of this many, and every block reads the weights once.
 pub const MATMUL_ROWS: usize = 4;
+/// Query heads per KV head that attention.wgsl's scores pass holds (its `acc` array).
+pub const MAX_ATTN_GROUP: usize = 16;
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
@@ -195,15 +197,24 @@ impl Kernels {
         })
     }
 
-    pub fn attn_scores(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, "scores".into(), || {
-            gpu.pipeline("attn scores", &source(ATTENTION), "scores_main", &ATTN_BINDS, &[])
+    /// One invocation per (row, KV head, slot) scoring `group` query heads (at most
+    /// `MAX_ATTN_GROUP`).
+    pub fn attn_scores(&self, gpu: &Gpu, group: usize) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("scores {group}"), || {
+            gpu.pipeline("attn scores", &source(ATTENTION), "scores_main", &ATTN_BINDS, &[("GROUP", group as f64)])
         })
     }
 
-    pub fn attn_softmax_v(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, "softmax_v".into(), || {
-            gpu.pipeline("attn softmax_v", &source(ATTENTION), "softmax_v_main", &ATTN_BINDS, &[])
+    /// One workgroup per (row, head) of `head_dim / 4` invocations.
+    pub fn attn_softmax_v(&self, gpu: &Gpu, head_dim: usize) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("softmax_v {head_dim}"), || {
+            gpu.pipeline(
+                "attn softmax_v",
+                &source(ATTENTION),
+                "softmax_v_main",
+                &ATTN_BINDS,
+                &[("D4", (head_dim / 4) as f64)],
+            )
         })
     }
 }

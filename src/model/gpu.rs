@@ -357,6 +357,12 @@ impl GpuModel {
                 "batch size must be 1..=64 and the context positive (got {max_batch}, {max_ctx})"
             )));
         }
+        if c.n_heads / c.n_kv_heads > MAX_ATTN_GROUP {
+            return Err(Error::msg(format!(
+                "{} query heads per KV head is more than augur's attention supports ({MAX_ATTN_GROUP}); use another model",
+                c.n_heads / c.n_kv_heads
+            )));
+        }
         let g = &*gpu;
         let kernels = Kernels::default();
         let f4 = 4u64;
@@ -433,8 +439,8 @@ impl GpuModel {
                 _p: [0; 3],
             },
         );
-        let scores_p = kernels.attn_scores(g);
-        let softmax_p = kernels.attn_softmax_v(g);
+        let scores_p = kernels.attn_scores(g, c.n_heads / c.n_kv_heads);
+        let softmax_p = kernels.attn_softmax_v(g, c.head_dim);
         let compact_prm = g.uniform("compact params", &CompactParams { kv_dim: kvd as u32, _p: [0; 3] });
         let mut layers = Vec::new();
         for (li, l) in w.layers.iter().enumerate() {
@@ -670,8 +676,8 @@ impl GpuModel {
             one(&mut plan, "rmsnorm", &l.attn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul qkv", &l.qkv, rows);
             one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
-            one(&mut plan, "attn scores", &l.scores, [ceil(slots, 64), c.n_heads as u32, m as u32]);
-            one(&mut plan, "attn softmax_v", &l.softmax_v, [ceil(c.q_dim() / 4, 64), m as u32, 1]);
+            one(&mut plan, "attn scores", &l.scores, [ceil(slots, 64), c.n_kv_heads as u32, m as u32]);
+            one(&mut plan, "attn softmax_v", &l.softmax_v, [c.n_heads as u32, m as u32, 1]);
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
             one(&mut plan, "rmsnorm", &l.ffn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
