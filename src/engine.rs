@@ -573,8 +573,11 @@ impl Engine {
         for &row in &r[1..=k] {
             stats.count_accepted(tree.nodes[row as usize - 1].drafter);
         }
-        // what the cost model expected this pass to take, for the trace
-        let predicted_ms = self.controller.as_ref().map_or(0.0, |c| c.cost.verify_ms(m));
+        // what the cost model expected this pass to take (before observing it), for the trace
+        let predicted_ms = match (&self.controller, self.trace) {
+            (Some(c), true) => c.cost.verify_ms(m),
+            _ => 0.0,
+        };
         if let (Some((plan, drafted)), Some(c)) = (&plan, self.controller.as_mut()) {
             let mut accepted = vec![false; tree.len()];
             for &row in &r[1..=k] {
