@@ -210,8 +210,8 @@ impl ModelArgs {
         Engine::load(&path, &opts)
     }
 
-    /// The model a second time on `engine`'s GPU, with no suffix store: the plain arm of a
-    /// benchmark that runs both arms in lockstep.
+    /// The model again on `engine`'s GPU, with no suffix store: another arm of a benchmark
+    /// whose arms run in lockstep.
     fn plain_twin(&self, engine: &Engine) -> Result<Engine> {
         let (path, opts) = self.engine_options()?;
         let opts = EngineOptions { suffix_store: None, ..opts };
@@ -465,12 +465,18 @@ fn run(cli: Cli) -> Result<()> {
                     Ok(bench::adapt::Phase { name: p.clone(), items })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut engine = model.engine()?;
+            let engine = model.engine()?;
             let static_head = match &head {
                 Some(p) => Some(augur::train::checkpoint::load(p, &engine.fingerprint)?),
                 None => None,
             };
             let arms = arms.split(',').map(|a| bench::adapt::Arm::parse(a, tree_budget)).collect::<Result<Vec<_>>>()?;
+            // one engine per arm, on one GPU: the arms run in lockstep
+            let mut engines = Vec::new();
+            for _ in 1..arms.len() {
+                engines.push(model.plain_twin(&engine)?);
+            }
+            engines.insert(0, engine);
             let b = bench::adapt::AdaptBench {
                 phases,
                 arms,
@@ -480,7 +486,7 @@ fn run(cli: Cli) -> Result<()> {
                 static_head,
                 svg: Some(svg),
             };
-            bench::adapt::run(&mut engine, &b)?;
+            bench::adapt::run(engines, &b)?;
         }
         Cmd::TrainHead { model, corpus, out, epochs, generate, from } => {
             if !(epochs > 0.0 && epochs.is_finite()) {

@@ -1,6 +1,8 @@
 //! `augur bench-adapt`: a stream of requests from one domain, then a shift to another, with every
-//! request decoded once per arm, side by side in one run (these machines are noisy, so only
-//! ratios measured together mean anything). Arms (`--arms`, each with its own tree budget):
+//! request decoded once per arm, the arms in lockstep round by round (`lockstep.rs`: these
+//! machines are noisy, so only ratios measured together mean anything). Each arm has an engine
+//! of its own (the model loaded once per arm on one GPU), so no arm learns from another's runs.
+//! Arms (`--arms`, each with its own tree budget):
 //!   off       plain decoding (always first: the reference for identity and speedups)
 //!   suffix    the suffix speculator alone (its store learns only from its own runs)
 //!   static    a draft head loaded from a file and never trained (needs --head)
@@ -13,11 +15,11 @@
 
 use super::WorkItem;
 use super::plot::{Plot, Series};
-use crate::engine::{CancelToken, Engine, GenerateParams};
+use crate::engine::{Engine, GenerateParams};
 use crate::error::{Error, Result};
-use crate::spec::head::{HeadOptions, HeadSpeculator};
+use crate::spec::SpecMode;
+use crate::spec::head::HeadOptions;
 use crate::spec::suffix::SuffixSpeculator;
-use crate::spec::{SpecMode, Speculator};
 use crate::train::checkpoint::HeadFile;
 
 pub struct Phase {
@@ -127,15 +129,9 @@ impl Arm {
     }
 }
 
-/// An arm's own speculators, swapped into the engine for its turn (so no arm learns from
-/// another's runs).
-#[derive(Default)]
-struct Store {
-    suffix: Option<Box<dyn Speculator + Send>>,
-    head: Option<HeadSpeculator>,
-}
-
-pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
+/// One engine per arm (`engines[i]` decodes `b.arms[i]`), each given the speculators its arm
+/// uses and no others.
+pub fn run(mut engines: Vec<Engine>, b: &AdaptBench) -> Result<()> {
     if b.phases.iter().any(|p| p.items.is_empty()) {
         return Err(Error::msg("a bench-adapt phase has no requests; check --phase categories against --questions"));
     }
@@ -145,21 +141,22 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
     if b.static_head.is_none() && b.arms.iter().any(|a| a.kind == ArmKind::Static) {
         return Err(Error::msg("the 'static' arm needs a trained head: add --head FILE (augur train-head makes one)"));
     }
+    if engines.len() != b.arms.len() {
+        return Err(Error::msg("bench-adapt needs one engine per arm"));
+    }
     let arms = b.arms.clone();
-    let mut stores = Vec::new();
-    for a in &arms {
-        let mut st = Store::default();
+    for (a, engine) in arms.iter().zip(engines.iter_mut()) {
+        super::warm_up(engine)?; // before the speculators, which would learn from it
+        engine.suffix = None;
+        engine.head = None;
         if matches!(a.kind, ArmKind::Suffix | ArmKind::Auto) {
-            st.suffix = Some(Box::new(SuffixSpeculator::in_memory()));
+            engine.suffix = Some(Box::new(SuffixSpeculator::in_memory()));
         }
         if matches!(a.kind, ArmKind::Static | ArmKind::Adaptive | ArmKind::Auto) {
             let learn = a.kind != ArmKind::Static;
             engine.attach_head(b.static_head.clone(), HeadOptions { learn, ..Default::default() })?;
-            st.head = engine.head.take();
         }
-        stores.push(st);
     }
-    engine.suffix = None;
     // the arm whose head's agreement is reported: the adaptive head, else auto's
     let watch = arms
         .iter()
@@ -167,6 +164,7 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
         .or_else(|| arms.iter().position(|a| a.kind == ArmKind::Auto));
 
     let requests: usize = b.phases.iter().map(|p| p.items.len()).sum();
+    let engine = &engines[0];
     println!(
         "device: {}\nmodel:  {}\n{requests} requests ({}), {} tokens each, greedy, chat template, depth {}; arms: {}",
         engine.gpu().describe(),
@@ -177,32 +175,28 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
         arms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
     );
     let base = GenerateParams { max_tokens: b.max_tokens, chat: true, max_depth: b.max_depth, ..Default::default() };
-    let c = CancelToken::default();
-    super::warm_up(engine)?;
-
+    let params: Vec<GenerateParams> =
+        arms.iter().map(|a| GenerateParams { speculate: a.mode(), tree_budget: a.budget, ..base.clone() }).collect();
     // per request, per arm; plus the adaptive head's agreement after each request
     let mut per_request: Vec<Vec<Totals>> = Vec::new();
     let mut agreement: Vec<f64> = Vec::new();
     let mut phase_of: Vec<usize> = Vec::new();
+    let n = arms.len();
     for (pi, phase) in b.phases.iter().enumerate() {
         for it in &phase.items {
-            let ids = engine.encode_prompt(&it.prompt, true)?;
-            let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
-            // arms take turns going first, so that a machine speeding up or slowing down within
-            // a request favours none of them
-            let n = arms.len();
-            let first = per_request.len() % n;
+            let ids = engines[0].encode_prompt(&it.prompt, true)?;
+            let ids = &ids[..ids.len().min(engines[0].model.max_ctx / 2)];
+            // which thread runs which arm, and which arm starts, rotate from request to request
+            // (either alone tilts a comparison by 1-2% on these machines)
+            let r = per_request.len();
+            let seat: Vec<usize> = (0..n).map(|k| (r + k) % n).collect();
+            let mut by_seat: Vec<Option<(&mut Engine, &GenerateParams)>> =
+                engines.iter_mut().zip(&params).map(Some).collect();
+            let ordered = seat.iter().map(|&a| by_seat[a].take().expect("each arm seated once")).collect();
+            let outs = super::lockstep::side_by_side(ordered, ids, (r / n) % n)?;
             let mut row = vec![Totals::default(); n];
             let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
-            for a in (0..n).map(|i| (first + i) % n) {
-                let (arm, store) = (&arms[a], &mut stores[a]);
-                engine.suffix = store.suffix.take();
-                engine.head = store.head.take();
-                let params = GenerateParams { speculate: arm.mode(), tree_budget: arm.budget, ..base.clone() };
-                let out = engine.generate_tokens(ids, &params, &c, |_| true);
-                store.suffix = engine.suffix.take();
-                store.head = engine.head.take();
-                let out = out?;
+            for (&a, out) in seat.iter().zip(outs) {
                 let s = out.spec.clone().unwrap_or_default();
                 row[a] = Totals {
                     tokens: out.stats.generated_tokens.saturating_sub(1),
@@ -219,11 +213,12 @@ pub fn run(engine: &mut Engine, b: &AdaptBench) -> Result<()> {
             for a in 0..n {
                 row[a].identical = (outputs[a] == outputs[0]) as usize;
             }
-            agreement.push(watch.and_then(|w| stores[w].head.as_ref()).map_or(0.0, |h| h.stats.agreement));
+            agreement.push(watch.and_then(|w| engines[w].head.as_ref()).map_or(0.0, |h| h.stats.agreement));
             per_request.push(row);
             phase_of.push(pi);
         }
     }
+    let engine = &engines[0];
 
     // windows never straddle a phase boundary
     let mut windows: Vec<(usize, usize)> = Vec::new(); // (first request, end)
