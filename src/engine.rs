@@ -584,6 +584,7 @@ impl Engine {
                 accepted[row as usize - 1] = true;
             }
             c.observe(plan, &accepted, m, verify_ms, drafted);
+            c.observe_declined(plan, &accepted, r[RESULT_BONUS], params.temperature == 0.0);
         }
         if self.trace {
             let by = |d: Drafter| tree.nodes.iter().filter(|n| n.drafter == d).count();
@@ -592,8 +593,11 @@ impl Engine {
             });
             // the controller's estimate of each node's acceptance (its score for a fixed mode)
             let p: Vec<String> = tree.nodes.iter().map(|n| format!("{:.2}", n.score)).collect();
+            let declined = plan.as_ref().map_or(String::new(), |(p, _)| {
+                format!(" declined {} (best {:.2})", p.proposed - tree.len(), p.best_declined)
+            });
             eprintln!(
-                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.2}ms{drafted_ms} verify {verify_ms:.0}ms (expected {predicted_ms:.0}) p [{}]",
+                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.2}ms{drafted_ms} verify {verify_ms:.0}ms (expected {predicted_ms:.0}) p [{}]{declined}",
                 tree.len(),
                 by(Drafter::Suffix),
                 by(Drafter::Draft),

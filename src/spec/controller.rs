@@ -167,6 +167,23 @@ pub struct Plan {
     pub tree: TokenTree,
     /// Per node: every speculator that proposed it.
     pub sources: Vec<Vec<Source>>,
+    /// Proposed nodes left out of the tree whose parent is in it (or who have none): once the
+    /// round is over, the token the target chose after the accepted path says whether those
+    /// hanging from its end would have been accepted (`observe_declined`).
+    pub declined: Vec<Declined>,
+    /// Nodes proposed in all (merged), and the best estimate among those left out (for the
+    /// trace: what the controller declined).
+    pub proposed: usize,
+    pub best_declined: f64,
+}
+
+/// A proposed node the controller did not verify.
+#[derive(Debug, Clone)]
+pub struct Declined {
+    /// Its parent's index in the verified tree (None: a first-level node).
+    pub parent: Option<usize>,
+    pub token: u32,
+    pub sources: Vec<Source>,
 }
 
 pub struct Controller {
@@ -316,6 +333,7 @@ impl Controller {
                 (best_n, best_rate) = (n + 1, rate);
             }
         }
+        let best_declined = order.get(best_n).map_or(0.0, |&i| merged[i].p);
         let mut keep: Vec<usize> = order[..best_n].to_vec();
         keep.sort_by_key(|&i| merged[i].depth);
         let mut tree = TokenTree::default();
@@ -331,8 +349,20 @@ impl Controller {
             at[i] = tree.push(parent, m.token, m.p as f32, m.sources[0].drafter);
             sources.push(m.sources.clone());
         }
+        let declined = (0..merged.len())
+            .filter(|&i| at[i] == usize::MAX)
+            .filter_map(|i| {
+                let m = &merged[i];
+                let parent = match m.parent {
+                    None => None,
+                    Some(q) if at[q] != usize::MAX => Some(at[q]),
+                    Some(_) => return None,
+                };
+                Some(Declined { parent, token: m.token, sources: m.sources.clone() })
+            })
+            .collect();
         self.stats.policy_us += t.elapsed().as_secs_f64() * 1e6;
-        Plan { tree, sources }
+        Plan { tree, sources, declined, proposed: merged.len(), best_declined }
     }
 
     /// The plan's round is over: `accepted[i]` says whether node i was on the accepted path,
@@ -410,6 +440,34 @@ impl Controller {
         s.nodes += plan.tree.len() as u64;
         s.depth_sum += plan.tree.depth() as u64;
         s.policy_us += t.elapsed().as_secs_f64() * 1e6;
+    }
+
+    /// What the round says about the nodes the controller declined, at no cost: `next` is the
+    /// token the target chose after the accepted path, so a declined node hanging from the
+    /// path's end would have been accepted exactly when it is that token (greedy), and for a
+    /// deterministic drafter (the suffix index: q one-hot) with the probability that `next` is
+    /// it when sampling, provided `next` was drawn from the target's own distribution there
+    /// (no verified sibling rejected first, which would leave a residual).
+    ///
+    /// Without this, a drafter is learned only where its nodes are verified, and once its
+    /// calibration says its drafts are poor (Spec-Bench qa for the suffix index) they are
+    /// declined, so nothing shows when the text changes to one where they are good
+    /// (translation): session 8's stream kept the suffix index out for four requests after the
+    /// shift. Declined nodes deeper than the path's end would need later rounds' tokens, and
+    /// are left out.
+    pub fn observe_declined(&mut self, plan: &Plan, accepted: &[bool], next: u32, greedy: bool) {
+        let t = std::time::Instant::now();
+        let end = (0..accepted.len()).filter(|&i| accepted[i]).max_by_key(|&i| plan.tree.nodes[i].depth);
+        let untouched = !plan.tree.nodes.iter().any(|n| n.parent == end);
+        if !greedy && !untouched {
+            return;
+        }
+        for d in plan.declined.iter().filter(|d| d.parent == end) {
+            for src in d.sources.iter().filter(|s| greedy || s.drafter == Drafter::Suffix) {
+                self.calib[idx(src.drafter)].observe(src.level, src.score, d.token == next);
+            }
+        }
+        self.stats.policy_us += t.elapsed().as_secs_f64() * 1e6;
     }
 }
 
@@ -534,6 +592,49 @@ mod tests {
     }
 
     #[test]
+    fn declined_drafts_are_learned_from_the_token_the_target_chose() {
+        // a round: the plan for a one-node suffix proposal, the target choosing `next`
+        let round = |c: &mut Controller, next: u32, learn_declined: bool| {
+            let plan = c.choose(&[(Drafter::Suffix, chain(&[0.5], Drafter::Suffix))], 63);
+            let accepted: Vec<bool> = plan.tree.nodes.iter().map(|n| n.token == next).collect();
+            let n = plan.tree.len();
+            c.observe(&plan, &accepted, n + 1, steep_cost().verify_ms(n + 1), &[]);
+            if learn_declined {
+                c.observe_declined(&plan, &accepted, next, true);
+            }
+            n
+        };
+        for learn_declined in [false, true] {
+            // a text where the draft (token 100) is never what the target chooses...
+            let mut c = Controller::new(steep_cost());
+            for _ in 0..100 {
+                round(&mut c, 7, learn_declined);
+            }
+            assert_eq!(round(&mut c, 7, learn_declined), 0, "not verified where it is always wrong");
+            // ...then one where it always is: what the calibration's window (~50 observations)
+            // takes to move past the price of a row, one observation a round
+            let back = (1..=100).find(|_| round(&mut c, 100, learn_declined) > 0);
+            if learn_declined {
+                assert!(back.is_some_and(|r| r <= 40), "verified again after {back:?} rounds");
+            } else {
+                assert_eq!(back, None, "learned only from verified nodes, it never finds out");
+            }
+        }
+        // sampling: a declined node is learned from only when the target's token was drawn
+        // from its own distribution (no verified sibling rejected before it)
+        let mut c = Controller::new(flat_cost());
+        let mut t = chain(&[0.9], Drafter::Suffix);
+        t.push(None, 5, 0.01, Drafter::Suffix);
+        let plan = c.choose(&[(Drafter::Suffix, t)], 1);
+        assert_eq!((plan.tree.len(), plan.declined.len()), (1, 1));
+        let before = c.calib[0].p(0, 0.01, false);
+        c.observe_declined(&plan, &[false], 5, false);
+        assert_eq!(c.calib[0].p(0, 0.01, false), before, "the residual after a rejection is not the target's");
+        c.observe_declined(&plan, &[false], 5, true);
+        assert!(c.calib[0].p(0, 0.01, false) > before, "greedy: the target's choice is its argmax all the same");
+    }
+
+    #[test]
     fn the_same_score_is_trusted_on_long_matches_and_not_on_short_ones() {
         let mut c = Controller::new(steep_cost());
         let prop = |evidence| {
@@ -607,7 +708,8 @@ mod tests {
     /// each look costing `look_ms` plus `idle_ms` per token committed while it sat out. Returns
     /// the rounds it looked at and the share of the time spent looking.
     fn looks(c: &mut Controller, rounds: u64, look_ms: f64, idle_ms: f64, said: Option<f64>) -> (Vec<u64>, f64) {
-        let empty = Plan { tree: TokenTree::default(), sources: vec![] };
+        let empty =
+            Plan { tree: TokenTree::default(), sources: vec![], declined: vec![], proposed: 0, best_declined: 0.0 };
         let (mut at, mut last, mut spent, mut total) = (Vec::new(), 0, 0.0, 0.0);
         for r in 0..rounds {
             let w = c.wants(Drafter::Draft, said);
