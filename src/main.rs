@@ -278,7 +278,15 @@ impl ModelArgs {
                     }
                 },
             };
-            let opts = augur::spec::head::HeadOptions { learn: !spec.no_learn, ..Default::default() };
+            // the guard rail: below the offline-trained head's agreement, the adaptive one stops
+            // drafting (HeadOptions::min_agreement)
+            let min_agreement = match static_path.exists() {
+                true => {
+                    augur::train::checkpoint::load(&static_path, &engine.fingerprint).map_or(0.0, |f| f.meta.acceptance)
+                }
+                false => 0.0,
+            };
+            let opts = augur::spec::head::HeadOptions { learn: !spec.no_learn, min_agreement, ..Default::default() };
             engine.attach_head(saved, opts)?;
             if spec.no_learn {
                 save_to = None;

@@ -245,6 +245,17 @@ fn head_speculation_with_online_learning_is_identical_to_plain_decoding() {
     assert_eq!((h.replay.filled, h.replay.write_pos, h.stats.agreement), (filled, pos, agreement));
     let g = e.head_file().unwrap();
     assert_eq!(g.replay.as_ref().unwrap().meta.len(), h.replay.capacity * augur::train::replay::META);
+    // the guard rail: below the static path's agreement (here one it can never reach) the head
+    // drafts nothing and only probes, and the output is still plain decoding's
+    let floor = augur::spec::head::HeadOptions { min_agreement: 2.0, learn: false, ..Default::default() };
+    e.attach_head(Some(g), floor).unwrap();
+    let (cat, p) = &prompts()[0];
+    let ids = e.encode_prompt(p, true).unwrap();
+    let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+    let got = e.generate_tokens(&ids, &head, &c, |_| true).unwrap();
+    assert_eq!(got.tokens, want.tokens, "[{cat}] an untrusted head changed the output");
+    assert_eq!(got.spec.unwrap().drafted, 0, "an untrusted head drafted");
+    assert!(e.head.as_ref().unwrap().stats.probes > 0, "an untrusted head still probes");
 }
 
 /// The controller (`auto`) merges the suffix index's and the learning head's proposals and cuts

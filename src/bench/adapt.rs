@@ -154,7 +154,9 @@ pub fn run(mut engines: Vec<Engine>, b: &AdaptBench) -> Result<()> {
         }
         if matches!(a.kind, ArmKind::Static | ArmKind::Adaptive | ArmKind::Auto) {
             let learn = a.kind != ArmKind::Static;
-            engine.attach_head(b.static_head.clone(), HeadOptions { learn, ..Default::default() })?;
+            // the guard rail of a learning head: the static head's agreement (none: 0)
+            let min_agreement = b.static_head.as_ref().filter(|_| learn).map_or(0.0, |f| f.meta.acceptance);
+            engine.attach_head(b.static_head.clone(), HeadOptions { learn, min_agreement, ..Default::default() })?;
         }
     }
     // the arm whose head's agreement is reported: the adaptive head, else auto's

@@ -43,9 +43,14 @@ pub struct HeadOptions {
     pub alpha: f32,
     /// Nodes expanded per level when drafting.
     pub width: usize,
-    /// Draft only while the head's top guess after the root matches the target's next token at
-    /// least this often (exponentially weighted); below it, only probe every `probe_every`
-    /// rounds to keep measuring.
+    /// The guard rail: draft only while the head's top guess after the root matches the
+    /// target's next token at least this often (exponentially weighted over ~20 rounds); below
+    /// it, only probe every `probe_every` rounds to keep measuring. The static path's own
+    /// agreement: that of the offline-trained head this one started from (the CLI sets it), 0
+    /// without one (the static path is then plain decoding, which drafts nothing). Whether
+    /// drafting pays on a device is the controller's question (`--speculate auto`); a fixed
+    /// `--speculate head` drafts whatever its calibrated confidence puts above the floor every
+    /// fixed mode has (`Speculator::set_min_confidence`).
     pub min_agreement: f64,
     pub probe_every: u64,
 }
@@ -61,7 +66,7 @@ impl Default for HeadOptions {
             opt: AdamW::default(),
             alpha: 0.5,
             width: 2,
-            min_agreement: 0.3,
+            min_agreement: 0.0,
             probe_every: 4,
         }
     }
