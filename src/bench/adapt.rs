@@ -191,14 +191,11 @@ pub fn run(mut engines: Vec<Engine>, b: &AdaptBench) -> Result<()> {
             // which thread runs which arm, and which arm starts, rotate from request to request
             // (either alone tilts a comparison by 1-2% on these machines)
             let r = per_request.len();
-            let seat: Vec<usize> = (0..n).map(|k| (r + k) % n).collect();
-            let mut by_seat: Vec<Option<(&mut Engine, &GenerateParams)>> =
-                engines.iter_mut().zip(&params).map(Some).collect();
-            let ordered = seat.iter().map(|&a| by_seat[a].take().expect("each arm seated once")).collect();
-            let outs = super::lockstep::side_by_side(ordered, ids, (r / n) % n)?;
+            let arms = engines.iter_mut().zip(&params).collect();
+            let outs = super::lockstep::side_by_side(arms, ids, (r + r / n) % n, r % n)?;
             let mut row = vec![Totals::default(); n];
             let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
-            for (&a, out) in seat.iter().zip(outs) {
+            for (a, out) in outs.into_iter().enumerate() {
                 let s = out.spec.clone().unwrap_or_default();
                 row[a] = Totals {
                     tokens: out.stats.generated_tokens.saturating_sub(1),

@@ -89,12 +89,19 @@ impl Drop for Finish<'_> {
     }
 }
 
-/// Generates from `prompt` with each arm (engine and parameters) in lockstep, one thread per arm
-/// in the order given, arm `first` starting, and returns the outputs in that order, with the
-/// time each spent waiting for the others taken out of its decode time (and, when it
-/// speculated, out of its unaccounted time).
-pub fn side_by_side(arms: Vec<(&mut Engine, &GenerateParams)>, prompt: &[u32], first: usize) -> Result<Vec<Output>> {
-    let lock = Lockstep::new(arms.len(), first);
+/// Generates from `prompt` with each arm (engine and parameters) in lockstep, one thread per arm,
+/// arm `first` starting, and returns the outputs in the arms' order, with the time each spent
+/// waiting for the others taken out of its decode time (and, when it speculated, out of its
+/// unaccounted time). Threads are spawned from arm `seat` on (cyclically): callers vary which
+/// thread runs which arm, since on these machines the seat alone tilts a comparison by 1-2%.
+pub fn side_by_side(
+    arms: Vec<(&mut Engine, &GenerateParams)>,
+    prompt: &[u32],
+    first: usize,
+    seat: usize,
+) -> Result<Vec<Output>> {
+    let n = arms.len();
+    let lock = Lockstep::new(n, first);
     let run = |i: usize, engine: &mut Engine, params: &GenerateParams| -> Result<Output> {
         let _finish = Finish(&lock, i);
         lock.wait_turn(i); // before prefill, which is not compared
@@ -109,21 +116,23 @@ pub fn side_by_side(arms: Vec<(&mut Engine, &GenerateParams)>, prompt: &[u32], f
         }
         Ok(out)
     };
-    let results: Vec<Result<Output>> = std::thread::scope(|s| {
-        let handles: Vec<_> = arms
+    let mut seated: Vec<_> = arms.into_iter().enumerate().collect();
+    seated.rotate_left(seat % n.max(1));
+    let mut results: Vec<(usize, Result<Output>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = seated
             .into_iter()
-            .enumerate()
             .map(|(i, (engine, params))| {
                 let run = &run;
-                s.spawn(move || run(i, engine, params))
+                (i, s.spawn(move || run(i, engine, params)))
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::msg("a benchmark arm panicked"))))
+            .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(crate::Error::msg("a benchmark arm panicked")))))
             .collect()
     });
-    results.into_iter().collect()
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]

@@ -13,11 +13,6 @@ use crate::gpu::profile::Profiler;
 use crate::model::gpu::PassSpec;
 use std::time::Instant;
 
-/// The two outputs of a two-arm `side_by_side`.
-fn two(outputs: Vec<crate::engine::Output>) -> [crate::engine::Output; 2] {
-    outputs.try_into().unwrap_or_else(|_| unreachable!("side_by_side returns one output per arm"))
-}
-
 pub fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -330,22 +325,11 @@ pub fn spec_run(
         let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
         // which arm starts alternates every prompt, which thread runs which arm every other
         // prompt: either order or seat alone tilts a comparison by 1-2% on this machine
-        let first = n % 2;
-        let (spec, off) = if (n / 2) % 2 == 0 {
-            let [spec, off] = two(lockstep::side_by_side(
-                vec![(&mut *engine, &spec_params), (&mut *plain, &off_params)],
-                ids,
-                first,
-            )?);
-            (spec, off)
-        } else {
-            let [off, spec] = two(lockstep::side_by_side(
-                vec![(&mut *plain, &off_params), (&mut *engine, &spec_params)],
-                ids,
-                first,
-            )?);
-            (spec, off)
-        };
+        let seat = (n / 2) % 2;
+        let arms = vec![(&mut *engine, &spec_params), (&mut *plain, &off_params)];
+        let outs = lockstep::side_by_side(arms, ids, (n + seat) % 2, seat)?;
+        let [spec, off]: [crate::engine::Output; 2] =
+            outs.try_into().unwrap_or_else(|_| unreachable!("side_by_side returns one output per arm"));
         let i = match cats.iter().position(|(k, _)| *k == it.category) {
             Some(i) => i,
             None => {
