@@ -250,22 +250,25 @@ impl ModelArgs {
                 .head
                 .clone()
                 .unwrap_or_else(|| pull::augur_home().join("heads").join(format!("{stem}.safetensors")));
-            // a head that has not learned yet starts from the offline-trained one, if any
+            // the offline-trained head, if any: where a head that has not learned yet starts,
+            // and the guard rail (below its agreement the adaptive head stops drafting,
+            // HeadOptions::min_agreement)
             let static_path = augur::train::offline::static_head_path(&pull::augur_home(), &stem);
-            let saved = match path.exists() {
-                false if spec.head.is_none() && static_path.exists() => {
-                    save_to = Some(path);
-                    match augur::train::checkpoint::load(&static_path, &engine.fingerprint) {
-                        Ok(f) => Some(f),
-                        Err(e) => {
-                            eprintln!("augur: {e}; starting a fresh draft head");
-                            None
-                        }
+            let static_head = match static_path.exists() {
+                true => match augur::train::checkpoint::load(&static_path, &engine.fingerprint) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        eprintln!("augur: {e}; no offline-trained draft head is used");
+                        None
                     }
-                }
+                },
+                false => None,
+            };
+            let min_agreement = static_head.as_ref().map_or(0.0, |f| f.meta.acceptance);
+            let saved = match path.exists() {
                 false => {
                     save_to = Some(path);
-                    None
+                    static_head.filter(|_| spec.head.is_none())
                 }
                 true => match augur::train::checkpoint::load(&path, &engine.fingerprint) {
                     Ok(f) => {
@@ -277,14 +280,6 @@ impl ModelArgs {
                         None
                     }
                 },
-            };
-            // the guard rail: below the offline-trained head's agreement, the adaptive one stops
-            // drafting (HeadOptions::min_agreement)
-            let min_agreement = match static_path.exists() {
-                true => {
-                    augur::train::checkpoint::load(&static_path, &engine.fingerprint).map_or(0.0, |f| f.meta.acceptance)
-                }
-                false => 0.0,
             };
             let opts = augur::spec::head::HeadOptions { learn: !spec.no_learn, min_agreement, ..Default::default() };
             engine.attach_head(saved, opts)?;
