@@ -14,6 +14,9 @@
 //                   32-block, and no running sum of x.
 // Each invocation computes 4 adjacent columns for up to 4 rows, reading each weight once for all
 // of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
+// x is read through x_slice / x_at, prepended by the host (matmul_x_subgroup.wgsl or
+// matmul_x_plain.wgsl): every lane needs the same x values, and where the device has subgroups
+// a subgroup loads each once and shares it (on lavapipe this made M=4 passes 2x faster).
 //
 // Batch invariance: a row's result never depends on M or on which rows share its invocation:
 // every row runs the same sequence of operations, and a row's loop never looks at other rows.
@@ -58,9 +61,9 @@ fn nibbles(v: vec4<u32>) -> vec4<f32> {
 }
 
 // Q4: one 32-block of 4-column group g added into acc for rows row0..row0+rows-1.
-fn q4_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
-    let k4 = p.k / 4u;
+fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
     var acc = acc_in;
+    let xl = x_slices(b, row0, rows, l);
     var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var xs = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var j = 0u; j < 4u; j++) {
@@ -75,7 +78,7 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>) -
             let c3 = nibbles(vec4<u32>(qh.w));
             for (var r = 0u; r < R; r++) {
                 if (r < rows) {
-                    let xv = x[(row0 + r) * k4 + 2u * k8 + h];
+                    let xv = x_at(xl[r], 2u * j + h, row0 + r, 2u * k8 + h);
                     part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
                     xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
                 }
@@ -91,9 +94,10 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>) -
 }
 
 // Q8x16: one 32-block of 4-column group g, as two 16-blocks with their own scales.
-fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
     let k4 = p.k / 4u;
     var acc = acc_in;
+    let xl = x_slices(b, row0, rows, l);
     for (var h = 0u; h < 2u; h++) {
         var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         for (var j = 0u; j < 4u; j++) {
@@ -105,7 +109,7 @@ fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>
             let c3 = vec4<f32>(unpack4xI8(q.w));
             for (var r = 0u; r < R; r++) {
                 if (r < rows) {
-                    let xv = x[(row0 + r) * k4 + kq];
+                    let xv = x_at(xl[r], h * 4u + j, row0 + r, kq);
                     part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
                 }
             }
@@ -119,20 +123,32 @@ fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, acc_in: array<vec4<f32>, 4>
 }
 
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
-fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
+// This lane's x slices of block b for each row (see x_slice).
+fn x_slices(b: u32, row0: u32, rows: u32, l: Lane) -> array<vec4<f32>, 4> {
+    var xl = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var r = 0u; r < R; r++) {
+        if (r < rows) {
+            xl[r] = x_slice(row0 + r, b * 8u, l);
+        }
+    }
+    return xl;
+}
+
+fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> array<vec4<f32>, 4> {
     let k4 = p.k / 4u;
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var b = 0u; b < p.k / 32u; b++) {
         if (FORMAT == 2u) {
-            acc = q4_block(b, g, row0, rows, acc);
+            acc = q4_block(b, g, row0, rows, l, acc);
             continue;
         }
         if (FORMAT == 3u) {
-            acc = q8x16_block(b, g, row0, rows, acc);
+            acc = q8x16_block(b, g, row0, rows, l, acc);
             continue;
         }
         var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         var xs = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+        let xl = x_slices(b, row0, rows, l);
         for (var j = 0u; j < 8u; j++) {
             let kq = b * 8u + j;
             var c0: vec4<f32>;
@@ -155,7 +171,7 @@ fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
             }
             for (var r = 0u; r < R; r++) {
                 if (r < rows) {
-                    let xv = x[(row0 + r) * k4 + kq];
+                    let xv = x_at(xl[r], j, row0 + r, kq);
                     part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
                     xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
                 }
@@ -182,9 +198,9 @@ fn group_dot(g: u32, row0: u32, rows: u32) -> array<vec4<f32>, 4> {
 }
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    // rows come from the workgroup id so that the compiler sees x's address as uniform across
-    // the workgroup (one scalar load, broadcast) rather than a per-lane gather
+fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let lid = l.lid;
+    // rows come from the workgroup id: every lane of a workgroup works on the same rows of x
     let gid = vec3<u32>(wid.x * 64u + lid, wid.y, 0u);
     var row_first = 0u;
     var m = pass_.m;
@@ -198,25 +214,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let rows = min(R, m - rblock);
     let row0 = row_first + rblock;
-    let g = gid.x;
     let groups = select(p.n / 4u, p.n / 8u, EPILOGUE == 2u);
-    if (g >= groups) {
-        return;
-    }
+    // lanes past the last group compute the last one again and store nothing: every lane of a
+    // subgroup has to take part in the shuffles that share x
+    let live = gid.x < groups;
+    let g = min(gid.x, groups - 1u);
     if (EPILOGUE == 2u) {
-        let gate = group_dot(2u * g, row0, rows);
-        let up = group_dot(2u * g + 1u, row0, rows);
+        let gate = group_dot(2u * g, row0, rows, l);
+        let up = group_dot(2u * g + 1u, row0, rows, l);
         for (var r = 0u; r < R; r++) {
-            if (r < rows) {
+            if (live && r < rows) {
                 let a = gate[r];
                 y[(rblock + r) * p.y_stride + p.y_col0 + g] = a / (vec4<f32>(1.0) + exp(-a)) * up[r];
             }
         }
         return;
     }
-    let acc = group_dot(g, row0, rows);
+    let acc = group_dot(g, row0, rows, l);
     for (var r = 0u; r < R; r++) {
-        if (r < rows) {
+        if (live && r < rows) {
             var v = acc[r];
             if (BIAS) {
                 v += bias[g];

@@ -138,7 +138,7 @@ struct ModelArgs {
     /// Context length (KV cache size) in tokens
     #[arg(long, default_value_t = 2048)]
     ctx: usize,
-    /// Do not use optional GPU features (timestamp queries)
+    /// Do not use optional GPU features (timestamp queries, subgroups)
     #[arg(long)]
     no_gpu_features: bool,
     /// Use the first adapter whose name contains this

@@ -94,6 +94,35 @@ fn forward_is_batch_invariant() {
     }
 }
 
+/// The matmul reads x shared across a subgroup where the device has subgroups and lane by lane
+/// where it has not; the arithmetic is the same, so the logits are bit-identical, in every weight
+/// format and for prefill rows as well as single tokens.
+#[test]
+fn forward_is_the_same_with_and_without_subgroups() {
+    let (with, without) = (gpu(), gpu_without_features());
+    assert!(!without.subgroups);
+    if !with.subgroups {
+        eprintln!("note: this adapter has no subgroups of 8+ lanes; both runs take the lane-by-lane path");
+    }
+    for (seed, q8, rope, bias) in [(11, true, RopeStyle::Interleaved, false), (12, false, RopeStyle::Neox, true)] {
+        let (cfg, w) = tiny_model(seed, q8, rope, bias);
+        let prompt = [5u32, 17, 300, 42, 9, 250, 77];
+        let logits = |g: &std::sync::Arc<augur::gpu::Gpu>| {
+            let gm = GpuModel::new(g.clone(), &cfg, &w, 64, 16).unwrap();
+            gm.set_tokens(&prompt);
+            let spec = |m, n_past| PassSpec { m, n_past, tree: None, logits_rows: 0..m, accept: None, compact: false };
+            let mut out = gpu_logits(&gm, &spec(prompt.len(), 0));
+            gm.set_tokens(&[11]);
+            out.extend(gpu_logits(&gm, &spec(1, prompt.len())));
+            out
+        };
+        let (a, b) = (logits(&with), logits(&without));
+        assert_eq!(a.len(), b.len());
+        let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        assert_eq!(differ, 0, "seed {seed}: {differ} of {} logits differ", a.len());
+    }
+}
+
 /// Tree-masked attention: each node of a random token tree, verified in one pass, gets the
 /// logits the CPU forward gives for the prefix followed by that node's root-to-node path.
 #[test]

@@ -7,6 +7,9 @@ use std::sync::Mutex;
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+/// How the matmul reads x: shared across a subgroup, or every lane for itself.
+pub const MATMUL_X_SUBGROUP: &str = include_str!("../../shaders/matmul_x_subgroup.wgsl");
+pub const MATMUL_X_PLAIN: &str = include_str!("../../shaders/matmul_x_plain.wgsl");
 /// Rows of x one matmul invocation computes (`R` in matmul.wgsl): a dispatch covers the rows in
 /// blocks of this many, and every block reads the weights once.
 pub const MATMUL_ROWS: usize = 4;
@@ -38,6 +41,15 @@ pub const ALL: [(&str, &str); 10] = [
 
 pub fn source(body: &str) -> String {
     format!("{COMMON}\n{body}")
+}
+
+/// matmul.wgsl with the way it reads x that this device allows.
+pub fn matmul_source(subgroups: bool) -> String {
+    if subgroups {
+        format!("{COMMON}\n{MATMUL_X_SUBGROUP}\n{MATMUL}")
+    } else {
+        format!("{COMMON}\n{MATMUL_X_PLAIN}\n{MATMUL}")
+    }
 }
 
 /// Weight format of a matrix on the GPU (see matmul.wgsl).
@@ -141,7 +153,7 @@ impl Kernels {
                 ("BIAS", k.bias as u32 as f64),
                 ("EPILOGUE", k.epilogue as u32 as f64),
             ];
-            gpu.pipeline(&format!("matmul {k:?}"), &source(MATMUL), "main", &MATMUL_BINDS, &consts)
+            gpu.pipeline(&format!("matmul {k:?}"), &matmul_source(gpu.subgroups), "main", &MATMUL_BINDS, &consts)
         })
     }
 
@@ -372,19 +384,29 @@ pub struct AttnParams {
 #[cfg(test)]
 mod tests {
     /// Every kernel parses and validates with naga (no device needed), with only the capability
-    /// core WebGPU guarantees (unpack2x16float).
+    /// core WebGPU guarantees (unpack2x16float); the matmul in both of its ways to read x.
     #[test]
     fn kernels_validate_with_naga() {
-        for (name, body) in super::ALL {
-            let src = super::source(body);
+        let core = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        let mut sources: Vec<(String, String, naga::valid::Capabilities)> = super::ALL
+            .iter()
+            .filter(|(name, _)| *name != "matmul")
+            .map(|(name, body)| (name.to_string(), super::source(body), core))
+            .collect();
+        sources.push(("matmul".into(), super::matmul_source(false), core));
+        sources.push((
+            "matmul (subgroups)".into(),
+            super::matmul_source(true),
+            core | naga::valid::Capabilities::SUBGROUP,
+        ));
+        for (name, src, caps) in sources {
             let module =
                 naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
     }
 

@@ -1,8 +1,10 @@
 //! The GPU context: adapter and device selection (lavapipe included), buffers, compute pipelines
 //! from the WGSL files in shaders/, and small helpers to read results back.
 //!
-//! Optional features (timestamp queries) are used only when the adapter has them; the kernels
-//! themselves need nothing beyond core WebGPU, so the same engine runs on Metal, DX12 and Vulkan.
+//! Optional features (timestamp queries, subgroups) are used only when the adapter has them; the
+//! kernels themselves need nothing beyond core WebGPU, so the same engine runs on Metal, DX12 and
+//! Vulkan. With subgroups the matmul shares its loads of x across a subgroup; without, every lane
+//! loads them itself; both do the same arithmetic in the same order (bit-identical results).
 
 pub mod kernels;
 pub mod profile;
@@ -28,6 +30,9 @@ pub struct Gpu {
     pub timestamps: bool,
     /// Largest storage binding, in bytes: bigger tensors are split.
     pub max_binding: u64,
+    /// Subgroup operations with subgroups of at least 8 lanes: the matmul shares its loads of x
+    /// across a subgroup (shaders/matmul_x_subgroup.wgsl).
+    pub subgroups: bool,
 }
 
 /// How a kernel binds one buffer.
@@ -85,6 +90,9 @@ impl Gpu {
         if !opts.no_optional_features && have.contains(wgpu::Features::TIMESTAMP_QUERY) {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        if !opts.no_optional_features && have.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8 {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let alimits = adapter.limits();
         let mut limits = wgpu::Limits::default();
         // Ask for what the adapter has: the defaults cap buffers at 256 MiB.
@@ -102,7 +110,14 @@ impl Gpu {
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
         let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) & !255;
-        Ok(Gpu { device, queue, info, timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY), max_binding })
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_binding,
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+        })
     }
 
     /// One device per process and option set, shared (tests create many engines).
