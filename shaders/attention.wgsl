@@ -3,9 +3,8 @@
 //              of the group, or MASKED;
 //   softmax_v: one workgroup per (row, head), one invocation per 4 output dims: online softmax
 //              over the visible slots in slot order, weighted sum of V.
-// Row and head come from the workgroup id, so that the compiler sees q's and the scores'
-// addresses as uniform across a workgroup: on lavapipe one load broadcast instead of a load per
-// lane.
+// q (in scores) and the scores (in softmax_v) are the same for every lane of a workgroup; with
+// subgroups each 8 lanes load them once between them (lanes_subgroup.wgsl).
 // Row i of the pass sits at slot n_past + i and never sees a slot after its own. A causal row
 // sees every slot up to its own. A token-tree row sees every slot below tree_base and slot
 // tree_base + j when bit j of masks[i] is set (up to 64 tree slots). The target verifies a tree
@@ -55,28 +54,49 @@ fn visible(row: u32, slot: u32) -> bool {
 override GROUP: u32 = 1u;
 
 @compute @workgroup_size(64)
-fn scores_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let slot = wid.x * 64u + lid;
+fn scores_main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let kvh = wid.y;
     let row = wid.z;
     let n_slots = pass_.n_past + pass_.m;
-    if (slot >= n_slots || row >= pass_.m) {
+    if (row >= pass_.m) {
         return;
     }
-    let vis = visible(row, slot);
+    // lanes past the last slot score the last one again and store nothing: every lane of a
+    // subgroup has to take part in the shuffles that share q
+    let live = wid.x * 64u + l.lid < n_slots;
+    let slot = min(wid.x * 64u + l.lid, n_slots - 1u);
+    let vis = live && visible(row, slot);
     var acc = array<f32, 16>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    if (vis) {
-        let d4 = p.head_dim / 4u;
-        let q_dim4 = p.n_heads * d4;
-        let kv_dim4 = p.n_kv_heads * d4;
-        let qb = row * (q_dim4 + 2u * kv_dim4) + kvh * GROUP * d4;
-        let kb = slot * kv_dim4 + kvh * d4;
+    let d4 = p.head_dim / 4u;
+    let q_dim4 = p.n_heads * d4;
+    let kv_dim4 = p.n_kv_heads * d4;
+    let qb = row * (q_dim4 + 2u * kv_dim4) + kvh * GROUP * d4;
+    let kb = slot * kv_dim4 + kvh * d4;
+    if (SUBGROUPS && d4 % 8u == 0u) {
+        // q is the same for every lane: each 8 lanes load 8 of its vec4s per query head once
+        // between them (lanes_subgroup.wgsl); the sums run in the same order as below
+        for (var i0 = 0u; i0 < d4; i0 += 8u) {
+            var qs: array<vec4<f32>, 16>;
+            for (var g = 0u; g < GROUP; g++) {
+                qs[g] = qkv[qb + g * d4 + i0 + lane8(l)];
+            }
+            for (var j = 0u; j < 8u; j++) {
+                let k = k_cache[kb + i0 + j];
+                for (var g = 0u; g < GROUP; g++) {
+                    acc[g] += dot(from_lane(qs[g], j), k);
+                }
+            }
+        }
+    } else if (vis) {
         for (var i = 0u; i < d4; i++) {
             let k = k_cache[kb + i];
             for (var g = 0u; g < GROUP; g++) {
                 acc[g] += dot(qkv[qb + g * d4 + i], k);
             }
         }
+    }
+    if (!live) {
+        return;
     }
     for (var g = 0u; g < GROUP; g++) {
         var s = MASKED;
@@ -91,8 +111,9 @@ fn scores_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 override D4: u32 = 16u;
 
 @compute @workgroup_size(D4)
-fn softmax_v_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) dq: u32) {
+fn softmax_v_main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let d4 = D4;
+    let dq = l.lid;
     let head = wid.x;
     let row = wid.y;
     if (row >= pass_.m) {
@@ -104,10 +125,26 @@ fn softmax_v_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let sb = (row * p.n_heads + head) * p.max_slots;
     let n_slots = pass_.n_past + pass_.m;
     var mx = MASKED;
-    var l = 0.0;
+    var l_sum = 0.0;
     var acc = vec4<f32>(0.0);
+    // the scores are the same for every lane: with subgroups (and whole 8-lane groups) each 8
+    // lanes load 8 of them once between them (lanes_subgroup.wgsl); every branch below depends
+    // only on the scores, so all lanes take it together
+    let share = SUBGROUPS && D4 % 8u == 0u;
+    var mine = MASKED;
     for (var s = 0u; s < n_slots; s++) {
-        let sc = scores[sb + s];
+        var sc: f32;
+        if (share) {
+            if (s % 8u == 0u) {
+                mine = MASKED;
+                if (s + lane8(l) < n_slots) {
+                    mine = scores[sb + s + lane8(l)];
+                }
+            }
+            sc = from_lane_f32(mine, s % 8u);
+        } else {
+            sc = scores[sb + s];
+        }
         if (sc <= MASKED) {
             continue;
         }
@@ -115,13 +152,13 @@ fn softmax_v_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         // used to take two per slot; exact: the old corr was exp(0) = 1 otherwise)
         if (sc > mx) {
             let corr = exp(mx - sc);
-            l = l * corr;
+            l_sum = l_sum * corr;
             acc = acc * corr;
             mx = sc;
         }
         let e = exp(sc - mx);
-        l = l + e;
+        l_sum = l_sum + e;
         acc = acc + e * v_cache[s * kv_dim4 + kvh * d4 + dq];
     }
-    out[row * p.n_heads * d4 + t] = acc / l;
+    out[row * p.n_heads * d4 + t] = acc / l_sum;
 }

@@ -14,9 +14,8 @@
 //                   32-block, and no running sum of x.
 // Each invocation computes 4 adjacent columns for up to 4 rows, reading each weight once for all
 // of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
-// x is read through x_slice / x_at, prepended by the host (matmul_x_subgroup.wgsl or
-// matmul_x_plain.wgsl): every lane needs the same x values, and where the device has subgroups
-// a subgroup loads each once and shares it (on lavapipe this made M=4 passes 2x faster).
+// Every lane needs the same x values: where the device has subgroups, each 8 lanes load a block's
+// 8 vec4s of x once between them and share them (x_at; lanes_subgroup.wgsl says why).
 //
 // Batch invariance: a row's result never depends on M or on which rows share its invocation:
 // every row runs the same sequence of operations, and a row's loop never looks at other rows.
@@ -123,15 +122,26 @@ fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: array<vec4
 }
 
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
-// This lane's x slices of block b for each row (see x_slice).
+// With subgroups: this lane's share of x for 32-value block b of each row, the block's vec4
+// number lane8 (x_at hands them round).
 fn x_slices(b: u32, row0: u32, rows: u32, l: Lane) -> array<vec4<f32>, 4> {
     var xl = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var r = 0u; r < R; r++) {
-        if (r < rows) {
-            xl[r] = x_slice(row0 + r, b * 8u, l);
+    if (SUBGROUPS) {
+        for (var r = 0u; r < R; r++) {
+            if (r < rows) {
+                xl[r] = x[(row0 + r) * (p.k / 4u) + b * 8u + lane8(l)];
+            }
         }
     }
     return xl;
+}
+
+// x's vec4 kq (number j of its block) of row `row`: from the lane that loaded it, or loaded here.
+fn x_at(slice: vec4<f32>, j: u32, row: u32, kq: u32) -> vec4<f32> {
+    if (SUBGROUPS) {
+        return from_lane(slice, j);
+    }
+    return x[row * (p.k / 4u) + kq];
 }
 
 fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> array<vec4<f32>, 4> {

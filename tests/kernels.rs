@@ -19,13 +19,14 @@ fn gpu_logits(m: &GpuModel, spec: &PassSpec) -> Vec<f32> {
 #[test]
 fn tiny_model_matches_cpu_reference() {
     let gpu = gpu();
-    for (seed, q8, rope, bias) in [
-        (1, true, RopeStyle::Interleaved, false),
-        (2, false, RopeStyle::Neox, true),
-        (3, true, RopeStyle::Neox, true),
-        (4, true, RopeStyle::Neox, false),
+    for (seed, q8, rope, bias, head_dim) in [
+        (1, true, RopeStyle::Interleaved, false, 16),
+        (2, false, RopeStyle::Neox, true, 16),
+        (3, true, RopeStyle::Neox, true, 16),
+        (4, true, RopeStyle::Neox, false, 16),
+        (5, true, RopeStyle::Interleaved, true, 32),
     ] {
-        let (cfg, w) = tiny_model(seed, q8, rope, bias);
+        let (cfg, w) = tiny_model_with_heads(seed, q8, rope, bias, head_dim);
         let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
         let mut cpu = CpuModel::new(&cfg, &w, 64);
         let prompt = [5u32, 17, 300, 42, 9, 250, 77];
@@ -94,9 +95,10 @@ fn forward_is_batch_invariant() {
     }
 }
 
-/// The matmul reads x shared across a subgroup where the device has subgroups and lane by lane
-/// where it has not; the arithmetic is the same, so the logits are bit-identical, in every weight
-/// format and for prefill rows as well as single tokens.
+/// The matmul and attention read the values every lane needs (x, q, scores) shared across a
+/// subgroup where the device has subgroups and lane by lane where it has not; the arithmetic is
+/// the same, so the logits are bit-identical, in every weight format and for prefill rows as well
+/// as single tokens.
 #[test]
 fn forward_is_the_same_with_and_without_subgroups() {
     let (with, without) = (gpu(), gpu_without_features());
@@ -104,8 +106,10 @@ fn forward_is_the_same_with_and_without_subgroups() {
     if !with.subgroups {
         eprintln!("note: this adapter has no subgroups of 8+ lanes; both runs take the lane-by-lane path");
     }
-    for (seed, q8, rope, bias) in [(11, true, RopeStyle::Interleaved, false), (12, false, RopeStyle::Neox, true)] {
-        let (cfg, w) = tiny_model(seed, q8, rope, bias);
+    for (seed, q8, rope, bias, head_dim) in
+        [(11, true, RopeStyle::Interleaved, false, 16), (12, false, RopeStyle::Neox, true, 32)]
+    {
+        let (cfg, w) = tiny_model_with_heads(seed, q8, rope, bias, head_dim);
         let prompt = [5u32, 17, 300, 42, 9, 250, 77];
         let logits = |g: &std::sync::Arc<augur::gpu::Gpu>| {
             let gm = GpuModel::new(g.clone(), &cfg, &w, 64, 16).unwrap();
@@ -124,11 +128,12 @@ fn forward_is_the_same_with_and_without_subgroups() {
 }
 
 /// Tree-masked attention: each node of a random token tree, verified in one pass, gets the
-/// logits the CPU forward gives for the prefix followed by that node's root-to-node path.
+/// logits the CPU forward gives for the prefix followed by that node's root-to-node path. (Head
+/// size 32: attention's subgroup path where the device has one; the next test takes the other.)
 #[test]
 fn tree_mask_attention_matches_path_reference() {
     let gpu = gpu();
-    let (cfg, w) = tiny_model(11, false, RopeStyle::Neox, true);
+    let (cfg, w) = tiny_model_with_heads(11, false, RopeStyle::Neox, true, 32);
     let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 32).unwrap();
     let mut rng = Rng(99);
     for trial in 0..3 {

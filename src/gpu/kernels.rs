@@ -7,9 +7,9 @@ use std::sync::Mutex;
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
-/// How the matmul reads x: shared across a subgroup, or every lane for itself.
-pub const MATMUL_X_SUBGROUP: &str = include_str!("../../shaders/matmul_x_subgroup.wgsl");
-pub const MATMUL_X_PLAIN: &str = include_str!("../../shaders/matmul_x_plain.wgsl");
+/// Loads shared across a subgroup, or every lane loading for itself (see lanes_subgroup.wgsl).
+pub const LANES_SUBGROUP: &str = include_str!("../../shaders/lanes_subgroup.wgsl");
+pub const LANES_PLAIN: &str = include_str!("../../shaders/lanes_plain.wgsl");
 /// Rows of x one matmul invocation computes (`R` in matmul.wgsl): a dispatch covers the rows in
 /// blocks of this many, and every block reads the weights once.
 pub const MATMUL_ROWS: usize = 4;
@@ -43,13 +43,14 @@ pub fn source(body: &str) -> String {
     format!("{COMMON}\n{body}")
 }
 
-/// matmul.wgsl with the way it reads x that this device allows.
-pub fn matmul_source(subgroups: bool) -> String {
-    if subgroups {
-        format!("{COMMON}\n{MATMUL_X_SUBGROUP}\n{MATMUL}")
-    } else {
-        format!("{COMMON}\n{MATMUL_X_PLAIN}\n{MATMUL}")
-    }
+/// The kernels written for both lanes_*.wgsl.
+pub const WITH_LANES: [&str; 2] = ["matmul", "attention"];
+
+/// A kernel that shares loads across lanes (matmul, attention), for a device with or without
+/// subgroups.
+pub fn source_with_lanes(body: &str, subgroups: bool) -> String {
+    let lanes = if subgroups { LANES_SUBGROUP } else { LANES_PLAIN };
+    format!("{COMMON}\n{lanes}\n{body}")
 }
 
 /// Weight format of a matrix on the GPU (see matmul.wgsl).
@@ -153,7 +154,13 @@ impl Kernels {
                 ("BIAS", k.bias as u32 as f64),
                 ("EPILOGUE", k.epilogue as u32 as f64),
             ];
-            gpu.pipeline(&format!("matmul {k:?}"), &matmul_source(gpu.subgroups), "main", &MATMUL_BINDS, &consts)
+            gpu.pipeline(
+                &format!("matmul {k:?}"),
+                &source_with_lanes(MATMUL, gpu.subgroups),
+                "main",
+                &MATMUL_BINDS,
+                &consts,
+            )
         })
     }
 
@@ -213,7 +220,13 @@ impl Kernels {
     /// `MAX_ATTN_GROUP`).
     pub fn attn_scores(&self, gpu: &Gpu, group: usize) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("scores {group}"), || {
-            gpu.pipeline("attn scores", &source(ATTENTION), "scores_main", &ATTN_BINDS, &[("GROUP", group as f64)])
+            gpu.pipeline(
+                "attn scores",
+                &source_with_lanes(ATTENTION, gpu.subgroups),
+                "scores_main",
+                &ATTN_BINDS,
+                &[("GROUP", group as f64)],
+            )
         })
     }
 
@@ -222,7 +235,7 @@ impl Kernels {
         self.get(gpu, format!("softmax_v {head_dim}"), || {
             gpu.pipeline(
                 "attn softmax_v",
-                &source(ATTENTION),
+                &source_with_lanes(ATTENTION, gpu.subgroups),
                 "softmax_v_main",
                 &ATTN_BINDS,
                 &[("D4", (head_dim / 4) as f64)],
@@ -384,21 +397,23 @@ pub struct AttnParams {
 #[cfg(test)]
 mod tests {
     /// Every kernel parses and validates with naga (no device needed), with only the capability
-    /// core WebGPU guarantees (unpack2x16float); the matmul in both of its ways to read x.
+    /// core WebGPU guarantees (unpack2x16float); those that share loads across lanes both ways.
     #[test]
     fn kernels_validate_with_naga() {
         let core = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-        let mut sources: Vec<(String, String, naga::valid::Capabilities)> = super::ALL
-            .iter()
-            .filter(|(name, _)| *name != "matmul")
-            .map(|(name, body)| (name.to_string(), super::source(body), core))
-            .collect();
-        sources.push(("matmul".into(), super::matmul_source(false), core));
-        sources.push((
-            "matmul (subgroups)".into(),
-            super::matmul_source(true),
-            core | naga::valid::Capabilities::SUBGROUP,
-        ));
+        let mut sources = Vec::new();
+        for (name, body) in super::ALL {
+            if super::WITH_LANES.contains(&name) {
+                sources.push((
+                    format!("{name} (subgroups)"),
+                    super::source_with_lanes(body, true),
+                    core | naga::valid::Capabilities::SUBGROUP,
+                ));
+                sources.push((name.to_string(), super::source_with_lanes(body, false), core));
+            } else {
+                sources.push((name.to_string(), super::source(body), core));
+            }
+        }
         for (name, src, caps) in sources {
             let module =
                 naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));

@@ -89,13 +89,19 @@ pub fn random_matrix_of(rng: &mut Rng, k: usize, n: usize, kind: Kind) -> Matrix
 /// embedding Q8 (odd seeds) or Q8x16 (even). Without: F16 but for down and the LM head (Q8 for
 /// odd seeds, Q8 with zero offsets for even).
 pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, Weights) {
+    tiny_model_with_heads(seed, q8, rope, bias, 16)
+}
+
+/// The same with another head size: 32 and up (whole 8-lane groups of vec4s) take the attention
+/// kernels' subgroup paths.
+pub fn tiny_model_with_heads(seed: u64, q8: bool, rope: RopeStyle, bias: bool, head_dim: usize) -> (Config, Weights) {
     let cfg = Config {
         arch: "tiny".into(),
         dim: 64,
         n_layers: 2,
         n_heads: 4,
         n_kv_heads: 2,
-        head_dim: 16,
+        head_dim,
         ffn_dim: 96,
         vocab: 320,
         rms_eps: 1e-5,
