@@ -12,7 +12,7 @@
 //   FORMAT 3 (Q8x16): w as Q8; scale[g * K/16 + k/16] per 16 values, no offset (Q6_K exactly).
 //   FORMAT 4 (Q8, no offset): Q8 whose offsets are all zero (Q5_0, Q8_0): one load fewer per
 //                   32-block, and no running sum of x.
-// Each invocation computes 4 adjacent columns for up to 4 rows, reading each weight once for all
+// Each invocation computes 4 adjacent columns for up to R rows, reading each weight once for all
 // of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
 // Every lane needs the same x values: where the device has subgroups, each 8 lanes load a block's
 // 8 vec4s of x once between them and share them (x_at; lanes_subgroup.wgsl says why).
@@ -47,11 +47,18 @@ struct MatParams {
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 
-// Rows per invocation (MATMUL_ROWS on the host). (Measured on lavapipe: a 1-row variant for
-// single-token passes was no faster; putting rows across invocations so that lanes share weight
-// loads was 1.5-2x slower for 8 rows; 8 rows per invocation made single-token decode 17% slower,
-// session 7, side by side.)
-const R: u32 = 4u;
+// Rows per invocation, R: 1, 2, 4 or 8, one pipeline each (MATMUL_ROW_BLOCKS on the host); a
+// pass takes the smallest that holds its rows. Lavapipe runs the code for all R rows whether or
+// not a row exists, so a single token pays nothing for rows it does not have, and up to 8
+// drafted tokens read the weights once. A row's arithmetic is the same whatever R is (batch
+// invariance). (Measured on lavapipe, the matmul alone at 1536 x 8960, best of 12: R=1 at M=1
+// 1.3x faster than R=4; R=8 at M=8 1.25x faster than two blocks of 4. Putting rows across
+// invocations so that lanes share weight loads was 1.5-2x slower.)
+override R: u32 = 4u;
+const MAX_R: u32 = 8u;
+
+// One vec4 per row of an invocation's rows (the first R used).
+alias Rows = array<vec4<f32>, MAX_R>;
 
 // The low four 4-bit values of v, as floats. (Converted from i32: x86 has no unsigned
 // int-to-float instruction, and lavapipe runs on x86 in CI.)
@@ -60,11 +67,11 @@ fn nibbles(v: vec4<u32>) -> vec4<f32> {
 }
 
 // Q4: one 32-block of 4-column group g added into acc for rows row0..row0+rows-1.
-fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows {
     var acc = acc_in;
     let xl = x_slices(b, row0, rows, l);
-    var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    var xs = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    var part = Rows();
+    var xs = array<f32, MAX_R>();
     for (var j = 0u; j < 4u; j++) {
         let k8 = b * 4u + j;
         let q = w[g * (p.k / 8u) + k8];
@@ -93,12 +100,12 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: array<vec4<f3
 }
 
 // Q8x16: one 32-block of 4-column group g, as two 16-blocks with their own scales.
-fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows {
     let k4 = p.k / 4u;
     var acc = acc_in;
     let xl = x_slices(b, row0, rows, l);
     for (var h = 0u; h < 2u; h++) {
-        var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        var part = Rows();
         for (var j = 0u; j < 4u; j++) {
             let kq = b * 8u + h * 4u + j;
             let q = w[g * k4 + kq];
@@ -124,8 +131,8 @@ fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: array<vec4
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
 // With subgroups: this lane's share of x for 32-value block b of each row, the block's vec4
 // number lane8 (x_at hands them round).
-fn x_slices(b: u32, row0: u32, rows: u32, l: Lane) -> array<vec4<f32>, 4> {
-    var xl = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+fn x_slices(b: u32, row0: u32, rows: u32, l: Lane) -> Rows {
+    var xl = Rows();
     if (SUBGROUPS) {
         for (var r = 0u; r < R; r++) {
             if (r < rows) {
@@ -144,9 +151,9 @@ fn x_at(slice: vec4<f32>, j: u32, row: u32, kq: u32) -> vec4<f32> {
     return x[row * (p.k / 4u) + kq];
 }
 
-fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> array<vec4<f32>, 4> {
+fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
     let k4 = p.k / 4u;
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc = Rows();
     for (var b = 0u; b < p.k / 32u; b++) {
         if (FORMAT == 2u) {
             acc = q4_block(b, g, row0, rows, l, acc);
@@ -156,8 +163,8 @@ fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> array<vec4<f32>, 4> {
             acc = q8x16_block(b, g, row0, rows, l, acc);
             continue;
         }
-        var part = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-        var xs = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+        var part = Rows();
+        var xs = array<f32, MAX_R>();
         let xl = x_slices(b, row0, rows, l);
         for (var j = 0u; j < 8u; j++) {
             let kq = b * 8u + j;

@@ -63,35 +63,33 @@ fn tiny_model_matches_cpu_reference() {
     }
 }
 
-/// A token's logits are bit-identical whether it runs alone or as one of M rows in a pass.
+/// A token's logits are bit-identical whether it runs alone or as one of M rows in a pass, for
+/// every M that picks another matmul row block (1, 2, 4, 8 rows per invocation, and several).
 #[test]
 fn forward_is_batch_invariant() {
     let gpu = gpu();
     let (cfg, w) = tiny_model(7, true, RopeStyle::Interleaved, true);
     let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
     let prompt: Vec<u32> = (0..11).map(|i| (i * 29 + 3) % 320).collect();
-    gm.set_tokens(&prompt);
-    let batched = gpu_logits(
-        &gm,
-        &PassSpec {
-            m: prompt.len(),
-            n_past: 0,
-            tree: None,
-            logits_rows: 0..prompt.len(),
-            accept: None,
-            compact: false,
-        },
-    );
-    for (i, &t) in prompt.iter().enumerate() {
-        gm.set_tokens(&[t]);
-        let alone =
-            gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false });
-        let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
-        assert!(
-            row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "row {i} differs between M={} and M=1",
-            prompt.len()
-        );
+    let alone: Vec<Vec<f32>> = prompt
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            gm.set_tokens(&[t]);
+            gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false })
+        })
+        .collect();
+    for m in [2, 3, 5, 8, 11] {
+        gm.set_tokens(&prompt[..m]);
+        let batched =
+            gpu_logits(&gm, &PassSpec { m, n_past: 0, tree: None, logits_rows: 0..m, accept: None, compact: false });
+        for (i, alone) in alone.iter().enumerate().take(m) {
+            let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
+            assert!(
+                row.iter().zip(alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "row {i} differs between M={m} and M=1"
+            );
+        }
     }
 }
 

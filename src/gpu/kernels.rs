@@ -10,9 +10,33 @@ pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 /// Loads shared across a subgroup, or every lane loading for itself (see lanes_subgroup.wgsl).
 pub const LANES_SUBGROUP: &str = include_str!("../../shaders/lanes_subgroup.wgsl");
 pub const LANES_PLAIN: &str = include_str!("../../shaders/lanes_plain.wgsl");
-/// Rows of x one matmul invocation computes (`R` in matmul.wgsl): a dispatch covers the rows in
-/// blocks of this many, and every block reads the weights once.
-pub const MATMUL_ROWS: usize = 4;
+/// Rows of x one matmul invocation can compute (`R` in matmul.wgsl), one pipeline each: a pass
+/// takes the smallest that holds its rows (blocks of the largest beyond), and every block reads
+/// the weights once.
+pub const MATMUL_ROW_BLOCKS: [usize; 4] = [1, 2, 4, 8];
+
+/// The row block (index into MATMUL_ROW_BLOCKS) for a pass of `rows` rows.
+pub fn matmul_row_block(rows: usize) -> usize {
+    MATMUL_ROW_BLOCKS.iter().position(|&r| r >= rows).unwrap_or(MATMUL_ROW_BLOCKS.len() - 1)
+}
+
+/// One matmul kind's pipelines, one per row block, sharing one bind group layout.
+pub struct MatmulPipelines {
+    by_rows: Vec<Pipeline>,
+}
+
+impl MatmulPipelines {
+    /// The pipeline for a pass of `rows` rows and how many rows each of its invocations computes.
+    pub fn for_rows(&self, rows: usize) -> (&Pipeline, usize) {
+        let i = matmul_row_block(rows);
+        (&self.by_rows[i], MATMUL_ROW_BLOCKS[i])
+    }
+
+    /// Any of them, to make bind groups with (they share the layout).
+    pub fn any(&self) -> &Pipeline {
+        &self.by_rows[0]
+    }
+}
 /// Query heads per KV head that attention.wgsl's scores pass holds (its `acc` array).
 pub const MAX_ATTN_GROUP: usize = 16;
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
@@ -133,6 +157,7 @@ pub const ATTN_BINDS: [Bind; 8] =
 #[derive(Default)]
 pub struct Kernels {
     cache: Mutex<HashMap<String, std::sync::Arc<Pipeline>>>,
+    matmuls: Mutex<HashMap<MatmulKind, std::sync::Arc<MatmulPipelines>>>,
 }
 
 impl Kernels {
@@ -147,21 +172,27 @@ impl Kernels {
         p
     }
 
-    pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, format!("{k:?}"), || {
-            let consts = [
-                ("FORMAT", k.format as u32 as f64),
-                ("BIAS", k.bias as u32 as f64),
-                ("EPILOGUE", k.epilogue as u32 as f64),
-            ];
-            gpu.pipeline(
-                &format!("matmul {k:?}"),
-                &source_with_lanes(MATMUL, gpu.subgroups),
-                "main",
-                &MATMUL_BINDS,
-                &consts,
-            )
-        })
+    pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<MatmulPipelines> {
+        let mut c = self.matmuls.lock().unwrap();
+        c.entry(k)
+            .or_insert_with(|| {
+                let source = source_with_lanes(MATMUL, gpu.subgroups);
+                let consts: Vec<[(&str, f64); 4]> = MATMUL_ROW_BLOCKS
+                    .iter()
+                    .map(|&r| {
+                        [
+                            ("FORMAT", k.format as u32 as f64),
+                            ("BIAS", k.bias as u32 as f64),
+                            ("EPILOGUE", k.epilogue as u32 as f64),
+                            ("R", r as f64),
+                        ]
+                    })
+                    .collect();
+                let variants: Vec<(&str, &[(&str, f64)])> = consts.iter().map(|c| (source.as_str(), &c[..])).collect();
+                let by_rows = gpu.pipeline_family(&format!("matmul {k:?}"), "main", &MATMUL_BINDS, &variants);
+                std::sync::Arc::new(MatmulPipelines { by_rows })
+            })
+            .clone()
     }
 
     pub fn rmsnorm(&self, gpu: &Gpu, lm_rows: bool) -> std::sync::Arc<Pipeline> {
@@ -425,10 +456,15 @@ mod tests {
         }
     }
 
-    /// The host sizes matmul dispatches by the rows the shader computes per invocation.
+    /// Every pass size gets the smallest row block that holds it (blocks of the largest beyond),
+    /// and the largest is what the shader's arrays hold.
     #[test]
-    fn matmul_rows_per_invocation_agree() {
-        let decl = format!("const R: u32 = {}u;", super::MATMUL_ROWS);
-        assert!(super::MATMUL.contains(&decl), "matmul.wgsl must declare `{decl}`");
+    fn matmul_row_blocks_fit_the_shader() {
+        let max = *super::MATMUL_ROW_BLOCKS.last().unwrap();
+        assert!(super::MATMUL.contains(&format!("const MAX_R: u32 = {max}u;")), "matmul.wgsl's MAX_R must be {max}");
+        assert_eq!(super::matmul_row_block(1), 0);
+        assert_eq!(super::MATMUL_ROW_BLOCKS[super::matmul_row_block(3)], 4);
+        assert_eq!(super::MATMUL_ROW_BLOCKS[super::matmul_row_block(5)], 8);
+        assert_eq!(super::MATMUL_ROW_BLOCKS[super::matmul_row_block(64)], 8);
     }
 }

@@ -187,10 +187,18 @@ impl Gpu {
         binds: &[Bind],
         constants: &[(&str, f64)],
     ) -> Pipeline {
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        self.pipeline_family(label, entry, binds, &[(source, constants)]).pop().unwrap()
+    }
+
+    /// One pipeline per variant (WGSL source and override constants), all with one bind group
+    /// layout, so that a bind group made for one of them serves them all.
+    pub fn pipeline_family(
+        &self,
+        label: &str,
+        entry: &str,
+        binds: &[Bind],
+        variants: &[(&str, &[(&str, f64)])],
+    ) -> Vec<Pipeline> {
         let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
             .iter()
             .enumerate()
@@ -220,18 +228,27 @@ impl Gpu {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
-            layout: Some(&pl),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        Pipeline { pipeline, layout, label: label.to_string() }
+        variants
+            .iter()
+            .map(|(source, constants)| {
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl((*source).into()),
+                });
+                let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(label),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                });
+                Pipeline { pipeline, layout: layout.clone(), label: label.to_string() }
+            })
+            .collect()
     }
 
     pub fn bind(&self, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {

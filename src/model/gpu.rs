@@ -178,9 +178,9 @@ impl GpuMatrix {
 
 /// One matmul call site: pipeline, bind groups and dispatch width per part.
 struct MatmulSite {
-    /// Up to MATMUL_ROWS rows per invocation (see matmul.wgsl): one pipeline for every pass
-    /// size, so a row's arithmetic is the same whatever M is.
-    pipeline: Arc<Pipeline>,
+    /// One pipeline per row block (see matmul.wgsl); a row's arithmetic is the same in all of
+    /// them, so the same whatever M is.
+    pipelines: Arc<MatmulPipelines>,
     groups: Vec<(wgpu::BindGroup, u32)>,
     _params: Vec<wgpu::Buffer>,
 }
@@ -235,7 +235,7 @@ impl SiteCtx<'_> {
     ) -> MatmulSite {
         let g = self.gpu;
         let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep };
-        let pipeline = self.kernels.matmul(g, kind);
+        let pipelines = self.kernels.matmul(g, kind);
         let bias_b = bias.map(|v| g.storage("bias", v));
         let mut groups = Vec::new();
         let mut params = Vec::new();
@@ -252,14 +252,14 @@ impl SiteCtx<'_> {
             };
             let pb = g.uniform("matmul params", &prm);
             let bind = g.bind(
-                &pipeline,
+                pipelines.any(),
                 &[self.pass_buf, &pb, x, &part.w, &part.scale, &part.offset, bias_b.as_ref().unwrap_or(self.dummy), y],
             );
             groups.push((bind, ceil(part.n / cols_per_out, 64)));
             params.push(pb);
         }
         params.extend(bias_b);
-        MatmulSite { pipeline, groups, _params: params }
+        MatmulSite { pipelines, groups, _params: params }
     }
 }
 
@@ -663,8 +663,9 @@ impl GpuModel {
             plan.push(Planned { label, pipeline: &*d.pipeline, bind: &d.bind, size })
         };
         let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: usize| {
+            let (pipeline, r) = s.pipelines.for_rows(rows);
             for (b, gx) in &s.groups {
-                plan.push(Planned { label, pipeline: &s.pipeline, bind: b, size: [*gx, ceil(rows, MATMUL_ROWS), 1] });
+                plan.push(Planned { label, pipeline, bind: b, size: [*gx, ceil(rows, r), 1] });
             }
         };
         for e in &self.embed {
@@ -788,10 +789,11 @@ impl LmHeadRig {
         cp.set_pipeline(&self.norm.pipeline.pipeline);
         cp.set_bind_group(0, &self.norm.bind, &[]);
         cp.dispatch_workgroups(rows as u32, 1, 1);
-        cp.set_pipeline(&self.site.pipeline.pipeline);
+        let (pipeline, r) = self.site.pipelines.for_rows(rows);
+        cp.set_pipeline(&pipeline.pipeline);
         for (b, gx) in &self.site.groups {
             cp.set_bind_group(0, b, &[]);
-            cp.dispatch_workgroups(*gx, ceil(rows, MATMUL_ROWS), 1);
+            cp.dispatch_workgroups(*gx, ceil(rows, r), 1);
         }
         cp.set_pipeline(&self.topk.pipeline.pipeline);
         cp.set_bind_group(0, &self.topk.bind, &[]);
@@ -816,8 +818,9 @@ pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
-            let ry = ceil(rows, MATMUL_ROWS);
-            cp.set_pipeline(&site.pipeline.pipeline);
+            let (pipeline, r) = site.pipelines.for_rows(rows);
+            let ry = ceil(rows, r);
+            cp.set_pipeline(&pipeline.pipeline);
             for _ in 0..n {
                 for (b, gx) in &site.groups {
                     cp.set_bind_group(0, b, &[]);
