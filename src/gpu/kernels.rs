@@ -67,6 +67,18 @@ pub fn source(body: &str) -> String {
     format!("{COMMON}\n{body}")
 }
 
+/// Which kernels these are (a hash of every WGSL source): measurements kept on disk, such as the
+/// controller's cost calibration, are redone when the kernels change.
+pub fn kernels_fingerprint() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
+    for text in ALL.iter().map(|(_, t)| *t).chain([COMMON, LANES_SUBGROUP, LANES_PLAIN]) {
+        for b in text.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
 /// The kernels written for both lanes_*.wgsl.
 pub const WITH_LANES: [&str; 2] = ["matmul", "attention"];
 

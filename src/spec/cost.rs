@@ -198,6 +198,10 @@ struct Cached {
     curve: Vec<(usize, f64)>,
     /// Absent in calibrations made before the context was priced: those are redone.
     per_row_key_ms: Option<f64>,
+    /// The kernels it timed (`kernels_fingerprint`): other kernels cost otherwise, so a
+    /// calibration from another version of augur is redone. Absent in older files.
+    #[serde(default)]
+    kernels: String,
 }
 
 /// The calibration from `path` when it was made for this model and device, else a new one
@@ -215,6 +219,7 @@ pub fn calibrated(
         && c.model == fingerprint
         && c.device == device
         && c.simulated == sim
+        && c.kernels == crate::gpu::kernels::kernels_fingerprint()
         && !c.curve.is_empty()
         && let Some(per_key) = c.per_row_key_ms
     {
@@ -228,6 +233,7 @@ pub fn calibrated(
             simulated: sim,
             curve: cost.curve.clone(),
             per_row_key_ms: Some(cost.per_row_key_ms),
+            kernels: crate::gpu::kernels::kernels_fingerprint(),
         };
         let json = serde_json::to_string_pretty(&c).expect("plain data");
         if let Err(e) = crate::util::write_atomic(p, json.as_bytes()) {
