@@ -47,10 +47,10 @@ struct MatParams {
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 
-// Rows per invocation, R: 1, 2, 4 or 8, one pipeline each (MATMUL_ROW_BLOCKS on the host); a
-// pass takes the smallest that holds its rows. Lavapipe runs the code for all R rows whether or
-// not a row exists, so a single token pays nothing for rows it does not have, and up to 8
-// drafted tokens read the weights once. A row's arithmetic is the same whatever R is (batch
+// Rows per invocation, R: 1 to 8, one pipeline each (MATMUL_ROW_BLOCKS on the host); a pass
+// takes the smallest that holds its rows (blocks of 8 beyond). Lavapipe runs the code for all R
+// rows whether or not a row exists, so a pass pays for no row it does not have (a 5-row pass on
+// an 8-row kernel cost as much as 8 rows), and up to 8 drafted tokens read the weights once. A row's arithmetic is the same whatever R is (batch
 // invariance). (Measured on lavapipe, the matmul alone at 1536 x 8960, best of 12: R=1 at M=1
 // 1.3x faster than R=4; R=8 at M=8 1.25x faster than two blocks of 4. Putting rows across
 // invocations so that lanes share weight loads was 1.5-2x slower.)

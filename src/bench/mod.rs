@@ -60,32 +60,42 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     let n_past = prompt_tokens.min(model.max_ctx.saturating_sub(17));
     // a verification round: a chain of m - 1 drafts after the root and greedy acceptance (a
     // chain needs no KV compaction): what a speculation round costs besides drafting
-    let time_pass = |m: usize, reps: usize, verify: bool| -> Result<f64> {
+    let time_pass = |m: usize, verify: bool| -> Result<f64> {
         let tree =
             verify.then(|| crate::spec::TokenTree::chain(&prompt[1..m], crate::spec::Drafter::Suffix).rows(n_past));
         let spec =
             PassSpec { m, n_past, tree, logits_rows: 0..m, accept: verify.then(Default::default), compact: false };
         model.set_tokens(&prompt[..m.min(prompt.len())]);
+        let t0 = Instant::now();
         model.run(&spec)?;
-        let mut t = Vec::new();
-        for _ in 0..reps {
-            let t0 = Instant::now();
-            model.run(&spec)?;
-            t.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median_min_max(&mut t).0)
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
     };
-    println!("\nforward pass of M tokens (all M rows through the LM head), context {n_past}, median of 5;");
+    // Every size once per round, rounds repeated: this machine's speed drifts within a minute,
+    // so each round's ratios are taken side by side and the median over rounds is reported.
+    const ROUNDS: usize = 9;
+    let sizes: Vec<usize> =
+        [1usize, 2, 3, 4, 5, 6, 7, 8, 16].into_iter().filter(|&m| m <= model.max_batch && m <= prompt.len()).collect();
+    for &m in &sizes {
+        time_pass(m, false)?;
+        time_pass(m, true)?;
+    }
+    let mut forward = vec![Vec::new(); sizes.len()];
+    let mut verify = vec![Vec::new(); sizes.len()];
+    for _ in 0..ROUNDS {
+        for (i, &m) in sizes.iter().enumerate() {
+            forward[i].push(time_pass(m, false)?);
+            verify[i].push(time_pass(m, true)?);
+        }
+    }
+    println!("\nforward pass of M tokens (all M rows through the LM head), context {n_past}; {ROUNDS} rounds, each");
+    println!("timing every M once; ms is the median, 'x M=1' the median of each round's ratio to its M=1 pass;");
     println!("'verify' adds greedy acceptance (a speculation round of a chain of M-1 drafts):");
     println!("| M | forward ms | x M=1 | verify ms | x M=1 forward |\n|---|---|---|---|---|");
-    let base = time_pass(1, 5, false)?;
-    for m in [1usize, 2, 3, 4, 5, 8, 16] {
-        if m > model.max_batch || m > prompt.len() {
-            break;
-        }
-        let t = if m == 1 { base } else { time_pass(m, 5, false)? };
-        let v = time_pass(m, 5, true)?;
-        println!("| {m} | {t:.2} | {:.2} | {v:.2} | {:.2} |", t / base, v / base);
+    for (i, &m) in sizes.iter().enumerate() {
+        let mut fr: Vec<f64> = forward[i].iter().zip(&forward[0]).map(|(t, b)| t / b).collect();
+        let mut vr: Vec<f64> = verify[i].iter().zip(&forward[0]).map(|(t, b)| t / b).collect();
+        let (t, v) = (median_min_max(&mut forward[i].clone()).0, median_min_max(&mut verify[i].clone()).0);
+        println!("| {m} | {t:.2} | {:.2} | {v:.2} | {:.2} |", median_min_max(&mut fr).0, median_min_max(&mut vr).0);
     }
 
     // fixed cost of a round: submit a 4-byte copy and map it back
