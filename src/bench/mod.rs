@@ -163,34 +163,47 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     Ok(())
 }
 
-/// Matmul kernel speed on this device for the shapes that matter, in four weight formats: the
-/// roofline that whole-model decode speed is compared with.
-pub fn matmul_table(gpu: &crate::gpu::Gpu) {
+/// The weight formats the matmul benchmarks cover.
+pub const BENCH_FORMATS: [&str; 4] = ["Q4", "Q8", "Q8Sym", "F16"];
+
+/// A random k x n matrix that GpuMatrix::best_format uploads as `format` (one of BENCH_FORMATS),
+/// for timing the matmul kernel alone; the same values for the same arguments.
+pub fn bench_matrix(k: usize, n: usize, format: &str) -> crate::model::weights::Matrix {
     use crate::model::weights::{MatData, Matrix};
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (k * 31 + n) as u64;
     let mut rnd = move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
     };
+    // value range and offset: what each GPU format is chosen for
+    let (lo, hi, offset) = match format {
+        "Q4" => (0i32, 16i32, 0.001f32),
+        "Q8" => (-127, 128, 0.001),
+        "Q8Sym" | "F16" => (-127, 128, 0.0),
+        other => panic!("unknown bench format {other}"),
+    };
+    let data = if format == "F16" {
+        MatData::F16((0..k * n).map(|_| half::f16::from_f32((rnd() % 100) as f32 / 1000.0)).collect())
+    } else {
+        MatData::Q8 {
+            q: (0..k * n).map(|_| (lo + (rnd() % (hi - lo) as u64) as i32) as i8).collect(),
+            scale: vec![0.01; k * n / 32],
+            offset: vec![offset; k * n / 32],
+        }
+    };
+    Matrix { k, n, data }
+}
+
+/// Matmul kernel speed on this device for the shapes that matter, in four weight formats: the
+/// roofline that whole-model decode speed is compared with.
+pub fn matmul_table(gpu: &crate::gpu::Gpu) {
     println!("\nmatmul kernel alone (20 dispatches per submission), ms per dispatch and weights/s:");
     println!("| K x N | format | M | ms | Gweights/s |\n|---|---|---|---|---|");
     for (k, n) in [(576usize, 1536usize), (2048, 2048), (576, 49152)] {
-        // (name, value range, offset): what each GPU format is chosen for (GpuMatrix::best_format)
-        for (fmt, lo, hi, offset) in
-            [("Q4", 0i32, 16i32, 0.001f32), ("Q8", -127, 128, 0.001), ("Q8Sym", -127, 128, 0.0), ("F16", 0, 0, 0.0)]
-        {
-            let data = if fmt == "F16" {
-                MatData::F16((0..k * n).map(|_| half::f16::from_f32((rnd() % 100) as f32 / 1000.0)).collect())
-            } else {
-                MatData::Q8 {
-                    q: (0..k * n).map(|_| (lo + (rnd() % (hi - lo) as u64) as i32) as i8).collect(),
-                    scale: (0..k * n / 32).map(|_| 0.01).collect(),
-                    offset: (0..k * n / 32).map(|_| offset).collect(),
-                }
-            };
-            let m = Matrix { k, n, data };
+        for fmt in BENCH_FORMATS {
+            let m = bench_matrix(k, n, fmt);
             for rows in [1usize, 8] {
                 let ms = crate::model::gpu::bench_matmul(gpu, &m, rows, 20);
                 println!("| {k} x {n} | {fmt} | {rows} | {ms:.3} | {:.2} |", (k * n) as f64 / ms / 1e6);
