@@ -20,8 +20,8 @@
 // Batch invariance: a row's result never depends on M or on which rows share its invocation:
 // every row runs the same sequence of operations, and a row's loop never looks at other rows.
 //
-// Options (override constants): BIAS adds `bias`; EPILOGUE 0 stores, 1 adds into y (residual), 2 applies SwiGLU to pairs of
-// column groups (gate, up) and writes one group.
+// Options (override constants): BIAS adds `bias`; EPILOGUE 0 stores, 1 adds into y (residual),
+// 2 applies SwiGLU to pairs of column groups (gate, up) and writes one group; R (below).
 
 override FORMAT: u32 = 0u;
 override BIAS: bool = false;
@@ -49,11 +49,12 @@ struct MatParams {
 
 // Rows per invocation, R: 1 to 8, one pipeline each (MATMUL_ROW_BLOCKS on the host); a pass
 // takes the smallest that holds its rows (blocks of 8 beyond). Lavapipe runs the code for all R
-// rows whether or not a row exists, so a pass pays for no row it does not have (a 5-row pass on
-// an 8-row kernel cost as much as 8 rows), and up to 8 drafted tokens read the weights once. A row's arithmetic is the same whatever R is (batch
-// invariance). (Measured on lavapipe, the matmul alone at 1536 x 8960, best of 12: R=1 at M=1
-// 1.3x faster than R=4; R=8 at M=8 1.25x faster than two blocks of 4. Putting rows across
-// invocations so that lanes share weight loads was 1.5-2x slower.)
+// rows whether or not a row exists, so a pass should pay for no row it does not have, and up to
+// 8 drafted tokens read the weights once. A row's arithmetic is the same whatever R is (batch
+// invariance). (Measured on lavapipe, the matmul alone at 1536 x 8960: R=1 at M=1 1.3x faster
+// than R=4, R=8 at M=8 1.25x faster than two blocks of 4, best of 12; Q4 at M=5, best of 3:
+// 4.28 ms at R=5, 4.89 at R=8, 6.47 as two blocks of 4. Putting rows across invocations so that
+// lanes share weight loads was 1.5-2x slower.)
 override R: u32 = 4u;
 const MAX_R: u32 = 8u;
 
