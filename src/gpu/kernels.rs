@@ -201,8 +201,8 @@ impl Kernels {
                         ]
                     })
                     .collect();
-                let variants: Vec<(&str, &[(&str, f64)])> = consts.iter().map(|c| (source.as_str(), &c[..])).collect();
-                let by_rows = gpu.pipeline_family(&format!("matmul {k:?}"), "main", &MATMUL_BINDS, &variants);
+                let variants: Vec<&[(&str, f64)]> = consts.iter().map(|c| &c[..]).collect();
+                let by_rows = gpu.pipeline_family(&format!("matmul {k:?}"), &source, "main", &MATMUL_BINDS, &variants);
                 std::sync::Arc::new(MatmulPipelines { by_rows })
             })
             .clone()

@@ -3,8 +3,9 @@
 //!
 //! Optional features (timestamp queries, subgroups) are used only when the adapter has them; the
 //! kernels themselves need nothing beyond core WebGPU, so the same engine runs on Metal, DX12 and
-//! Vulkan. With subgroups the matmul shares its loads of x across a subgroup; without, every lane
-//! loads them itself; both do the same arithmetic in the same order (bit-identical results).
+//! Vulkan. With subgroups the matmul and attention share loads every lane needs across a subgroup;
+//! without, every lane loads them itself; both do the same arithmetic in the same order
+//! (bit-identical results).
 
 pub mod kernels;
 pub mod profile;
@@ -30,8 +31,8 @@ pub struct Gpu {
     pub timestamps: bool,
     /// Largest storage binding, in bytes: bigger tensors are split.
     pub max_binding: u64,
-    /// Subgroup operations with subgroups of at least 8 lanes: the matmul shares its loads of x
-    /// across a subgroup (shaders/matmul_x_subgroup.wgsl).
+    /// Subgroup operations with subgroups of at least 8 lanes: the matmul and attention share
+    /// loads every lane needs across a subgroup (shaders/lanes_subgroup.wgsl).
     pub subgroups: bool,
 }
 
@@ -187,18 +188,23 @@ impl Gpu {
         binds: &[Bind],
         constants: &[(&str, f64)],
     ) -> Pipeline {
-        self.pipeline_family(label, entry, binds, &[(source, constants)]).pop().unwrap()
+        self.pipeline_family(label, source, entry, binds, &[constants]).pop().unwrap()
     }
 
-    /// One pipeline per variant (WGSL source and override constants), all with one bind group
+    /// One pipeline per set of override constants, from one shader module and one bind group
     /// layout, so that a bind group made for one of them serves them all.
     pub fn pipeline_family(
         &self,
         label: &str,
+        source: &str,
         entry: &str,
         binds: &[Bind],
-        variants: &[(&str, &[(&str, f64)])],
+        variants: &[&[(&str, f64)]],
     ) -> Vec<Pipeline> {
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
             .iter()
             .enumerate()
@@ -230,11 +236,7 @@ impl Gpu {
         });
         variants
             .iter()
-            .map(|(source, constants)| {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(label),
-                    source: wgpu::ShaderSource::Wgsl((*source).into()),
-                });
+            .map(|constants| {
                 let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(label),
                     layout: Some(&pl),
