@@ -1,26 +1,32 @@
-// Attention over the KV cache with an arbitrary mask per query row, in two dispatches:
-//   scores:    one invocation per (row, KV head, slot): q . k / sqrt(d) for each query head
-//              of the group, or MASKED;
-//   softmax_v: one workgroup per (row, head), one invocation per 4 output dims: online softmax
-//              over the visible slots in slot order, weighted sum of V.
-// q (in scores) and the scores (in softmax_v) are the same for every lane of a workgroup; with
-// subgroups each 8 lanes load them once between them (lanes_subgroup.wgsl).
+// Attention over the KV cache with an arbitrary mask per query row, in one dispatch: one
+// workgroup per (KV head, block of R rows), one invocation per (row, query head) of the block and
+// the KV head's group. Each invocation keeps its q in registers and walks the slots in order,
+// scoring each visible one (q . k / sqrt(d)) and folding it into an online softmax and weighted
+// sum of V.
+//
+// Why this shape: on lavapipe every load whose address differs across lanes is a bounds-checked
+// scalar load per lane and component, the bulk of attention's cost, while arithmetic and
+// shuffles are cheap. Here each key and value is loaded once per 8 invocations, whatever rows and
+// heads they hold: with subgroups lane i loads every 8th vec4 of it and the others read it by
+// shuffle (lanes_subgroup.wgsl); without, every lane loads it whole. (The kernel this replaced
+// loaded every key once per row of a pass and every value once per row and query head.)
+//
 // Row i of the pass sits at slot n_past + i and never sees a slot after its own. A causal row
 // sees every slot up to its own. A token-tree row sees every slot below tree_base and slot
 // tree_base + j when bit j of masks[i] is set (up to 64 tree slots). The target verifies a tree
 // in one pass (tree_base = n_past: bit j is row j); a draft model grows its tree over several
-// passes, so bits also cover tree slots that earlier passes wrote. Masked slots are skipped, so
-// a row's result is the same whatever M is.
+// passes, so bits also cover tree slots that earlier passes wrote. Masked slots are skipped, and
+// each row's sums run in slot and dimension order whatever R and M are, so a row's result is the
+// same whatever M is.
+//
+// Set by the host before this file (src/gpu/kernels.rs attention_source), since they size
+// arrays: GROUP, query heads per KV head (at most 16), and D4, head_dim / 4.
 
 struct AttnParams {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
-    max_slots: u32, // stride of the scores buffer
     scale: f32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
 };
 
 @group(0) @binding(0) var<uniform> pass_: Pass;
@@ -29,10 +35,25 @@ struct AttnParams {
 @group(0) @binding(3) var<storage, read> qkv: array<vec4<f32>>;   // [m][q_dim + 2 kv_dim]
 @group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> scores: array<f32>; // [m][n_heads][max_slots]
-@group(0) @binding(7) var<storage, read_write> out: array<vec4<f32>>; // [m][q_dim]
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>; // [m][q_dim]
 
-fn visible(row: u32, slot: u32) -> bool {
+// Rows per workgroup, R: 1 to 8, one pipeline each (ROW_BLOCKS on the host, as for the matmul).
+override R: u32 = 1u;
+const MAX_R: u32 = 8u;
+// Lanes per (row, head) pair, P, each holding PART consecutive vec4s of its head's dims: at most
+// 16, since Mesa unrolls loops of up to 16 such steps and arrays indexed in a rolled loop live
+// in memory, lane by lane (head size 128 with all 32 vec4s in one lane ran 6x slower). P divides
+// 8, so a pair's lanes sit in one 8-lane group.
+const P: u32 = select(select(select(8u, 4u, D4 <= 64u), 2u, D4 <= 32u), 1u, D4 <= 16u);
+const PART: u32 = (D4 + P - 1u) / P;
+// Invocations per workgroup: R * GROUP * P rounded up to whole 8-lane groups (set by the host).
+override LANES: u32 = 8u;
+// Sharing a key or value: the 8 / P lanes of each part p of a group of 8 load its PART vec4s
+// between them, CPL each: lane x of the part (lane8 = x * P + p) loads vec4 c * (8 / P) + x of
+// the part for c < CPL.
+const CPL: u32 = (PART * P + 7u) / 8u;
+
+fn visible(row: u32, mk: vec2<u32>, slot: u32) -> bool {
     if (slot > pass_.n_past + row) {
         return false;
     }
@@ -40,125 +61,112 @@ fn visible(row: u32, slot: u32) -> bool {
         return true;
     }
     let j = slot - pass_.tree_base;
-    let mk = masks[row];
     if (j < 32u) {
         return ((mk.x >> j) & 1u) == 1u;
     }
     return ((mk.y >> (j - 32u)) & 1u) == 1u;
 }
 
-// Query heads per KV head (grouped-query attention), at most 16: one invocation scores a slot
-// for all of them, so each key is loaded once per KV head rather than once per query head (on
-// lavapipe every per-lane load is a bounds-checked scalar load per component; the keys' loads
-// were most of the scores pass).
-override GROUP: u32 = 1u;
-
-@compute @workgroup_size(64)
-fn scores_main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
-    let kvh = wid.y;
-    let row = wid.z;
-    let n_slots = pass_.n_past + pass_.m;
-    if (row >= pass_.m) {
-        return;
-    }
-    // lanes past the last slot score the last one again and store nothing: every lane of a
-    // subgroup has to take part in the shuffles that share q
-    let live = wid.x * 64u + l.lid < n_slots;
-    let slot = min(wid.x * 64u + l.lid, n_slots - 1u);
-    let vis = live && visible(row, slot);
-    var acc = array<f32, 16>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    let d4 = p.head_dim / 4u;
-    let q_dim4 = p.n_heads * d4;
-    let kv_dim4 = p.n_kv_heads * d4;
-    let qb = row * (q_dim4 + 2u * kv_dim4) + kvh * GROUP * d4;
-    let kb = slot * kv_dim4 + kvh * d4;
-    if (SUBGROUPS && d4 % 8u == 0u) {
-        // q is the same for every lane: each 8 lanes load 8 of its vec4s per query head once
-        // between them (lanes_subgroup.wgsl); the sums run in the same order as below
-        for (var i0 = 0u; i0 < d4; i0 += 8u) {
-            var qs: array<vec4<f32>, 16>;
-            for (var g = 0u; g < GROUP; g++) {
-                qs[g] = qkv[qb + g * d4 + i0 + lane8(l)];
-            }
-            for (var j = 0u; j < 8u; j++) {
-                let k = k_cache[kb + i0 + j];
-                for (var g = 0u; g < GROUP; g++) {
-                    acc[g] += dot(from_lane(qs[g], j), k);
-                }
-            }
-        }
-    } else if (vis) {
-        for (var i = 0u; i < d4; i++) {
-            let k = k_cache[kb + i];
-            for (var g = 0u; g < GROUP; g++) {
-                acc[g] += dot(qkv[qb + g * d4 + i], k);
-            }
-        }
-    }
-    if (!live) {
-        return;
-    }
-    for (var g = 0u; g < GROUP; g++) {
-        var s = MASKED;
-        if (vis) {
-            s = acc[g] * p.scale;
-        }
-        scores[(row * p.n_heads + kvh * GROUP + g) * p.max_slots + slot] = s;
-    }
+// Vec4 j (< PART) of this lane's part of a key or value, from the vec4s `mine` the lanes of
+// the part loaded. Every lane of the subgroup must be running.
+fn shared_vec(mine: array<vec4<f32>, CPL>, part: u32, j: u32) -> vec4<f32> {
+    return from_lane(mine[j / (8u / P)], (j % (8u / P)) * P + part);
 }
 
-// head_dim / 4: the invocations of one (row, head).
-override D4: u32 = 16u;
-
-@compute @workgroup_size(D4)
-fn softmax_v_main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
-    let d4 = D4;
-    let dq = l.lid;
-    let head = wid.x;
-    let row = wid.y;
-    if (row >= pass_.m) {
-        return;
+@compute @workgroup_size(LANES)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let kvh = wid.x;
+    let row0 = wid.y * R;
+    // lanes past the block's last pair, or on rows past the pass, redo the last pair and store
+    // nothing: every lane of a subgroup has to take part in the shuffles
+    let pair = min(l.lid / P, R * GROUP - 1u);
+    let part = l.lid % P;
+    let live = l.lid < R * GROUP * P && row0 + pair / GROUP < pass_.m;
+    let row = min(row0 + pair / GROUP, pass_.m - 1u);
+    let head = kvh * GROUP + pair % GROUP;
+    let kv_dim4 = p.n_kv_heads * D4;
+    let q_stride = p.n_heads * D4 + 2u * kv_dim4;
+    let qb = row * q_stride + head * D4;
+    // this lane's dims are part * PART + j for j < PART (and < D4)
+    let d0 = part * PART;
+    var q: array<vec4<f32>, PART>;
+    for (var j = 0u; j < PART; j++) {
+        q[j] = qkv[qb + min(d0 + j, D4 - 1u)];
     }
-    let t = head * d4 + dq;
-    let kvh = head / (p.n_heads / p.n_kv_heads);
-    let kv_dim4 = p.n_kv_heads * d4;
-    let sb = (row * p.n_heads + head) * p.max_slots;
-    let n_slots = pass_.n_past + pass_.m;
+    var mk = vec2<u32>(0u);
+    if (pass_.causal == 0u) {
+        mk = masks[row];
+    }
     var mx = MASKED;
     var l_sum = 0.0;
-    var acc = vec4<f32>(0.0);
-    // the scores are the same for every lane: with subgroups (and whole 8-lane groups) each 8
-    // lanes load 8 of them once between them (lanes_subgroup.wgsl); every branch below depends
-    // only on the scores, so all lanes take it together
-    let share = SUBGROUPS && D4 % 8u == 0u;
-    var mine = MASKED;
+    var acc: array<vec4<f32>, PART>;
+    // no row of the block sees a slot past its last row's own
+    let n_slots = min(pass_.n_past + pass_.m, pass_.n_past + row0 + R);
     for (var s = 0u; s < n_slots; s++) {
-        var sc: f32;
-        if (share) {
-            if (s % 8u == 0u) {
-                mine = MASKED;
-                if (s + lane8(l) < n_slots) {
-                    mine = scores[sb + s + lane8(l)];
+        let kb = s * kv_dim4 + kvh * D4;
+        var dot_qk = 0.0;
+        var k_mine: array<vec4<f32>, CPL>;
+        var v_mine: array<vec4<f32>, CPL>;
+        if (SUBGROUPS) {
+            for (var c = 0u; c < CPL; c++) {
+                // lanes past the part's last vec4 load the last one again; nobody reads it
+                let j = min(c * (8u / P) + lane8(l) / P, PART - 1u);
+                let d = min(d0 + j, D4 - 1u);
+                k_mine[c] = k_cache[kb + d];
+                v_mine[c] = v_cache[kb + d];
+            }
+            // q . k over this lane's dims, then the pair's parts added in part order
+            var partial = 0.0;
+            for (var j = 0u; j < PART; j++) {
+                let k = shared_vec(k_mine, part, j);
+                if (d0 + j < D4) {
+                    partial += dot(q[j], k);
                 }
             }
-            sc = from_lane_f32(mine, s % 8u);
+            for (var pp = 0u; pp < P; pp++) {
+                dot_qk += from_lane_f32(partial, subgroup_lane(l) - part + pp);
+            }
         } else {
-            sc = scores[sb + s];
+            // the same sums in the same order, every lane loading q and k itself
+            for (var pp = 0u; pp < P; pp++) {
+                var partial = 0.0;
+                for (var j = 0u; j < PART; j++) {
+                    let d = pp * PART + j;
+                    if (d < D4) {
+                        partial += dot(qkv[qb + d], k_cache[kb + d]);
+                    }
+                }
+                dot_qk += partial;
+            }
         }
-        if (sc <= MASKED) {
-            continue;
+        // Online softmax without branches around the arithmetic on V (every lane takes part in
+        // its shuffles, and on lavapipe a masked update cost more than an unmasked one): a slot
+        // the row does not see leaves everything as it was (corr = 1, e = 0).
+        var corr = 1.0;
+        var e = 0.0;
+        if (live && visible(row, mk, s)) {
+            let sc = dot_qk * p.scale;
+            let new_mx = max(mx, sc);
+            corr = exp(mx - new_mx);
+            e = exp(sc - new_mx);
+            mx = new_mx;
         }
-        // rescale only when the running maximum rises (the exp of one correction, where it
-        // used to take two per slot; exact: the old corr was exp(0) = 1 otherwise)
-        if (sc > mx) {
-            let corr = exp(mx - sc);
-            l_sum = l_sum * corr;
-            acc = acc * corr;
-            mx = sc;
+        l_sum = l_sum * corr + e;
+        for (var j = 0u; j < PART; j++) {
+            var v: vec4<f32>;
+            if (SUBGROUPS) {
+                v = shared_vec(v_mine, part, j);
+            } else {
+                v = v_cache[kb + min(d0 + j, D4 - 1u)];
+            }
+            acc[j] = acc[j] * corr + e * v;
         }
-        let e = exp(sc - mx);
-        l_sum = l_sum + e;
-        acc = acc + e * v_cache[s * kv_dim4 + kvh * d4 + dq];
     }
-    out[row * p.n_heads * d4 + t] = acc / l_sum;
+    if (live) {
+        for (var j = 0u; j < PART; j++) {
+            if (d0 + j < D4) {
+                out[row * p.n_heads * D4 + head * D4 + d0 + j] = acc[j] / l_sum;
+            }
+        }
+    }
 }

@@ -7,6 +7,10 @@ struct Lane {
     @builtin(local_invocation_index) lid: u32,
 };
 
+fn subgroup_lane(l: Lane) -> u32 {
+    return 0u;
+}
+
 fn lane8(l: Lane) -> u32 {
     return 0u;
 }

@@ -16,6 +16,13 @@ struct Lane {
     @builtin(subgroup_invocation_id) sg: u32,
 };
 
+// This lane's index in its subgroup. (Kernels that exchange values between neighbouring lanes
+// assume consecutive local invocation indices share a subgroup, as every implementation we know
+// lays them out, lavapipe included.)
+fn subgroup_lane(l: Lane) -> u32 {
+    return l.sg;
+}
+
 // Which of 8 consecutive values this lane loads.
 fn lane8(l: Lane) -> u32 {
     return l.sg & 7u;

@@ -25,6 +25,8 @@ fn tiny_model_matches_cpu_reference() {
         (3, true, RopeStyle::Neox, true, 16),
         (4, true, RopeStyle::Neox, false, 16),
         (5, true, RopeStyle::Interleaved, true, 32),
+        (6, false, RopeStyle::Neox, true, 48),
+        (8, true, RopeStyle::Neox, false, 128),
     ] {
         let (cfg, w) = tiny_model_with_heads(seed, q8, rope, bias, head_dim);
         let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
@@ -64,31 +66,39 @@ fn tiny_model_matches_cpu_reference() {
 }
 
 /// A token's logits are bit-identical whether it runs alone or as one of M rows in a pass, for
-/// every M that picks another matmul row block (1, 2, 4, 8 rows per invocation, and several).
+/// every M that picks another row block of the matmul and attention (1 to 8 rows per
+/// invocation, and several blocks), with heads held by one lane and by two.
 #[test]
 fn forward_is_batch_invariant() {
     let gpu = gpu();
-    let (cfg, w) = tiny_model(7, true, RopeStyle::Interleaved, true);
-    let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
-    let prompt: Vec<u32> = (0..11).map(|i| (i * 29 + 3) % 320).collect();
-    let alone: Vec<Vec<f32>> = prompt
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| {
-            gm.set_tokens(&[t]);
-            gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false })
-        })
-        .collect();
-    for m in [2, 3, 5, 8, 11] {
-        gm.set_tokens(&prompt[..m]);
-        let batched =
-            gpu_logits(&gm, &PassSpec { m, n_past: 0, tree: None, logits_rows: 0..m, accept: None, compact: false });
-        for (i, alone) in alone.iter().enumerate().take(m) {
-            let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
-            assert!(
-                row.iter().zip(alone).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "row {i} differs between M={m} and M=1"
+    for head_dim in [16, 128] {
+        let (cfg, w) = tiny_model_with_heads(7, true, RopeStyle::Interleaved, true, head_dim);
+        let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
+        let prompt: Vec<u32> = (0..11).map(|i| (i * 29 + 3) % 320).collect();
+        let alone: Vec<Vec<f32>> = prompt
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                gm.set_tokens(&[t]);
+                gpu_logits(
+                    &gm,
+                    &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false },
+                )
+            })
+            .collect();
+        for m in [2, 3, 5, 8, 11] {
+            gm.set_tokens(&prompt[..m]);
+            let batched = gpu_logits(
+                &gm,
+                &PassSpec { m, n_past: 0, tree: None, logits_rows: 0..m, accept: None, compact: false },
             );
+            for (i, alone) in alone.iter().enumerate().take(m) {
+                let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
+                assert!(
+                    row.iter().zip(alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "head size {head_dim}: row {i} differs between M={m} and M=1"
+                );
+            }
         }
     }
 }
@@ -104,9 +114,11 @@ fn forward_is_the_same_with_and_without_subgroups() {
     if !with.subgroups {
         eprintln!("note: this adapter has no subgroups of 8+ lanes; both runs take the lane-by-lane path");
     }
-    for (seed, q8, rope, bias, head_dim) in
-        [(11, true, RopeStyle::Interleaved, false, 16), (12, false, RopeStyle::Neox, true, 32)]
-    {
+    for (seed, q8, rope, bias, head_dim) in [
+        (11, true, RopeStyle::Interleaved, false, 16),
+        (12, false, RopeStyle::Neox, true, 32),
+        (14, true, RopeStyle::Neox, false, 128),
+    ] {
         let (cfg, w) = tiny_model_with_heads(seed, q8, rope, bias, head_dim);
         let prompt = [5u32, 17, 300, 42, 9, 250, 77];
         let logits = |g: &std::sync::Arc<augur::gpu::Gpu>| {

@@ -10,27 +10,43 @@ pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 /// Loads shared across a subgroup, or every lane loading for itself (see lanes_subgroup.wgsl).
 pub const LANES_SUBGROUP: &str = include_str!("../../shaders/lanes_subgroup.wgsl");
 pub const LANES_PLAIN: &str = include_str!("../../shaders/lanes_plain.wgsl");
-/// Rows of x one matmul invocation can compute (`R` in matmul.wgsl), one pipeline each: a pass
-/// takes the smallest that holds its rows (blocks of the largest beyond), and every block reads
-/// the weights once. Every size up to 8, since on lavapipe a block costs what its R rows cost
-/// whether they exist or not, and the controller's trees come in every size.
-pub const MATMUL_ROW_BLOCKS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+/// Rows of a pass one matmul or attention invocation computes (`R` in matmul.wgsl and
+/// attention.wgsl), one pipeline each: a pass takes the smallest that holds its rows (blocks of
+/// the largest beyond), and every block reads the weights (or the K and V cache) once. Every size
+/// up to 8, since on lavapipe a block costs what its R rows cost whether they exist or not, and
+/// the controller's trees come in every size.
+pub const ROW_BLOCKS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
-/// The row block (index into MATMUL_ROW_BLOCKS) for a pass of `rows` rows.
-pub fn matmul_row_block(rows: usize) -> usize {
-    MATMUL_ROW_BLOCKS.iter().position(|&r| r >= rows).unwrap_or(MATMUL_ROW_BLOCKS.len() - 1)
+/// The row block (index into ROW_BLOCKS) for a pass of `rows` rows.
+pub fn row_block(rows: usize) -> usize {
+    ROW_BLOCKS.iter().position(|&r| r >= rows).unwrap_or(ROW_BLOCKS.len() - 1)
 }
 
-/// One matmul kind's pipelines, one per row block, sharing one bind group layout.
-pub struct MatmulPipelines {
+/// One kernel's pipelines, one per row block, sharing one bind group layout.
+pub struct RowBlockPipelines {
     by_rows: Vec<Pipeline>,
 }
 
-impl MatmulPipelines {
+impl RowBlockPipelines {
+    /// One pipeline per row block of `source`'s `entry`, with `consts(r)` besides `R`.
+    fn new(
+        gpu: &Gpu,
+        label: &str,
+        source: &str,
+        entry: &str,
+        binds: &[Bind],
+        consts: impl Fn(usize) -> Vec<(&'static str, f64)>,
+    ) -> Self {
+        let consts: Vec<Vec<(&str, f64)>> =
+            ROW_BLOCKS.iter().map(|&r| consts(r).into_iter().chain([("R", r as f64)]).collect()).collect();
+        let variants: Vec<&[(&str, f64)]> = consts.iter().map(|c| &c[..]).collect();
+        RowBlockPipelines { by_rows: gpu.pipeline_family(label, source, entry, binds, &variants) }
+    }
+
     /// The pipeline for a pass of `rows` rows and how many rows each of its invocations computes.
     pub fn for_rows(&self, rows: usize) -> (&Pipeline, usize) {
-        let i = matmul_row_block(rows);
-        (&self.by_rows[i], MATMUL_ROW_BLOCKS[i])
+        let i = row_block(rows);
+        (&self.by_rows[i], ROW_BLOCKS[i])
     }
 
     /// Any of them, to make bind groups with (they share the layout).
@@ -38,7 +54,7 @@ impl MatmulPipelines {
         &self.by_rows[0]
     }
 }
-/// Query heads per KV head that attention.wgsl's scores pass holds (its `acc` array).
+/// Query heads per KV head that attention.wgsl holds (its arrays are GROUP x rows).
 pub const MAX_ATTN_GROUP: usize = 16;
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
@@ -88,6 +104,24 @@ pub const WITH_LANES: [&str; 2] = ["matmul", "attention"];
 pub fn source_with_lanes(body: &str, subgroups: bool) -> String {
     let lanes = if subgroups { LANES_SUBGROUP } else { LANES_PLAIN };
     format!("{COMMON}\n{lanes}\n{body}")
+}
+
+/// Invocations attention.wgsl gives each (row, query head) pair: P there, enough that none holds
+/// more than 16 vec4s of the head's dims.
+pub fn attention_lanes_per_head(head_dim: usize) -> usize {
+    match head_dim / 4 {
+        0..=16 => 1,
+        17..=32 => 2,
+        33..=64 => 4,
+        _ => 8,
+    }
+}
+
+/// attention.wgsl for one model's head shape: `group` query heads per KV head and `head_dim`
+/// (a multiple of 4) size its arrays, so they are constants rather than pipeline overrides.
+pub fn attention_source(subgroups: bool, group: usize, head_dim: usize) -> String {
+    let shape = format!("const GROUP: u32 = {group}u;\nconst D4: u32 = {}u;\n", head_dim / 4);
+    source_with_lanes(&format!("{shape}{ATTENTION}"), subgroups)
 }
 
 /// Weight format of a matrix on the GPU (see matmul.wgsl).
@@ -163,14 +197,14 @@ pub const EMBED_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 pub const ROPE_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
-pub const ATTN_BINDS: [Bind; 8] =
-    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
+pub const ATTN_BINDS: [Bind; 7] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 
 /// Pipelines, made on first use and kept for the life of the device.
 #[derive(Default)]
 pub struct Kernels {
     cache: Mutex<HashMap<String, std::sync::Arc<Pipeline>>>,
-    matmuls: Mutex<HashMap<MatmulKind, std::sync::Arc<MatmulPipelines>>>,
+    row_blocks: Mutex<HashMap<String, std::sync::Arc<RowBlockPipelines>>>,
 }
 
 impl Kernels {
@@ -185,27 +219,27 @@ impl Kernels {
         p
     }
 
-    pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<MatmulPipelines> {
-        let mut c = self.matmuls.lock().unwrap();
-        c.entry(k)
-            .or_insert_with(|| {
-                let source = source_with_lanes(MATMUL, gpu.subgroups);
-                let consts: Vec<[(&str, f64); 4]> = MATMUL_ROW_BLOCKS
-                    .iter()
-                    .map(|&r| {
-                        [
-                            ("FORMAT", k.format as u32 as f64),
-                            ("BIAS", k.bias as u32 as f64),
-                            ("EPILOGUE", k.epilogue as u32 as f64),
-                            ("R", r as f64),
-                        ]
-                    })
-                    .collect();
-                let variants: Vec<&[(&str, f64)]> = consts.iter().map(|c| &c[..]).collect();
-                let by_rows = gpu.pipeline_family(&format!("matmul {k:?}"), &source, "main", &MATMUL_BINDS, &variants);
-                std::sync::Arc::new(MatmulPipelines { by_rows })
-            })
-            .clone()
+    fn get_row_blocks(
+        &self,
+        key: String,
+        make: impl FnOnce() -> RowBlockPipelines,
+    ) -> std::sync::Arc<RowBlockPipelines> {
+        let mut c = self.row_blocks.lock().unwrap();
+        c.entry(key).or_insert_with(|| std::sync::Arc::new(make())).clone()
+    }
+
+    pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<RowBlockPipelines> {
+        self.get_row_blocks(format!("matmul {k:?}"), || {
+            let consts = |_| {
+                vec![
+                    ("FORMAT", k.format as u32 as f64),
+                    ("BIAS", k.bias as u32 as f64),
+                    ("EPILOGUE", k.epilogue as u32 as f64),
+                ]
+            };
+            let source = source_with_lanes(MATMUL, gpu.subgroups);
+            RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", &MATMUL_BINDS, consts)
+        })
     }
 
     pub fn rmsnorm(&self, gpu: &Gpu, lm_rows: bool) -> std::sync::Arc<Pipeline> {
@@ -260,30 +294,15 @@ impl Kernels {
         })
     }
 
-    /// One invocation per (row, KV head, slot) scoring `group` query heads (at most
-    /// `MAX_ATTN_GROUP`).
-    pub fn attn_scores(&self, gpu: &Gpu, group: usize) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, format!("scores {group}"), || {
-            gpu.pipeline(
-                "attn scores",
-                &source_with_lanes(ATTENTION, gpu.subgroups),
-                "scores_main",
-                &ATTN_BINDS,
-                &[("GROUP", group as f64)],
-            )
-        })
-    }
-
-    /// One workgroup per (row, head) of `head_dim / 4` invocations.
-    pub fn attn_softmax_v(&self, gpu: &Gpu, head_dim: usize) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, format!("softmax_v {head_dim}"), || {
-            gpu.pipeline(
-                "attn softmax_v",
-                &source_with_lanes(ATTENTION, gpu.subgroups),
-                "softmax_v_main",
-                &ATTN_BINDS,
-                &[("D4", (head_dim / 4) as f64)],
-            )
+    /// Attention: one workgroup per (KV head, row block), one invocation per (row, query head)
+    /// of it, for `group` query heads per KV head (at most `MAX_ATTN_GROUP`).
+    pub fn attention(&self, gpu: &Gpu, group: usize, head_dim: usize) -> std::sync::Arc<RowBlockPipelines> {
+        self.get_row_blocks(format!("attention {group} {head_dim}"), || {
+            let source = attention_source(gpu.subgroups, group, head_dim);
+            let lanes = move |r: usize| {
+                vec![("LANES", (r * group * attention_lanes_per_head(head_dim)).div_ceil(8) as f64 * 8.0)]
+            };
+            RowBlockPipelines::new(gpu, "attention", &source, "main", &ATTN_BINDS, lanes)
         })
     }
 }
@@ -433,9 +452,7 @@ pub struct AttnParams {
     pub n_heads: u32,
     pub n_kv_heads: u32,
     pub head_dim: u32,
-    pub max_slots: u32,
     pub scale: f32,
-    pub _p: [u32; 3],
 }
 
 #[cfg(test)]
@@ -447,7 +464,20 @@ mod tests {
         let core = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
         let mut sources = Vec::new();
         for (name, body) in super::ALL {
-            if super::WITH_LANES.contains(&name) {
+            if name == "attention" {
+                for (group, head_dim) in [(3, 64), (7, 128), (1, 16)] {
+                    sources.push((
+                        format!("attention {group} {head_dim} (subgroups)"),
+                        super::attention_source(true, group, head_dim),
+                        core | naga::valid::Capabilities::SUBGROUP,
+                    ));
+                    sources.push((
+                        format!("attention {group} {head_dim}"),
+                        super::attention_source(false, group, head_dim),
+                        core,
+                    ));
+                }
+            } else if super::WITH_LANES.contains(&name) {
                 sources.push((
                     format!("{name} (subgroups)"),
                     super::source_with_lanes(body, true),
@@ -472,12 +502,14 @@ mod tests {
     /// Every pass size gets the smallest row block that holds it (blocks of the largest beyond),
     /// and the largest is what the shader's arrays hold.
     #[test]
-    fn matmul_row_blocks_fit_the_shader() {
-        let max = *super::MATMUL_ROW_BLOCKS.last().unwrap();
-        assert!(super::MATMUL.contains(&format!("const MAX_R: u32 = {max}u;")), "matmul.wgsl's MAX_R must be {max}");
+    fn row_blocks_fit_the_shaders() {
+        let max = *super::ROW_BLOCKS.last().unwrap();
+        for (name, body) in [("matmul", super::MATMUL), ("attention", super::ATTENTION)] {
+            assert!(body.contains(&format!("const MAX_R: u32 = {max}u;")), "{name}.wgsl's MAX_R must be {max}");
+        }
         for m in 1..=40 {
-            let r = super::MATMUL_ROW_BLOCKS[super::matmul_row_block(m)];
-            let fits: Vec<usize> = super::MATMUL_ROW_BLOCKS.iter().copied().filter(|&b| b >= m.min(max)).collect();
+            let r = super::ROW_BLOCKS[super::row_block(m)];
+            let fits: Vec<usize> = super::ROW_BLOCKS.iter().copied().filter(|&b| b >= m.min(max)).collect();
             assert_eq!(r, fits[0], "M={m}");
         }
     }

@@ -180,13 +180,19 @@ impl GpuMatrix {
 struct MatmulSite {
     /// One pipeline per row block (see matmul.wgsl); a row's arithmetic is the same in all of
     /// them, so the same whatever M is.
-    pipelines: Arc<MatmulPipelines>,
+    pipelines: Arc<RowBlockPipelines>,
     groups: Vec<(wgpu::BindGroup, u32)>,
     _params: Vec<wgpu::Buffer>,
 }
 
 struct Dispatch {
     pipeline: Arc<Pipeline>,
+    bind: wgpu::BindGroup,
+}
+
+/// A dispatch whose invocations take a block of rows (attention): one pipeline per block size.
+struct RowBlockDispatch {
+    pipelines: Arc<RowBlockPipelines>,
     bind: wgpu::BindGroup,
 }
 
@@ -203,8 +209,7 @@ struct LayerSites {
     attn_norm: Dispatch,
     qkv: MatmulSite,
     rope: Dispatch,
-    scores: Dispatch,
-    softmax_v: Dispatch,
+    attention: RowBlockDispatch,
     attn_out: MatmulSite,
     ffn_norm: Dispatch,
     gate_up: MatmulSite,
@@ -386,7 +391,6 @@ impl GpuModel {
         let att = g.storage_zeroed("att", (max_batch * qd) as u64 * f4);
         let hidden = g.storage_zeroed("hidden", (max_batch * c.ffn_dim) as u64 * f4);
         let logits = g.storage_zeroed("logits", (max_batch * c.vocab) as u64 * f4);
-        let scores = g.storage_zeroed("scores", (max_batch * c.n_heads * max_ctx) as u64 * f4);
         let rope = g
             .storage("rope table", &rope_table(&c, max_ctx).iter().flat_map(|cs| [cs[0], cs[1]]).collect::<Vec<f32>>());
         let dummy = g.storage("dummy", &[0f32; 4]);
@@ -434,13 +438,10 @@ impl GpuModel {
                 n_heads: c.n_heads as u32,
                 n_kv_heads: c.n_kv_heads as u32,
                 head_dim: c.head_dim as u32,
-                max_slots: max_ctx as u32,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
-                _p: [0; 3],
             },
         );
-        let scores_p = kernels.attn_scores(g, c.n_heads / c.n_kv_heads);
-        let softmax_p = kernels.attn_softmax_v(g, c.head_dim);
+        let attn_p = kernels.attention(g, c.n_heads / c.n_kv_heads, c.head_dim);
         let compact_prm = g.uniform("compact params", &CompactParams { kv_dim: kvd as u32, _p: [0; 3] });
         let mut layers = Vec::new();
         for (li, l) in w.layers.iter().enumerate() {
@@ -462,13 +463,9 @@ impl GpuModel {
                     pipeline: rope_p.clone(),
                     bind: g.bind(&rope_p, &[&pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache]),
                 },
-                scores: Dispatch {
-                    pipeline: scores_p.clone(),
-                    bind: g.bind(&scores_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]),
-                },
-                softmax_v: Dispatch {
-                    pipeline: softmax_p.clone(),
-                    bind: g.bind(&softmax_p, &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &scores, &att]),
+                attention: RowBlockDispatch {
+                    pipelines: attn_p.clone(),
+                    bind: g.bind(attn_p.any(), &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &att]),
                 },
                 attn_out: sites.matmul(&out_m, &att, &x, None, Epilogue::Add, false, d),
                 ffn_norm: norm(&norm_p, &l.ffn_norm, &mut keep),
@@ -517,7 +514,6 @@ impl GpuModel {
             qkv,
             att,
             hidden,
-            scores,
             rope,
             dummy,
         ]);
@@ -671,14 +667,14 @@ impl GpuModel {
         for e in &self.embed {
             one(&mut plan, "embed", e, [ceil(c.dim / 4, 64), m as u32, 1]);
         }
-        let slots = spec.n_past + m;
         let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
         for l in &self.layers {
             one(&mut plan, "rmsnorm", &l.attn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul qkv", &l.qkv, rows);
             one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
-            one(&mut plan, "attn scores", &l.scores, [ceil(slots, 64), c.n_kv_heads as u32, m as u32]);
-            one(&mut plan, "attn softmax_v", &l.softmax_v, [c.n_heads as u32, m as u32, 1]);
+            let (pipeline, r) = l.attention.pipelines.for_rows(rows);
+            let size = [c.n_kv_heads as u32, ceil(rows, r), 1];
+            plan.push(Planned { label: "attention", pipeline, bind: &l.attention.bind, size });
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
             one(&mut plan, "rmsnorm", &l.ffn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
@@ -826,6 +822,51 @@ pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
                     cp.set_bind_group(0, b, &[]);
                     cp.dispatch_workgroups(*gx, ry, 1);
                 }
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        let _ = gpu.wait();
+    };
+    record(1); // compile and warm
+    let t = std::time::Instant::now();
+    record(reps);
+    t.elapsed().as_secs_f64() * 1e3 / reps as f64
+}
+
+/// Milliseconds per call of the attention dispatch alone, for `rows` causal rows after `n_past`
+/// slots, over random q, K and V (examples/attn_curve.rs).
+pub fn bench_attention(gpu: &Gpu, cfg: &Config, n_past: usize, rows: usize, reps: usize) -> f64 {
+    let kernels = Kernels::default();
+    let c = cfg;
+    let slots = n_past + rows;
+    let pass = PassUniform { m: rows as u32, n_past: n_past as u32, causal: 1, ..Default::default() };
+    let pass_buf = gpu.uniform("pass", &pass);
+    let prm = AttnParams {
+        n_heads: c.n_heads as u32,
+        n_kv_heads: c.n_kv_heads as u32,
+        head_dim: c.head_dim as u32,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+    };
+    let prm = gpu.uniform("attn params", &prm);
+    let random = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0).collect()
+    };
+    let masks = gpu.storage_zeroed("masks", (rows * 8) as u64);
+    let qkv = gpu.storage("qkv", &random(rows * (c.q_dim() + 2 * c.kv_dim()), 1));
+    let k = gpu.storage("k", &random(slots * c.kv_dim(), 2));
+    let v = gpu.storage("v", &random(slots * c.kv_dim(), 3));
+    let out = gpu.storage_zeroed("out", (rows * c.q_dim() * 4) as u64);
+    let p = kernels.attention(gpu, c.n_heads / c.n_kv_heads, c.head_dim);
+    let bind = gpu.bind(p.any(), &[&pass_buf, &prm, &masks, &qkv, &k, &v, &out]);
+    let (pipeline, r) = p.for_rows(rows);
+    let record = |n: usize| {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            cp.set_pipeline(&pipeline.pipeline);
+            cp.set_bind_group(0, &bind, &[]);
+            for _ in 0..n {
+                cp.dispatch_workgroups(c.n_kv_heads as u32, ceil(rows, r), 1);
             }
         }
         gpu.queue.submit([enc.finish()]);
