@@ -1,12 +1,11 @@
 //! The transformer on the GPU: weights uploaded once in the kernels' layouts, every buffer and
 //! bind group made at load time, and a forward pass that is only a list of dispatches.
 //!
-//! Per layer (9 dispatches):
+//! Per layer (8 dispatches):
 //!   xn = rmsnorm(x)                         rmsnorm
 //!   qkv = W_qkv · xn (+ bias)               matmul
 //!   rope(q, k); k, v -> KV cache            rope_kv
-//!   scores = q · K / sqrt(d) (masked)       attention scores
-//!   att = softmax(scores) · V               attention softmax_v
+//!   att = softmax(q · K / sqrt(d)) · V      attention (masked: causal or a token tree)
 //!   x += W_o · att                          matmul, Add
 //!   xn = rmsnorm(x)                         rmsnorm
 //!   h = swiglu(W_gate_up · xn)              matmul, SwiGlu
