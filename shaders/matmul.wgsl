@@ -215,11 +215,16 @@ fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
     return acc;
 }
 
-@compute @workgroup_size(64)
+// Invocations per workgroup (set by the host per call site, src/gpu/kernels.rs
+// matmul_workgroup): 64, or 8 where that leaves too few workgroups to keep every CPU thread of
+// lavapipe busy (SmolLM2's 576-column matrices made 3 workgroups of 64 for 2 threads).
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let lid = l.lid;
     // rows come from the workgroup id: every lane of a workgroup works on the same rows of x
-    let gid = vec3<u32>(wid.x * 64u + lid, wid.y, 0u);
+    let gid = vec3<u32>(wid.x * WG + lid, wid.y, 0u);
     var row_first = 0u;
     var m = pass_.m;
     if (p.lm_rows == 1u) {

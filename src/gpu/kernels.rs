@@ -149,6 +149,16 @@ pub struct MatmulKind {
     pub format: Format,
     pub bias: bool,
     pub epilogue: Epilogue,
+    /// Invocations per workgroup (`matmul_workgroup`).
+    pub workgroup: u32,
+}
+
+/// Invocations per matmul workgroup for `invocations` in all (one per 4 output columns, 8 with
+/// SwiGLU): 64, or 8 where 64 would leave fewer than 16 workgroups. lavapipe runs whole
+/// workgroups on its threads (one per core), so 3 workgroups on 2 cores took as long as 4; more,
+/// smaller workgroups cost a little per workgroup, which only tells where there are many.
+pub fn matmul_workgroup(invocations: usize) -> u32 {
+    if invocations >= 16 * 64 { 64 } else { 8 }
 }
 
 pub const MATMUL_BINDS: [Bind; 8] =
@@ -235,6 +245,7 @@ impl Kernels {
                     ("FORMAT", k.format as u32 as f64),
                     ("BIAS", k.bias as u32 as f64),
                     ("EPILOGUE", k.epilogue as u32 as f64),
+                    ("WG", k.workgroup as f64),
                 ]
             };
             let source = source_with_lanes(MATMUL, gpu.subgroups);

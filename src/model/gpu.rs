@@ -238,13 +238,15 @@ impl SiteCtx<'_> {
         y_stride: usize,
     ) -> MatmulSite {
         let g = self.gpu;
-        let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep };
+        let cols_per_out = if ep == Epilogue::SwiGlu { 8 } else { 4 };
+        let n: usize = m.parts.iter().map(|p| p.n).sum();
+        let workgroup = matmul_workgroup(n / cols_per_out);
+        let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep, workgroup };
         let pipelines = self.kernels.matmul(g, kind);
         let bias_b = bias.map(|v| g.storage("bias", v));
         let mut groups = Vec::new();
         let mut params = Vec::new();
         for part in &m.parts {
-            let cols_per_out = if ep == Epilogue::SwiGlu { 8 } else { 4 };
             let prm = MatParams {
                 k: m.k as u32,
                 n: part.n as u32,
@@ -259,7 +261,7 @@ impl SiteCtx<'_> {
                 pipelines.any(),
                 &[self.pass_buf, &pb, x, &part.w, &part.scale, &part.offset, bias_b.as_ref().unwrap_or(self.dummy), y],
             );
-            groups.push((bind, ceil(part.n / cols_per_out, 64)));
+            groups.push((bind, ceil(part.n / cols_per_out, workgroup as usize)));
             params.push(pb);
         }
         params.extend(bias_b);
