@@ -97,10 +97,10 @@ pub fn kernels_fingerprint() -> String {
 }
 
 /// The kernels written for both lanes_*.wgsl.
-pub const WITH_LANES: [&str; 2] = ["matmul", "attention"];
+pub const WITH_LANES: [&str; 3] = ["matmul", "attention", "rmsnorm"];
 
-/// A kernel that shares loads across lanes (matmul, attention), for a device with or without
-/// subgroups.
+/// A kernel that shares values across lanes (matmul, attention, rmsnorm), for a device with or
+/// without subgroups.
 pub fn source_with_lanes(body: &str, subgroups: bool) -> String {
     let lanes = if subgroups { LANES_SUBGROUP } else { LANES_PLAIN };
     format!("{COMMON}\n{lanes}\n{body}")
@@ -255,7 +255,8 @@ impl Kernels {
 
     pub fn rmsnorm(&self, gpu: &Gpu, lm_rows: bool) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("rmsnorm {lm_rows}"), || {
-            gpu.pipeline("rmsnorm", &source(RMSNORM), "main", &NORM_BINDS, &[("LM_ROWS", lm_rows as u32 as f64)])
+            let source = source_with_lanes(RMSNORM, gpu.subgroups);
+            gpu.pipeline("rmsnorm", &source, "main", &NORM_BINDS, &[("LM_ROWS", lm_rows as u32 as f64)])
         })
     }
 
