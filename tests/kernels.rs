@@ -394,3 +394,18 @@ fn sampler_matches_cpu_twin() {
         assert!(agree >= 58, "only {agree}/60 draws agree with the CPU twin");
     }
 }
+
+/// The controller's cost calibration on a real device: a price for every calibrated size, never
+/// falling as rows are added, and a non-negative price per row and key of context.
+#[test]
+fn cost_calibration_is_a_non_decreasing_curve() {
+    let gpu = gpu();
+    let (cfg, w) = tiny_model(21, true, RopeStyle::Neox, true);
+    let gm = GpuModel::new(gpu.clone(), &cfg, &w, 256, 16).unwrap();
+    let cost = augur::spec::cost::calibrate(&gm, Default::default()).unwrap();
+    let sizes: Vec<usize> = cost.curve.iter().map(|p| p.0).collect();
+    assert_eq!(sizes, augur::spec::cost::CALIBRATION_ROWS.to_vec());
+    assert!(cost.curve[0].1 > 0.0, "{:?}", cost.curve);
+    assert!(cost.curve.windows(2).all(|p| p[1].1 >= p[0].1), "{:?}", cost.curve);
+    assert!(cost.per_row_key_ms >= 0.0 && cost.per_row_key_ms.is_finite());
+}

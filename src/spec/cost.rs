@@ -124,15 +124,27 @@ impl CostModel {
     }
 }
 
+/// Rounds of the calibration, each timing every size once.
+const CALIBRATION_ROUNDS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Times verification-shaped passes (a chain of m - 1 drafts after the root, logits for every
-/// row, acceptance) of each calibration size over an empty context, the faster of two after a
-/// warm-up (the least disturbed by other work), made non-decreasing in m; then passes of
-/// `CONTEXT_ROWS` rows over a long context, for the cost of attention per row and key. Writes
-/// KV slots 0..16 and a few at the long context, and the pass buffers, so it runs before a
-/// request's prefill. `sim` simulates another device (see `EngineOptions::simulate`).
+/// row, acceptance) of each calibration size over an empty context, and passes of
+/// `CONTEXT_ROWS` rows over a long context for the cost of attention per row and key. The
+/// sizes are timed in turn, round after round, and each size is priced by the median over
+/// rounds of its ratio to the same round's 1-row pass: a machine that slows down for a while
+/// shifts whole rounds, not the curve's shape. (Timing each size in a block, best of two, once
+/// gave 1, 2 and 3 rows the same price when the 1-row block ran slow, and the controller then
+/// verified 1-node guesses at 26% as if the second row were free.) Made non-decreasing in m.
+/// Writes KV slots 0..16 and a few at the long context, and the pass buffers, so it runs
+/// before a request's prefill. `sim` simulates another device (see `EngineOptions::simulate`).
 pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
     let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
-    let fastest = |m: usize, n_past: usize| -> Result<f64> {
+    let time = |m: usize, n_past: usize| -> Result<f64> {
         let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
         let tree = super::TokenTree::chain(&tokens[1..], super::Drafter::Suffix);
         let spec = PassSpec {
@@ -143,30 +155,44 @@ pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
             accept: Some(greedy),
             compact: false,
         };
-        let mut best = f64::MAX;
-        for rep in 0..3 {
-            model.set_tokens(&tokens);
-            let t = Instant::now();
-            model.run(&spec)?;
-            sim.delay(m);
-            if rep > 0 {
-                best = best.min(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        Ok(best)
+        model.set_tokens(&tokens);
+        let t = Instant::now();
+        model.run(&spec)?;
+        sim.delay(m);
+        Ok(t.elapsed().as_secs_f64() * 1e3)
     };
-    let mut curve = Vec::new();
-    for m in CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)) {
-        let floor = curve.last().map_or(0.0, |p: &(usize, f64)| p.1);
-        curve.push((m, fastest(m, 0)?.max(floor)));
-    }
+    let sizes: Vec<usize> =
+        CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)).collect();
     let rows = CONTEXT_ROWS.min(model.max_batch);
     let keys = CONTEXT_KEYS.min(model.max_ctx.saturating_sub(rows));
-    let mut per_row_key_ms = 0.0;
-    if keys >= 64 {
-        let short = curve.iter().find(|p| p.0 == rows).map_or(fastest(rows, 0)?, |p| p.1);
-        per_row_key_ms = ((fastest(rows, keys)? - short) / (rows * keys) as f64).max(0.0);
+    let long = keys >= 64;
+    // warm-up: every pipeline compiled and every buffer touched
+    for &m in &sizes {
+        time(m, 0)?;
     }
+    if long {
+        time(rows, keys)?;
+    }
+    let (mut ones, mut ratios, mut context) = (Vec::new(), vec![Vec::new(); sizes.len()], Vec::new());
+    for _ in 0..CALIBRATION_ROUNDS {
+        let one = time(1, 0)?;
+        ones.push(one);
+        for (i, &m) in sizes.iter().enumerate() {
+            ratios[i].push(if m == 1 { 1.0 } else { time(m, 0)? / one });
+        }
+        if long {
+            // the same rows over the long context against over none, back to back
+            let short = time(rows, 0)?;
+            context.push((time(rows, keys)? - short) / one);
+        }
+    }
+    let one = median(ones);
+    let mut curve: Vec<(usize, f64)> = Vec::new();
+    for (&m, r) in sizes.iter().zip(ratios) {
+        let floor = curve.last().map_or(0.0, |p| p.1);
+        curve.push((m, (one * median(r)).max(floor)));
+    }
+    let per_row_key_ms = if long { (one * median(context) / (rows * keys) as f64).max(0.0) } else { 0.0 };
     Ok(CostModel::from_curve(curve).with_context_cost(per_row_key_ms))
 }
 
