@@ -811,24 +811,31 @@ pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
     let xb = gpu.storage("x", &x);
     let yb = gpu.storage_zeroed("y", (rows * m.n * 4) as u64);
     let site = ctx.matmul(&gm, &xb, &yb, None, Epilogue::Store, false, m.n);
+    let (pipeline, r) = site.pipelines.for_rows(rows);
+    time_dispatches(gpu, reps, |cp| {
+        cp.set_pipeline(&pipeline.pipeline);
+        for (b, gx) in &site.groups {
+            cp.set_bind_group(0, b, &[]);
+            cp.dispatch_workgroups(*gx, ceil(rows, r), 1);
+        }
+    })
+}
+
+/// Milliseconds per call of `dispatch`, recorded `reps` times into one compute pass of one
+/// submission (so fixed submit costs are amortised), after one call to compile and warm.
+fn time_dispatches(gpu: &Gpu, reps: usize, dispatch: impl Fn(&mut wgpu::ComputePass)) -> f64 {
     let record = |n: usize| {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
-            let (pipeline, r) = site.pipelines.for_rows(rows);
-            let ry = ceil(rows, r);
-            cp.set_pipeline(&pipeline.pipeline);
             for _ in 0..n {
-                for (b, gx) in &site.groups {
-                    cp.set_bind_group(0, b, &[]);
-                    cp.dispatch_workgroups(*gx, ry, 1);
-                }
+                dispatch(&mut cp);
             }
         }
         gpu.queue.submit([enc.finish()]);
         let _ = gpu.wait();
     };
-    record(1); // compile and warm
+    record(1);
     let t = std::time::Instant::now();
     record(reps);
     t.elapsed().as_secs_f64() * 1e3 / reps as f64
@@ -860,21 +867,9 @@ pub fn bench_attention(gpu: &Gpu, cfg: &Config, n_past: usize, rows: usize, reps
     let p = kernels.attention(gpu, c.n_heads / c.n_kv_heads, c.head_dim);
     let bind = gpu.bind(p.any(), &[&pass_buf, &prm, &masks, &qkv, &k, &v, &out]);
     let (pipeline, r) = p.for_rows(rows);
-    let record = |n: usize| {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut cp = enc.begin_compute_pass(&Default::default());
-            cp.set_pipeline(&pipeline.pipeline);
-            cp.set_bind_group(0, &bind, &[]);
-            for _ in 0..n {
-                cp.dispatch_workgroups(c.n_kv_heads as u32, ceil(rows, r), 1);
-            }
-        }
-        gpu.queue.submit([enc.finish()]);
-        let _ = gpu.wait();
-    };
-    record(1); // compile and warm
-    let t = std::time::Instant::now();
-    record(reps);
-    t.elapsed().as_secs_f64() * 1e3 / reps as f64
+    time_dispatches(gpu, reps, |cp| {
+        cp.set_pipeline(&pipeline.pipeline);
+        cp.set_bind_group(0, &bind, &[]);
+        cp.dispatch_workgroups(c.n_kv_heads as u32, ceil(rows, r), 1);
+    })
 }
