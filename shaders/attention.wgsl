@@ -20,7 +20,11 @@
 // same whatever M is.
 //
 // Set by the host before this file (src/gpu/kernels.rs attention_source), since they size
-// arrays: GROUP, query heads per KV head (at most 16), and D4, head_dim / 4.
+// arrays: GROUP, query heads per KV head; D4, head_dim / 4; and P, lanes per (row,
+// head) pair (attention_lanes_per_head: enough that none holds more than 16 vec4s, since Mesa
+// unrolls loops of up to 16 such steps and arrays indexed in a rolled loop live in memory, lane
+// by lane; head size 128 with all 32 vec4s in one lane ran 6x slower; P divides 8, so a pair's
+// lanes sit in one 8-lane group).
 
 struct AttnParams {
     n_heads: u32,
@@ -40,11 +44,7 @@ struct AttnParams {
 // Rows per workgroup, R: 1 to 8, one pipeline each (ROW_BLOCKS on the host, as for the matmul).
 override R: u32 = 1u;
 const MAX_R: u32 = 8u;
-// Lanes per (row, head) pair, P, each holding PART consecutive vec4s of its head's dims: at most
-// 16, since Mesa unrolls loops of up to 16 such steps and arrays indexed in a rolled loop live
-// in memory, lane by lane (head size 128 with all 32 vec4s in one lane ran 6x slower). P divides
-// 8, so a pair's lanes sit in one 8-lane group.
-const P: u32 = select(select(select(8u, 4u, D4 <= 64u), 2u, D4 <= 32u), 1u, D4 <= 16u);
+// Each of the P lanes of a (row, head) pair holds PART consecutive vec4s of its head's dims.
 const PART: u32 = (D4 + P - 1u) / P;
 // Invocations per workgroup: R * GROUP * P rounded up to whole 8-lane groups (set by the host).
 override LANES: u32 = 8u;

@@ -16,3 +16,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     res.map_err(|e| Error::io(path, e))
 }
+
+/// Median, minimum and maximum of `v` (sorted in place; not empty).
+pub fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}

@@ -13,10 +13,7 @@ use crate::gpu::profile::Profiler;
 use crate::model::gpu::PassSpec;
 use std::time::Instant;
 
-pub fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
+pub use crate::util::median_min_max;
 
 /// A prompt of exactly `n` tokens of ordinary text.
 pub fn prompt_of(engine: &Engine, n: usize) -> Result<Vec<u32>> {

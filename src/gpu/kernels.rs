@@ -54,8 +54,6 @@ impl RowBlockPipelines {
         &self.by_rows[0]
     }
 }
-/// Query heads per KV head that attention.wgsl holds (its arrays are GROUP x rows).
-pub const MAX_ATTN_GROUP: usize = 16;
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
@@ -106,7 +104,7 @@ pub fn source_with_lanes(body: &str, subgroups: bool) -> String {
     format!("{COMMON}\n{lanes}\n{body}")
 }
 
-/// Invocations attention.wgsl gives each (row, query head) pair: P there, enough that none holds
+/// Invocations attention.wgsl gives each (row, query head) pair (its P): enough that none holds
 /// more than 16 vec4s of the head's dims.
 pub fn attention_lanes_per_head(head_dim: usize) -> usize {
     match head_dim / 4 {
@@ -117,10 +115,17 @@ pub fn attention_lanes_per_head(head_dim: usize) -> usize {
     }
 }
 
+/// Invocations of an attention workgroup for `rows` rows (LANES in attention.wgsl): a lane per
+/// (row, query head, part of the head), in whole 8-lane groups.
+pub fn attention_workgroup(rows: usize, group: usize, head_dim: usize) -> usize {
+    (rows * group * attention_lanes_per_head(head_dim)).div_ceil(8) * 8
+}
+
 /// attention.wgsl for one model's head shape: `group` query heads per KV head and `head_dim`
 /// (a multiple of 4) size its arrays, so they are constants rather than pipeline overrides.
 pub fn attention_source(subgroups: bool, group: usize, head_dim: usize) -> String {
-    let shape = format!("const GROUP: u32 = {group}u;\nconst D4: u32 = {}u;\n", head_dim / 4);
+    let (d4, p) = (head_dim / 4, attention_lanes_per_head(head_dim));
+    let shape = format!("const GROUP: u32 = {group}u;\nconst D4: u32 = {d4}u;\nconst P: u32 = {p}u;\n");
     source_with_lanes(&format!("{shape}{ATTENTION}"), subgroups)
 }
 
@@ -307,13 +312,11 @@ impl Kernels {
     }
 
     /// Attention: one workgroup per (KV head, row block), one invocation per (row, query head)
-    /// of it, for `group` query heads per KV head (at most `MAX_ATTN_GROUP`).
+    /// of it (`attention_workgroup` lanes), for `group` query heads per KV head.
     pub fn attention(&self, gpu: &Gpu, group: usize, head_dim: usize) -> std::sync::Arc<RowBlockPipelines> {
         self.get_row_blocks(format!("attention {group} {head_dim}"), || {
             let source = attention_source(gpu.subgroups, group, head_dim);
-            let lanes = move |r: usize| {
-                vec![("LANES", (r * group * attention_lanes_per_head(head_dim)).div_ceil(8) as f64 * 8.0)]
-            };
+            let lanes = move |r: usize| vec![("LANES", attention_workgroup(r, group, head_dim) as f64)];
             RowBlockPipelines::new(gpu, "attention", &source, "main", &ATTN_BINDS, lanes)
         })
     }

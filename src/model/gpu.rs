@@ -363,13 +363,16 @@ impl GpuModel {
                 "batch size must be 1..=64 and the context positive (got {max_batch}, {max_ctx})"
             )));
         }
-        if c.n_heads / c.n_kv_heads > MAX_ATTN_GROUP {
+        let g = &*gpu;
+        // attention takes a lane per (row, query head, part of a head) of its largest row block
+        let group = c.n_heads / c.n_kv_heads;
+        let attn_lanes = attention_workgroup(*ROW_BLOCKS.last().unwrap(), group, c.head_dim);
+        if attn_lanes > g.device.limits().max_compute_invocations_per_workgroup as usize {
             return Err(Error::msg(format!(
-                "{} query heads per KV head is more than augur's attention supports ({MAX_ATTN_GROUP}); use another model",
-                c.n_heads / c.n_kv_heads
+                "{group} query heads per KV head of size {} need {attn_lanes} invocations in one attention workgroup, more than this device allows; use another model",
+                c.head_dim
             )));
         }
-        let g = &*gpu;
         let kernels = Kernels::default();
         let f4 = 4u64;
         let (d, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
@@ -442,7 +445,7 @@ impl GpuModel {
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
             },
         );
-        let attn_p = kernels.attention(g, c.n_heads / c.n_kv_heads, c.head_dim);
+        let attn_p = kernels.attention(g, group, c.head_dim);
         let compact_prm = g.uniform("compact params", &CompactParams { kv_dim: kvd as u32, _p: [0; 3] });
         let mut layers = Vec::new();
         for (li, l) in w.layers.iter().enumerate() {

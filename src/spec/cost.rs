@@ -128,8 +128,7 @@ impl CostModel {
 const CALIBRATION_ROUNDS: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    crate::util::median_min_max(&mut v).0
 }
 
 /// Times verification-shaped passes (a chain of m - 1 drafts after the root, logits for every
