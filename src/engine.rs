@@ -596,14 +596,27 @@ impl Engine {
             let declined = plan.as_ref().map_or(String::new(), |(p, _)| {
                 format!(" declined {} (best {:.2})", p.proposed - tree.len(), p.best_declined)
             });
+            // what was drafted (first chain) and what the round committed, as text
+            let mut chain = Vec::new();
+            for (i, n) in tree.nodes.iter().enumerate() {
+                if n.parent == i.checked_sub(1) {
+                    chain.push(n.token);
+                } else {
+                    break;
+                }
+            }
+            let mut committed: Vec<u32> = r[RESULT_TOKENS..RESULT_TOKENS + k].to_vec();
+            committed.push(r[RESULT_BONUS]);
             eprintln!(
-                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.2}ms{drafted_ms} verify {verify_ms:.0}ms (expected {predicted_ms:.0}) p [{}]{declined}",
+                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.2}ms{drafted_ms} verify {verify_ms:.0}ms (expected {predicted_ms:.0}) p [{}]{declined} drafted {:?} committed {:?}",
                 tree.len(),
                 by(Drafter::Suffix),
                 by(Drafter::Draft),
                 by(Drafter::Head),
                 (verify_t - spec_t).as_secs_f64() * 1e3,
                 p.join(" "),
+                self.tokenizer.decode(&chain),
+                self.tokenizer.decode(&committed),
             );
         }
         if let Some(h) = self.head.as_mut() {
