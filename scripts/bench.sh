@@ -13,6 +13,6 @@ a=target/release/augur
   $a bench smollm2-135m --runs 5
   $a bench qwen2.5-coder-0.5b --runs 3
   $a bench qwen2.5-coder-1.5b --runs 3
-  $a bench-spec smollm2-135m --workload rewrite --per-category 8 --max-tokens 64
+  $a bench-spec smollm2-135m --workload rewrite --per-category 17 --max-tokens 64
   $a bench-spec smollm2-135m --workload spec-bench --per-category 2 --max-tokens 48
 } 2>&1 | tee "$out"

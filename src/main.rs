@@ -52,15 +52,17 @@ enum Cmd {
     BenchSpec {
         #[command(flatten)]
         model: ModelArgs,
-        /// spec-bench (questions jsonl, see --questions) or rewrite (code from --sources)
+        /// spec-bench (Spec-Bench questions) or rewrite ("rewrite this code with a small
+        /// change", code from this repository)
         #[arg(long, default_value = "spec-bench")]
         workload: String,
-        /// Spec-Bench questions file
-        #[arg(long, default_value = "../shared/data/spec_bench/question.jsonl")]
-        questions: std::path::PathBuf,
-        /// Folder of source files for the rewrite workload
-        #[arg(long, default_value = "src")]
-        sources: std::path::PathBuf,
+        /// Prompts file, jsonl with `category` and `turns` or `prompt` [default: spec-bench:
+        /// ../shared/data/spec_bench/question.jsonl, rewrite: tests/data/rewrite.jsonl]
+        #[arg(long)]
+        questions: Option<std::path::PathBuf>,
+        /// Rewrite workload: make the prompts from the source files in this folder instead
+        #[arg(long)]
+        sources: Option<std::path::PathBuf>,
         /// Prompts per category (spec-bench) or files (rewrite)
         #[arg(long, default_value_t = 3)]
         per_category: usize,
@@ -422,8 +424,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, spec } => {
             let items = match workload.as_str() {
-                "spec-bench" => bench::spec_bench_workload(&questions, per_category.max(1))?,
-                "rewrite" => bench::rewrite_workload(&sources, per_category.max(1))?,
+                "rewrite" if sources.is_some() => {
+                    bench::rewrite_workload(sources.as_deref().expect("checked"), per_category.max(1))?
+                }
+                "rewrite" => bench::spec_bench_workload(
+                    &questions.unwrap_or_else(|| "tests/data/rewrite.jsonl".into()),
+                    per_category.max(1),
+                )?,
+                "spec-bench" => bench::spec_bench_workload(
+                    &questions.unwrap_or_else(|| "../shared/data/spec_bench/question.jsonl".into()),
+                    per_category.max(1),
+                )?,
                 other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
             let (mut engine, _) = model.engine_with(&spec)?;

@@ -248,7 +248,26 @@ pub fn spec_bench_workload(path: &std::path::Path, per_category: usize) -> Resul
     Ok(items)
 }
 
-/// "Rewrite this code with a small change", from real source files under `dir`.
+/// The rewrite workload's instructions, taken in turn.
+const REWRITE_CHANGES: [&str; 4] = [
+    "rename the variable `i` to `idx`",
+    "add a comment line at the top",
+    "rename `self` to `this` in comments only",
+    "change every `usize` to `u64`",
+];
+
+/// "Rewrite this code with a small change": the code in a fence, then the instruction. (Asked the
+/// other way round, instruction first, SmolLM2-135M mostly answered with code of its own instead
+/// of the code it was given, and the workload stopped being input-grounded.)
+pub fn rewrite_prompt(code: &str, change: &str) -> String {
+    format!(
+        "```rust\n{code}\n```\n\nRewrite the code above and {change}; change nothing else and output only the code."
+    )
+}
+
+/// The rewrite workload from the source files directly under `dir` (sorted by name): 25 lines
+/// from a third of the way into each. `tests/data/rewrite.jsonl` holds the same prompts made
+/// from a fixed commit of this repository, so that runs stay comparable as the code changes.
 pub fn rewrite_workload(dir: &std::path::Path, count: usize) -> Result<Vec<WorkItem>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| crate::Error::io(dir, e))?
@@ -256,22 +275,13 @@ pub fn rewrite_workload(dir: &std::path::Path, count: usize) -> Result<Vec<WorkI
         .filter(|p| p.extension().is_some_and(|x| x == "rs" || x == "py" || x == "c" || x == "js"))
         .collect();
     files.sort();
-    let changes = [
-        "rename the variable `i` to `idx`",
-        "add a comment line at the top",
-        "rename `self` to `this` in comments only",
-        "change every `usize` to `u64`",
-    ];
     let mut items = Vec::new();
     for (i, f) in files.iter().enumerate().take(count) {
         let text = std::fs::read_to_string(f).map_err(|e| crate::Error::io(f, e))?;
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len() / 3;
         let chunk = lines[start..(start + 25).min(lines.len())].join("\n");
-        let prompt = format!(
-            "Rewrite the following code and {}; change nothing else and output only the code.\n\n{chunk}\n",
-            changes[i % changes.len()]
-        );
+        let prompt = rewrite_prompt(&chunk, REWRITE_CHANGES[i % REWRITE_CHANGES.len()]);
         items.push(WorkItem { category: "rewrite".into(), prompt });
     }
     Ok(items)
