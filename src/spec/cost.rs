@@ -20,8 +20,11 @@ use crate::model::gpu::{GpuModel, PassSpec, Sampling};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Row counts the calibration times (clamped to what a pass holds).
-pub const CALIBRATION_ROWS: [usize; 7] = [1, 2, 3, 4, 5, 8, 16];
+/// Row counts the calibration times (clamped to what a pass holds): every size a round of the
+/// default tree budget can have, since the kernels' row blocks make the curve uneven between
+/// them (on lavapipe 6 rows cost less than halfway from 5 to 8, and 8 more than 7 by a block's
+/// worth), then 16 for the slope beyond.
+pub const CALIBRATION_ROWS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 16];
 /// Rows of the passes timed over a long context (the difference from the same passes over an
 /// empty context is the attention over that context).
 const CONTEXT_ROWS: usize = 4;
@@ -160,8 +163,7 @@ pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
         sim.delay(m);
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
-    let sizes: Vec<usize> =
-        CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)).collect();
+    let sizes = calibration_sizes(model);
     let rows = CONTEXT_ROWS.min(model.max_batch);
     let keys = CONTEXT_KEYS.min(model.max_ctx.saturating_sub(rows));
     let long = keys >= 64;
@@ -193,6 +195,11 @@ pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
     }
     let per_row_key_ms = if long { (one * median(context) / (rows * keys) as f64).max(0.0) } else { 0.0 };
     Ok(CostModel::from_curve(curve).with_context_cost(per_row_key_ms))
+}
+
+/// The sizes of `CALIBRATION_ROWS` that a pass of `model` holds.
+fn calibration_sizes(model: &GpuModel) -> Vec<usize> {
+    CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)).collect()
 }
 
 /// For experiments: a device whose passes cost more, by a fixed amount per pass (a device where
@@ -245,7 +252,7 @@ pub fn calibrated(
         && c.device == device
         && c.simulated == sim
         && c.kernels == crate::gpu::kernels::kernels_fingerprint()
-        && !c.curve.is_empty()
+        && c.curve.iter().map(|p| p.0).eq(calibration_sizes(model))
         && let Some(per_key) = c.per_row_key_ms
     {
         return Ok(CostModel::from_curve(c.curve).with_context_cost(per_key));
