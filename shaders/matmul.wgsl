@@ -73,6 +73,21 @@ struct BlockSums {
     xs: array<f32, MAX_R>,
 };
 
+// Columns c0..c3 (4 values along k each) times x's vec4 kq (number j of its block) of every
+// row, added into the rows' sums.
+fn add_products(s_in: BlockSums, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, xl: Rows, j: u32,
+                row0: u32, rows: u32, kq: u32) -> BlockSums {
+    var s = s_in;
+    for (var r = 0u; r < R; r++) {
+        if (r < rows) {
+            let xv = x_at(xl[r], j, row0 + r, kq);
+            s.part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
+            s.xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
+        }
+    }
+    return s;
+}
+
 // Q4 values k8*8 .. k8*8+7 of 4-column group g (x's vec4s 2j and 2j+1 of block b) added into
 // the sums of rows row0..row0+rows-1. For blocks of up to 3 rows q4_block calls it with j = 0..3
 // written out, so that j is a constant in every copy: Mesa leaves a loop over j rolled once a
@@ -91,13 +106,7 @@ fn q4_quad(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSu
         let c1 = nibbles(vec4<u32>(qh.y));
         let c2 = nibbles(vec4<u32>(qh.z));
         let c3 = nibbles(vec4<u32>(qh.w));
-        for (var r = 0u; r < R; r++) {
-            if (r < rows) {
-                let xv = x_at(xl[r], 2u * j + h, row0 + r, 2u * k8 + h);
-                s.part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
-                s.xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
-            }
-        }
+        s = add_products(s, c0, c1, c2, c3, xl, 2u * j + h, row0, rows, 2u * k8 + h);
     }
     return s;
 }
@@ -217,14 +226,7 @@ fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: Block
         c2 = vec4<f32>(unpack2x16float(lo.z), unpack2x16float(hi.z));
         c3 = vec4<f32>(unpack2x16float(lo.w), unpack2x16float(hi.w));
     }
-    for (var r = 0u; r < R; r++) {
-        if (r < rows) {
-            let xv = x_at(xl[r], j, row0 + r, kq);
-            s.part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
-            s.xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
-        }
-    }
-    return s;
+    return add_products(s, c0, c1, c2, c3, xl, j, row0, rows, kq);
 }
 
 // Q8 and F16: one 32-block of 4-column group g added into acc for rows row0..row0+rows-1.
