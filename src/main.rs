@@ -57,7 +57,7 @@ enum Cmd {
         #[arg(long, default_value = "spec-bench")]
         workload: String,
         /// Prompts file, jsonl with `category` and `turns` or `prompt` [default: spec-bench:
-        /// ../shared/data/spec_bench/question.jsonl, rewrite: tests/data/rewrite.jsonl]
+        /// ../shared/data/spec_bench/question.jsonl, rewrite: tests/data/rewrite.jsonl, built in]
         #[arg(long)]
         questions: Option<std::path::PathBuf>,
         /// Rewrite workload: make the prompts from the source files in this folder instead
@@ -427,10 +427,10 @@ fn run(cli: Cli) -> Result<()> {
                 "rewrite" if sources.is_some() => {
                     bench::rewrite_workload(sources.as_deref().expect("checked"), per_category.max(1))?
                 }
-                "rewrite" => bench::spec_bench_workload(
-                    &questions.unwrap_or_else(|| "tests/data/rewrite.jsonl".into()),
-                    per_category.max(1),
-                )?,
+                "rewrite" => match &questions {
+                    Some(path) => bench::spec_bench_workload(path, per_category.max(1))?,
+                    None => bench::fixed_rewrite_workload(per_category.max(1))?,
+                },
                 "spec-bench" => bench::spec_bench_workload(
                     &questions.unwrap_or_else(|| "../shared/data/spec_bench/question.jsonl".into()),
                     per_category.max(1),

@@ -232,6 +232,18 @@ pub struct WorkItem {
 /// `per_category` questions per category.
 pub fn spec_bench_workload(path: &std::path::Path, per_category: usize) -> Result<Vec<WorkItem>> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    jsonl_workload(&text, path, per_category)
+}
+
+/// The fixed rewrite workload (`tests/data/rewrite.jsonl`, built into the binary so that it runs
+/// from anywhere): up to `count` of its prompts.
+pub fn fixed_rewrite_workload(count: usize) -> Result<Vec<WorkItem>> {
+    let text = include_str!("../../tests/data/rewrite.jsonl");
+    jsonl_workload(text, std::path::Path::new("tests/data/rewrite.jsonl"), count)
+}
+
+/// Prompts from jsonl text (`path` names it in errors).
+fn jsonl_workload(text: &str, path: &std::path::Path, per_category: usize) -> Result<Vec<WorkItem>> {
     let mut counts = std::collections::HashMap::new();
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -455,4 +467,33 @@ pub fn spec_run(
         println!("rounds in which the controller had {k} draft: {r} of {all_rounds}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixed_rewrite_workload_is_built_in_and_has_the_prompt_format() {
+        let items = fixed_rewrite_workload(100).unwrap();
+        assert_eq!(items.len(), 17);
+        // the same format as prompts made from files now
+        let dir = std::env::temp_dir().join(format!("augur-rewrite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let code: String = (0..60).map(|i| format!("let x{i} = {i};\n")).collect();
+        std::fs::write(dir.join("a.rs"), &code).unwrap();
+        let made = rewrite_workload(&dir, 5).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(made.len(), 1);
+        assert_eq!(
+            made[0].prompt,
+            rewrite_prompt(&code.lines().skip(20).take(25).collect::<Vec<_>>().join("\n"), REWRITE_CHANGES[0])
+        );
+        for it in items.iter().chain(&made) {
+            assert_eq!(it.category, "rewrite");
+            assert!(it.prompt.starts_with("```rust\n"), "{}", it.prompt);
+            assert!(it.prompt.ends_with("; change nothing else and output only the code."), "{}", it.prompt);
+            assert!(REWRITE_CHANGES.iter().any(|c| it.prompt.contains(c)));
+        }
+    }
 }
