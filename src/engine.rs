@@ -597,14 +597,13 @@ impl Engine {
                 format!(" declined {} (best {:.2})", p.proposed - tree.len(), p.best_declined)
             });
             // what was drafted (first chain) and what the round committed, as text
-            let mut chain = Vec::new();
-            for (i, n) in tree.nodes.iter().enumerate() {
-                if n.parent == i.checked_sub(1) {
-                    chain.push(n.token);
-                } else {
-                    break;
-                }
-            }
+            let chain: Vec<u32> = tree
+                .nodes
+                .iter()
+                .enumerate()
+                .take_while(|(i, n)| n.parent == i.checked_sub(1))
+                .map(|(_, n)| n.token)
+                .collect();
             let mut committed: Vec<u32> = r[RESULT_TOKENS..RESULT_TOKENS + k].to_vec();
             committed.push(r[RESULT_BONUS]);
             eprintln!(

@@ -423,19 +423,18 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
         Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, spec } => {
-            let items = match workload.as_str() {
-                "rewrite" if sources.is_some() => {
-                    bench::rewrite_workload(sources.as_deref().expect("checked"), per_category.max(1))?
-                }
-                "rewrite" => match &questions {
-                    Some(path) => bench::spec_bench_workload(path, per_category.max(1))?,
-                    None => bench::fixed_rewrite_workload(per_category.max(1))?,
+            let n = per_category.max(1);
+            let items = match (workload.as_str(), sources) {
+                ("rewrite", Some(dir)) => bench::rewrite_workload(&dir, n)?,
+                ("rewrite", None) => match &questions {
+                    Some(path) => bench::spec_bench_workload(path, n)?,
+                    None => bench::fixed_rewrite_workload(n)?,
                 },
-                "spec-bench" => bench::spec_bench_workload(
+                ("spec-bench", _) => bench::spec_bench_workload(
                     &questions.unwrap_or_else(|| "../shared/data/spec_bench/question.jsonl".into()),
-                    per_category.max(1),
+                    n,
                 )?,
-                other => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
+                (other, _) => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
             let (mut engine, _) = model.engine_with(&spec)?;
             let mut plain = model.plain_twin(&engine)?;
