@@ -18,7 +18,12 @@ fn gpu_logits(m: &GpuModel, spec: &PassSpec) -> Vec<f32> {
 /// Prefill as one multi-row pass, then single-token steps; logits agree with the CPU forward.
 #[test]
 fn tiny_model_matches_cpu_reference() {
-    let gpu = gpu();
+    for gpu in gpus_both_plans() {
+        tiny_model_matches_cpu_reference_on(&gpu);
+    }
+}
+
+fn tiny_model_matches_cpu_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
     for (seed, q8, rope, bias, head_dim) in [
         (1, true, RopeStyle::Interleaved, false, 16),
         (2, false, RopeStyle::Neox, true, 16),
@@ -70,7 +75,12 @@ fn tiny_model_matches_cpu_reference() {
 /// invocation, and several blocks), with heads held by one lane and by two.
 #[test]
 fn forward_is_batch_invariant() {
-    let gpu = gpu();
+    for gpu in gpus_both_plans() {
+        forward_is_batch_invariant_on(&gpu);
+    }
+}
+
+fn forward_is_batch_invariant_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
     for head_dim in [16, 128] {
         let (cfg, w) = tiny_model_with_heads(7, true, RopeStyle::Interleaved, true, head_dim);
         let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
@@ -142,7 +152,12 @@ fn forward_is_the_same_with_and_without_subgroups() {
 /// size 32: attention's subgroup path where the device has one; the next test takes the other.)
 #[test]
 fn tree_mask_attention_matches_path_reference() {
-    let gpu = gpu();
+    for gpu in gpus_both_plans() {
+        tree_mask_attention_matches_path_reference_on(&gpu);
+    }
+}
+
+fn tree_mask_attention_matches_path_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
     let (cfg, w) = tiny_model_with_heads(11, false, RopeStyle::Neox, true, 32);
     let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 32).unwrap();
     let mut rng = Rng(99);
@@ -201,12 +216,79 @@ fn tree_mask_attention_matches_path_reference() {
     }
 }
 
+/// What makes speculation lossless: a tree node's logits are bit-identical to those plain
+/// decoding gives the same tokens one at a time, for every node on a path of a branching tree,
+/// after a prefix long enough (100 slots) that attention_split.wgsl deals several slots to each
+/// lane and the tree's slots wrap round its 64 lanes.
+#[test]
+fn tree_rows_match_plain_decoding_bit_for_bit() {
+    for gpu in gpus_both_plans() {
+        let (cfg, w) = tiny_model_with_heads(17, true, RopeStyle::Neox, true, 32);
+        let gm = GpuModel::new(gpu.clone(), &cfg, &w, 256, 16).unwrap();
+        let mut rng = Rng(5);
+        let prefix: Vec<u32> = (0..100).map(|_| (rng.next() % 320) as u32).collect();
+        let prefill = |gm: &GpuModel| {
+            for (i, chunk) in prefix.chunks(16).enumerate() {
+                gm.set_tokens(chunk);
+                let spec = PassSpec { m: chunk.len(), n_past: i * 16, logits_rows: 0..0, ..Default::default() };
+                gm.run(&spec).unwrap();
+            }
+        };
+        // a tree of 12 nodes: a chain 0-1-2-3-4 with side branches hung off it
+        let parents = [usize::MAX, 0, 1, 2, 3, 0, 1, 1, 2, 5, 7, 3];
+        let tokens: Vec<u32> = (0..parents.len()).map(|_| (rng.next() % 320) as u32).collect();
+        let path = |i: usize| {
+            let mut p = vec![i];
+            while parents[*p.last().unwrap()] != usize::MAX {
+                p.push(parents[*p.last().unwrap()]);
+            }
+            p.reverse();
+            p
+        };
+        // the side branches sit between chain nodes, so the chain's slots have gaps
+        let order = [0usize, 5, 1, 6, 7, 2, 9, 8, 3, 10, 11, 4];
+        let row_of = |node: usize| order.iter().position(|&n| n == node).unwrap();
+        let mut rows = augur::model::gpu::TreeRows { base: prefix.len(), ..Default::default() };
+        for &node in &order {
+            let mut mask = [0u32; 2];
+            for j in path(node) {
+                let r = row_of(j);
+                mask[r / 32] |= 1 << (r % 32);
+            }
+            rows.masks.push(mask);
+            rows.positions.push((prefix.len() + path(node).len() - 1) as u32);
+            rows.parents.push(u32::MAX);
+        }
+        prefill(&gm);
+        gm.set_tokens(&order.iter().map(|&n| tokens[n]).collect::<Vec<u32>>());
+        let n = order.len();
+        let spec = PassSpec { m: n, n_past: prefix.len(), tree: Some(rows), logits_rows: 0..n, ..Default::default() };
+        let tree = gpu_logits(&gm, &spec);
+        // plain decoding of the chain 0-1-2-3-4 after the same prefix
+        prefill(&gm);
+        for (depth, node) in path(4).into_iter().enumerate() {
+            gm.set_tokens(&[tokens[node]]);
+            let spec = PassSpec { m: 1, n_past: prefix.len() + depth, logits_rows: 0..1, ..Default::default() };
+            let plain = gpu_logits(&gm, &spec);
+            let r = row_of(node);
+            let row = &tree[r * cfg.vocab..(r + 1) * cfg.vocab];
+            let differ = row.iter().zip(&plain).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{:?} kernels: node {node} at depth {depth}: {differ} logits differ", gpu.plan);
+        }
+    }
+}
+
 /// A draft model grows its tree over several passes above one base slot: each level's rows see
 /// the committed prefix and the tree slots of their ancestors written by earlier passes. Every
 /// node gets the logits the CPU forward gives for the prefix followed by its path.
 #[test]
 fn tree_grown_over_several_passes_matches_path_reference() {
-    let gpu = gpu();
+    for gpu in gpus_both_plans() {
+        tree_grown_over_several_passes_matches_path_reference_on(&gpu);
+    }
+}
+
+fn tree_grown_over_several_passes_matches_path_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
     let (cfg, w) = tiny_model(13, true, RopeStyle::Interleaved, false);
     let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
     let mut rng = Rng(31);

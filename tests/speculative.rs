@@ -106,6 +106,37 @@ fn greedy_speculation_is_identical_to_plain_decoding() {
     assert!(accepted_random > 100, "random trees accepted only {accepted_random} tokens");
 }
 
+/// The same with the kernels real GPUs get (matmul_split.wgsl, attention_split.wgsl, which split
+/// each reduction across lanes and deal attention's slots by rank), on every sixth prompt: a tree
+/// pass must give the logits plain decoding gives there too.
+#[test]
+fn greedy_speculation_with_split_kernels_is_identical_to_plain_decoding() {
+    let split = augur::gpu::GpuOptions { plan: Some(augur::gpu::KernelPlan::Split), ..Default::default() };
+    let opts = EngineOptions { max_ctx: 512, gpu: split, ..Default::default() };
+    let mut e = Engine::load(&model_path("smollm2-135m"), &opts).unwrap();
+    assert_eq!(e.model.gpu.plan, augur::gpu::KernelPlan::Split);
+    let c = CancelToken::default();
+    let plain = GenerateParams { max_tokens: 24, chat: true, speculate: SpecMode::Off, ..Default::default() };
+    let suffix = GenerateParams { speculate: SpecMode::Suffix, tree_budget: 6, max_depth: 6, ..plain.clone() };
+    let mut accepted = 0;
+    for (i, (cat, p)) in prompts().iter().enumerate().step_by(6) {
+        let ids = e.encode_prompt(p, true).unwrap();
+        let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+        let got = e.generate_tokens(&ids, &suffix, &c, |_| true).unwrap();
+        assert_eq!(got.tokens, want.tokens, "[{cat}] suffix speculation changed the output of {p:?}");
+        accepted += got.spec.unwrap().accepted;
+        let saved = e.suffix.take();
+        e.suffix =
+            Some(Box::new(RandomTrees { reference: want.tokens.clone(), prompt_len: 0, rng: Rng(i as u64 + 7) }));
+        let trees = GenerateParams { tree_budget: 8, max_depth: 5, ..suffix.clone() };
+        let got = e.generate_tokens(&ids, &trees, &c, |_| true).unwrap();
+        e.suffix = saved;
+        assert_eq!(got.tokens, want.tokens, "[{cat}] random trees changed the output of {p:?}");
+        accepted += got.spec.unwrap().accepted;
+    }
+    assert!(accepted > 50, "only {accepted} drafted tokens accepted: the test must exercise acceptance");
+}
+
 /// Budgets of 0, absurd budgets and depths, and contexts near the end of the KV cache: the tree
 /// shrinks, output stays identical, nothing panics.
 #[test]

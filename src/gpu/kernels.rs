@@ -1,7 +1,7 @@
 //! The WGSL kernels (shaders/*.wgsl) and their pipelines, created once when a model loads.
 //! Every kernel file is prefixed with shaders/common.wgsl (the per-pass uniform).
 
-use super::{Bind, Gpu, Pipeline};
+use super::{Bind, Gpu, KernelPlan, Pipeline};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -43,8 +43,16 @@ impl RowBlockPipelines {
         RowBlockPipelines { by_rows: gpu.pipeline_family(label, source, entry, binds, &variants) }
     }
 
+    /// One pipeline that takes one row per workgroup, whatever the pass (attention_split.wgsl).
+    fn single(gpu: &Gpu, label: &str, source: &str, entry: &str, binds: &[Bind]) -> Self {
+        RowBlockPipelines { by_rows: vec![gpu.pipeline(label, source, entry, binds, &[])] }
+    }
+
     /// The pipeline for a pass of `rows` rows and how many rows each of its invocations computes.
     pub fn for_rows(&self, rows: usize) -> (&Pipeline, usize) {
+        if self.by_rows.len() == 1 {
+            return (&self.by_rows[0], 1);
+        }
         let i = row_block(rows);
         (&self.by_rows[i], ROW_BLOCKS[i])
     }
@@ -57,6 +65,8 @@ impl RowBlockPipelines {
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+pub const MATMUL_SPLIT: &str = include_str!("../../shaders/matmul_split.wgsl");
+pub const ATTENTION_SPLIT: &str = include_str!("../../shaders/attention_split.wgsl");
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
 pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
@@ -65,9 +75,11 @@ pub const HEAD: &str = include_str!("../../shaders/head.wgsl");
 pub const REPLAY: &str = include_str!("../../shaders/replay.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 10] = [
+pub const ALL: [(&str, &str); 12] = [
     ("rmsnorm", RMSNORM),
     ("matmul", MATMUL),
+    ("matmul_split", MATMUL_SPLIT),
+    ("attention_split", ATTENTION_SPLIT),
     ("embed", EMBED),
     ("rope_kv", ROPE_KV),
     ("attention", ATTENTION),
@@ -129,6 +141,21 @@ pub fn attention_source(subgroups: bool, group: usize, head_dim: usize) -> Strin
     source_with_lanes(&format!("{shape}{ATTENTION}"), subgroups)
 }
 
+/// attention_split.wgsl for one head size (`head_dim`, a multiple of 4, sizes its arrays).
+pub fn attention_split_source(head_dim: usize) -> String {
+    source(&format!("const D4: u32 = {}u;\n{ATTENTION_SPLIT}", head_dim / 4))
+}
+
+/// Workgroups of an attention dispatch over `rows` rows whose pipeline takes `r` rows each
+/// (`RowBlockPipelines::for_rows`): per KV head and row block (attention.wgsl), or per query head
+/// and row (attention_split.wgsl).
+pub fn attention_grid(plan: KernelPlan, n_heads: usize, n_kv_heads: usize, rows: usize, r: usize) -> [u32; 3] {
+    match plan {
+        KernelPlan::Serial => [n_kv_heads as u32, rows.div_ceil(r) as u32, 1],
+        KernelPlan::Split => [n_heads as u32, rows as u32, 1],
+    }
+}
+
 /// Weight format of a matrix on the GPU (see matmul.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -154,8 +181,17 @@ pub struct MatmulKind {
     pub format: Format,
     pub bias: bool,
     pub epilogue: Epilogue,
-    /// Invocations per workgroup (`matmul_workgroup`).
+    /// Invocations per workgroup (`matmul_workgroup`; 64 when split).
     pub workgroup: u32,
+    /// Lanes per column group: 1 for matmul.wgsl, else matmul_split.wgsl's S
+    /// (`matmul_split_lanes`).
+    pub split: u32,
+}
+
+/// Lanes matmul_split.wgsl gives each column group, for `k` inputs: 16, 32 from K = 4096 (the
+/// steps each lane walks stay few), never fewer than the 8 rows a workgroup can hold.
+pub fn matmul_split_lanes(k: usize) -> u32 {
+    if k >= 4096 { 32 } else { 16 }
 }
 
 /// Invocations per matmul workgroup for `invocations` in all (one per 4 output columns, 8 with
@@ -244,6 +280,20 @@ impl Kernels {
     }
 
     pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<RowBlockPipelines> {
+        if k.split > 1 {
+            return self.get_row_blocks(format!("matmul {k:?}"), || {
+                let consts = |_| {
+                    vec![
+                        ("FORMAT", k.format as u32 as f64),
+                        ("BIAS", k.bias as u32 as f64),
+                        ("EPILOGUE", k.epilogue as u32 as f64),
+                        ("S", k.split as f64),
+                    ]
+                };
+                let label = format!("matmul split {k:?}");
+                RowBlockPipelines::new(gpu, &label, &source(MATMUL_SPLIT), "main", &MATMUL_BINDS, consts)
+            });
+        }
         self.get_row_blocks(format!("matmul {k:?}"), || {
             let consts = |_| {
                 vec![
@@ -314,6 +364,12 @@ impl Kernels {
     /// Attention: one workgroup per (KV head, row block), one invocation per (row, query head)
     /// of it (`attention_workgroup` lanes), for `group` query heads per KV head.
     pub fn attention(&self, gpu: &Gpu, group: usize, head_dim: usize) -> std::sync::Arc<RowBlockPipelines> {
+        if gpu.plan == KernelPlan::Split {
+            return self.get_row_blocks(format!("attention split {head_dim}"), || {
+                let source = attention_split_source(head_dim);
+                RowBlockPipelines::single(gpu, "attention split", &source, "main", &ATTN_BINDS)
+            });
+        }
         self.get_row_blocks(format!("attention {group} {head_dim}"), || {
             let source = attention_source(gpu.subgroups, group, head_dim);
             let lanes = move |r: usize| vec![("LANES", attention_workgroup(r, group, head_dim) as f64)];
@@ -479,7 +535,11 @@ mod tests {
         let core = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
         let mut sources = Vec::new();
         for (name, body) in super::ALL {
-            if name == "attention" {
+            if name == "attention_split" {
+                for head_dim in [64, 128, 16] {
+                    sources.push((format!("{name} {head_dim}"), super::attention_split_source(head_dim), core));
+                }
+            } else if name == "attention" {
                 for (group, head_dim) in [(3, 64), (7, 128), (1, 16)] {
                     sources.push((
                         format!("attention {group} {head_dim} (subgroups)"),

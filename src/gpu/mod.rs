@@ -6,6 +6,10 @@
 //! Vulkan. With subgroups the matmul and attention share loads every lane needs across a subgroup;
 //! without, every lane loads them itself; both do the same arithmetic in the same order
 //! (bit-identical results).
+//!
+//! Kernels come in two plans (`KernelPlan`): lavapipe, a CPU with a few threads, is fastest when
+//! one lane walks a whole reduction; a real GPU needs the reductions (a matmul's K, attention's
+//! context) split across the lanes of a workgroup.
 
 pub mod kernels;
 pub mod profile;
@@ -21,6 +25,36 @@ pub struct GpuOptions {
     pub no_optional_features: bool,
     /// Pick the first adapter whose name contains this (case-insensitive).
     pub adapter: Option<String>,
+    /// Force a kernel plan (None: `AUGUR_KERNELS`, else by device type).
+    pub plan: Option<KernelPlan>,
+}
+
+/// How the matmul and attention kernels share out their work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelPlan {
+    /// One lane walks a whole reduction: each matmul lane takes 4 columns down all of K, each
+    /// attention lane a (row, head) over the whole context (shaders/matmul.wgsl,
+    /// attention.wgsl). What CPU emulation runs fastest: lavapipe gives each of a few threads
+    /// whole workgroups, and every extra lane or barrier costs it instructions.
+    Serial,
+    /// Reductions split across the lanes of a workgroup and merged in a fixed order
+    /// (shaders/matmul_split.wgsl, attention_split.wgsl). What a GPU needs: with one lane per
+    /// reduction it runs a few hundred lanes, each waiting on a chain of loads (an H200 decoded
+    /// SmolLM2 at 53 tokens/s).
+    Split,
+}
+
+impl KernelPlan {
+    /// `AUGUR_KERNELS=serial|split` if set, else Serial for CPU devices and Split for GPUs.
+    fn choose(device: wgpu::DeviceType) -> Result<KernelPlan> {
+        match std::env::var("AUGUR_KERNELS").ok().filter(|v| !v.is_empty()).as_deref() {
+            Some("serial") => Ok(KernelPlan::Serial),
+            Some("split") => Ok(KernelPlan::Split),
+            Some(other) => Err(Error::msg(format!("AUGUR_KERNELS={other}: use serial or split, or unset it"))),
+            None if device == wgpu::DeviceType::Cpu => Ok(KernelPlan::Serial),
+            None => Ok(KernelPlan::Split),
+        }
+    }
 }
 
 pub struct Gpu {
@@ -34,6 +68,8 @@ pub struct Gpu {
     /// Subgroup operations with subgroups of at least 8 lanes: the matmul and attention share
     /// loads every lane needs across a subgroup (shaders/lanes_subgroup.wgsl).
     pub subgroups: bool,
+    /// How the matmul and attention kernels share out their work.
+    pub plan: KernelPlan,
 }
 
 /// How a kernel binds one buffer.
@@ -86,6 +122,10 @@ impl Gpu {
             }
         };
         let info = adapter.get_info();
+        let plan = match opts.plan {
+            Some(p) => p,
+            None => KernelPlan::choose(info.device_type)?,
+        };
         let have = adapter.features();
         let mut features = wgpu::Features::empty();
         if !opts.no_optional_features && have.contains(wgpu::Features::TIMESTAMP_QUERY) {
@@ -118,6 +158,7 @@ impl Gpu {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_binding,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            plan,
         })
     }
 
@@ -125,17 +166,25 @@ impl Gpu {
     pub fn shared(opts: &GpuOptions) -> Result<Arc<Gpu>> {
         static FULL: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
         static BARE: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
-        if opts.adapter.is_some() {
-            return Gpu::new(opts).map(Arc::new);
-        }
-        let cell = if opts.no_optional_features { &BARE } else { &FULL };
+        static SPLIT: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+        let cell = match (opts.adapter.is_some(), opts.no_optional_features, opts.plan) {
+            (false, false, None) => &FULL,
+            (false, true, None) => &BARE,
+            (false, false, Some(KernelPlan::Split)) => &SPLIT,
+            _ => return Gpu::new(opts).map(Arc::new),
+        };
         cell.get_or_init(|| Gpu::new(opts).map(Arc::new).map_err(|e| e.to_string())).clone().map_err(Error::Msg)
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?}, driver {} {})",
-            self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info
+            "{} ({:?}, {:?}, driver {} {}, {:?} kernels)",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info,
+            self.plan
         )
     }
 

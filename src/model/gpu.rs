@@ -18,7 +18,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernels::*;
 use crate::gpu::profile::Profiler;
-use crate::gpu::{Gpu, Pipeline};
+use crate::gpu::{Gpu, KernelPlan, Pipeline};
 use crate::model::config::{Config, RopeStyle};
 use crate::model::cpu::rope_table;
 use crate::model::weights::{MatData, Matrix, Weights};
@@ -240,8 +240,11 @@ impl SiteCtx<'_> {
         let g = self.gpu;
         let cols_per_out = if ep == Epilogue::SwiGlu { 8 } else { 4 };
         let n: usize = m.parts.iter().map(|p| p.n).sum();
-        let workgroup = matmul_workgroup(n / cols_per_out);
-        let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep, workgroup };
+        let (workgroup, split) = match g.plan {
+            KernelPlan::Serial => (matmul_workgroup(n / cols_per_out), 1),
+            KernelPlan::Split => (64, matmul_split_lanes(m.k)),
+        };
+        let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep, workgroup, split };
         let pipelines = self.kernels.matmul(g, kind);
         let bias_b = bias.map(|v| g.storage("bias", v));
         let mut groups = Vec::new();
@@ -261,7 +264,8 @@ impl SiteCtx<'_> {
                 pipelines.any(),
                 &[self.pass_buf, &pb, x, &part.w, &part.scale, &part.offset, bias_b.as_ref().unwrap_or(self.dummy), y],
             );
-            groups.push((bind, ceil(part.n / cols_per_out, workgroup as usize)));
+            // a workgroup takes workgroup / split column groups
+            groups.push((bind, ceil(part.n / cols_per_out, (workgroup / split) as usize)));
             params.push(pb);
         }
         params.extend(bias_b);
@@ -367,7 +371,8 @@ impl GpuModel {
         // attention takes a lane per (row, query head, part of a head) of its largest row block
         let group = c.n_heads / c.n_kv_heads;
         let attn_lanes = attention_workgroup(*ROW_BLOCKS.last().unwrap(), group, c.head_dim);
-        if attn_lanes > g.device.limits().max_compute_invocations_per_workgroup as usize {
+        if g.plan == KernelPlan::Serial && attn_lanes > g.device.limits().max_compute_invocations_per_workgroup as usize
+        {
             return Err(Error::msg(format!(
                 "{group} query heads per KV head of size {} need {attn_lanes} invocations in one attention workgroup, more than this device allows; use another model",
                 c.head_dim
@@ -677,7 +682,7 @@ impl GpuModel {
             mm(&mut plan, "matmul qkv", &l.qkv, rows);
             one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
             let (pipeline, r) = l.attention.pipelines.for_rows(rows);
-            let size = [c.n_kv_heads as u32, ceil(rows, r), 1];
+            let size = attention_grid(self.gpu.plan, c.n_heads, c.n_kv_heads, rows, r);
             plan.push(Planned { label: "attention", pipeline, bind: &l.attention.bind, size });
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
             one(&mut plan, "rmsnorm", &l.ffn_norm, [m as u32, 1, 1]);
@@ -870,9 +875,10 @@ pub fn bench_attention(gpu: &Gpu, cfg: &Config, n_past: usize, rows: usize, reps
     let p = kernels.attention(gpu, c.n_heads / c.n_kv_heads, c.head_dim);
     let bind = gpu.bind(p.any(), &[&pass_buf, &prm, &masks, &qkv, &k, &v, &out]);
     let (pipeline, r) = p.for_rows(rows);
+    let [gx, gy, gz] = attention_grid(gpu.plan, c.n_heads, c.n_kv_heads, rows, r);
     time_dispatches(gpu, reps, |cp| {
         cp.set_pipeline(&pipeline.pipeline);
         cp.set_bind_group(0, &bind, &[]);
-        cp.dispatch_workgroups(c.n_kv_heads as u32, ceil(rows, r), 1);
+        cp.dispatch_workgroups(gx, gy, gz);
     })
 }

@@ -23,7 +23,19 @@ pub fn gpu() -> Arc<Gpu> {
 
 pub fn gpu_without_features() -> Arc<Gpu> {
     setup_env();
-    Gpu::shared(&GpuOptions { no_optional_features: true, adapter: None }).expect("a GPU adapter")
+    Gpu::shared(&GpuOptions { no_optional_features: true, ..Default::default() }).expect("a GPU adapter")
+}
+
+/// The device with the kernels real GPUs get (matmul_split.wgsl, attention_split.wgsl), whatever
+/// it is (lavapipe in CI).
+pub fn gpu_split() -> Arc<Gpu> {
+    setup_env();
+    Gpu::shared(&GpuOptions { plan: Some(augur::gpu::KernelPlan::Split), ..Default::default() }).expect("a GPU adapter")
+}
+
+/// Both kernel plans: the device's own and the split one.
+pub fn gpus_both_plans() -> Vec<Arc<Gpu>> {
+    vec![gpu(), gpu_split()]
 }
 
 /// Path of a catalog model, pulled on first use.

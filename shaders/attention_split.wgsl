@@ -1,0 +1,145 @@
+// Attention on a GPU (KernelPlan::Split): the same inputs, masks and output as attention.wgsl
+// (which says what a row sees), with one workgroup of 64 lanes per (query head, row) and the
+// row's visible slots dealt round the lanes.
+//
+// Why: attention.wgsl gives one lane a (row, head) over the whole context, what lavapipe runs
+// fastest; on an H200 that was 0.9 ms a layer at 320 slots, a chain of loads per slot. Here lane
+// t takes the visible slots of rank t, t + 64, ... (rank: a slot's place among the slots the row
+// sees), keeps an online softmax over them, and the 64 lanes' maxima, sums and weighted values
+// are merged in lane order.
+//
+// Rank, not slot number, so that speculation stays lossless: a token verified in a tree pass
+// sees its accepted ancestors at tree slots with gaps between them, while plain decoding has the
+// same tokens in consecutive slots. Dealt by rank, the same keys reach the same lanes in the same
+// order in both, so a row's result is the same bits whatever the pass (and whatever M is).
+//
+// Set by the host before this file (src/gpu/kernels.rs attention_split_source): D4, head_dim / 4.
+
+struct AttnParams {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    scale: f32,
+};
+
+@group(0) @binding(0) var<uniform> pass_: Pass;
+@group(0) @binding(1) var<uniform> p: AttnParams;
+@group(0) @binding(2) var<storage, read> masks: array<vec2<u32>>; // per row, when causal == 0
+@group(0) @binding(3) var<storage, read> qkv: array<vec4<f32>>;   // [m][q_dim + 2 kv_dim]
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>; // [m][q_dim]
+
+const LANES: u32 = 64u;
+// Output dims merged per round (workgroup memory: LANES x CHUNK vec4s, 8 KB).
+const CHUNK: u32 = 8u;
+
+var<workgroup> q_sh: array<vec4<f32>, D4>;
+var<workgroup> max_sh: array<f32, LANES>;
+var<workgroup> sum_sh: array<f32, LANES>;
+var<workgroup> acc_sh: array<vec4<f32>, 512>;
+
+// One lane's online softmax: running maximum, sum of weights, weighted sum of V.
+struct Softmax {
+    mx: f32,
+    l: f32,
+    acc: array<vec4<f32>, D4>,
+};
+
+// Slot s folded into the lane's softmax.
+fn fold(st_in: Softmax, s: u32, kb0: u32, kv_dim4: u32) -> Softmax {
+    var st = st_in;
+    let kb = s * kv_dim4 + kb0;
+    var d = 0.0;
+    for (var j = 0u; j < D4; j++) {
+        d += dot(q_sh[j], k_cache[kb + j]);
+    }
+    let sc = d * p.scale;
+    let new_mx = max(st.mx, sc);
+    let corr = exp(st.mx - new_mx);
+    let e = exp(sc - new_mx);
+    st.mx = new_mx;
+    st.l = st.l * corr + e;
+    for (var j = 0u; j < D4; j++) {
+        st.acc[j] = st.acc[j] * corr + e * v_cache[kb + j];
+    }
+    return st;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let head = wid.x;
+    let row = wid.y;
+    let kvh = head / (p.n_heads / p.n_kv_heads);
+    let kv_dim4 = p.n_kv_heads * D4;
+    let q_stride = p.n_heads * D4 + 2u * kv_dim4;
+    for (var j = t; j < D4; j += LANES) {
+        q_sh[j] = qkv[row * q_stride + head * D4 + j];
+    }
+    workgroupBarrier();
+
+    var st = Softmax();
+    st.mx = MASKED;
+    let kb0 = kvh * D4;
+    // the row's own slot; it sees none after it
+    let own = pass_.n_past + row;
+    // slots below `prefix` are all visible, their rank is their number
+    var prefix = own + 1u;
+    if (pass_.causal == 0u) {
+        prefix = min(pass_.tree_base, own + 1u);
+    }
+    for (var s = t; s < prefix; s += LANES) {
+        st = fold(st, s, kb0, kv_dim4);
+    }
+    if (pass_.causal == 0u && pass_.tree_base <= own) {
+        // tree slots tree_base + j: visible where bit j of the row's mask is set, ranked after
+        // the prefix in slot order
+        let mk = masks[row];
+        var rank = prefix;
+        for (var j = 0u; j <= own - pass_.tree_base && j < 64u; j++) {
+            var bit = 0u;
+            if (j < 32u) {
+                bit = (mk.x >> j) & 1u;
+            } else {
+                bit = (mk.y >> (j - 32u)) & 1u;
+            }
+            if (bit == 1u) {
+                if (rank % LANES == t) {
+                    st = fold(st, pass_.tree_base + j, kb0, kv_dim4);
+                }
+                rank++;
+            }
+        }
+    }
+
+    // merge the lanes in lane order: the overall maximum, each lane's weight, the total
+    max_sh[t] = st.mx;
+    sum_sh[t] = st.l;
+    workgroupBarrier();
+    var mx = MASKED;
+    for (var i = 0u; i < LANES; i++) {
+        mx = max(mx, max_sh[i]);
+    }
+    var total = 0.0;
+    for (var i = 0u; i < LANES; i++) {
+        total += sum_sh[i] * exp(max_sh[i] - mx);
+    }
+    let weight = exp(st.mx - mx);
+    let ob = row * p.n_heads * D4 + head * D4;
+    for (var c = 0u; c < D4; c += CHUNK) {
+        for (var j = 0u; j < CHUNK; j++) {
+            if (c + j < D4) {
+                acc_sh[t * CHUNK + j] = st.acc[c + j] * weight;
+            }
+        }
+        workgroupBarrier();
+        if (t < CHUNK && c + t < D4) {
+            var a = vec4<f32>(0.0);
+            for (var i = 0u; i < LANES; i++) {
+                a += acc_sh[i * CHUNK + t];
+            }
+            out[ob + c + t] = a / total;
+        }
+        workgroupBarrier();
+    }
+}
