@@ -1,4 +1,4 @@
-//! The matmul kernel alone against the number of rows it multiplies (M = 1..8), for one matrix
+//! The matmul kernel alone against the number of rows it multiplies (M = 1..9), for one matrix
 //! shape and weight format, three rounds in one process: the kernel-level view of the M-pass
 //! curve that `augur bench` measures for whole models. Weights are random; nothing is checked.
 //!
@@ -20,7 +20,7 @@ fn main() {
     for round in 0..3 {
         let mut line = format!("{k}x{n} {fmt} round {round}:");
         let mut base = 0.0;
-        for rows in 1..=8usize {
+        for rows in 1..=9usize {
             let ms = augur::model::gpu::bench_matmul(&gpu, &m, rows, reps);
             if rows == 1 {
                 base = ms;

@@ -41,9 +41,9 @@ struct AttnParams {
 @group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>; // [m][q_dim]
 
-// Rows per workgroup, R: 1 to 8, one pipeline each (ROW_BLOCKS on the host, as for the matmul).
+// Rows per workgroup, R: 1 to 9, one pipeline each (ROW_BLOCKS on the host, as for the matmul).
 override R: u32 = 1u;
-const MAX_R: u32 = 8u;
+const MAX_R: u32 = 9u;
 // Each of the P lanes of a (row, head) pair holds PART consecutive vec4s of its head's dims.
 const PART: u32 = (D4 + P - 1u) / P;
 // Invocations per workgroup: R * GROUP * P rounded up to whole 8-lane groups (set by the host).

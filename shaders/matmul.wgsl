@@ -47,16 +47,16 @@ struct MatParams {
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 
-// Rows per invocation, R: 1 to 8, one pipeline each (MATMUL_ROW_BLOCKS on the host); a pass
-// takes the smallest that holds its rows (blocks of 8 beyond). Lavapipe runs the code for all R
-// rows whether or not a row exists, so a pass should pay for no row it does not have, and up to
-// 8 drafted tokens read the weights once. A row's arithmetic is the same whatever R is (batch
+// Rows per invocation, R: 1 to 9, one pipeline each (ROW_BLOCKS on the host); a pass
+// takes the smallest that holds its rows (blocks of 9 beyond). Lavapipe runs the code for all R
+// rows whether or not a row exists, so a pass should pay for no row it does not have, and a tree
+// of up to 8 drafted tokens and its root reads the weights once. A row's arithmetic is the same whatever R is (batch
 // invariance). (Measured on lavapipe, the matmul alone at 1536 x 8960: R=1 at M=1 1.3x faster
 // than R=4, R=8 at M=8 1.25x faster than two blocks of 4, best of 12; Q4 at M=5, best of 3:
 // 4.28 ms at R=5, 4.89 at R=8, 6.47 as two blocks of 4. Putting rows across invocations so that
 // lanes share weight loads was 1.5-2x slower.)
 override R: u32 = 4u;
-const MAX_R: u32 = 8u;
+const MAX_R: u32 = 9u;
 
 // One vec4 per row of an invocation's rows (the first R used).
 alias Rows = array<vec4<f32>, MAX_R>;

@@ -16,10 +16,10 @@
 override FORMAT: u32 = 0u;
 override BIAS: bool = false;
 override EPILOGUE: u32 = 0u;
-// Rows per workgroup, 1 to 8, one pipeline each (ROW_BLOCKS on the host): the weights are read
+// Rows per workgroup, 1 to 9, one pipeline each (ROW_BLOCKS on the host): the weights are read
 // once for all of them.
 override R: u32 = 4u;
-const MAX_R: u32 = 8u;
+const MAX_R: u32 = 9u;
 // Lanes per workgroup, and lanes per column group (a power of two from MAX_R to WG, set by the
 // host, which sizes the dispatch from both: WG / S column groups per workgroup).
 const WG: u32 = 64u;
@@ -47,9 +47,9 @@ struct MatParams {
 
 alias Rows = array<vec4<f32>, MAX_R>;
 
-// Every lane's partial sums of every row (and, for SwiGLU, of the up half): 2 x 8 KB.
-var<workgroup> part_gate: array<vec4<f32>, 512>;
-var<workgroup> part_up: array<vec4<f32>, 512>;
+// Every lane's partial sums of every row (MAX_R x WG, 9 KB); SwiGLU's gate and up halves take
+// turns in it.
+var<workgroup> partial: array<vec4<f32>, 576>;
 
 fn nibbles(v: vec4<u32>) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)));
@@ -188,29 +188,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             gate = lane_dot(g, t, row0, rows);
         }
     }
-    for (var r = 0u; r < R; r++) {
-        part_gate[r * WG + lid] = gate[r];
-        if (EPILOGUE == 2u) {
-            part_up[r * WG + lid] = up[r];
-        }
+    // lane t < rows of each group adds row t's S partials in lane order
+    let r = t;
+    let mine = live && t < rows;
+    let base = r * WG + slot * S;
+    for (var i = 0u; i < R; i++) {
+        partial[i * WG + lid] = gate[i];
     }
     workgroupBarrier();
-    // lane t < R of each group adds row t's S partials in lane order and stores it
-    if (!live || t >= rows) {
-        return;
-    }
-    let r = t;
-    let base = r * WG + slot * S;
     var a = vec4<f32>(0.0);
-    for (var i = 0u; i < S; i++) {
-        a += part_gate[base + i];
+    if (mine) {
+        for (var i = 0u; i < S; i++) {
+            a += partial[base + i];
+        }
     }
     if (EPILOGUE == 2u) {
-        var u = vec4<f32>(0.0);
-        for (var i = 0u; i < S; i++) {
-            u += part_up[base + i];
+        workgroupBarrier();
+        for (var i = 0u; i < R; i++) {
+            partial[i * WG + lid] = up[i];
         }
-        y[(rblock + r) * p.y_stride + p.y_col0 + g] = a / (vec4<f32>(1.0) + exp(-a)) * u;
+        workgroupBarrier();
+        if (mine) {
+            var u = vec4<f32>(0.0);
+            for (var i = 0u; i < S; i++) {
+                u += partial[base + i];
+            }
+            y[(rblock + r) * p.y_stride + p.y_col0 + g] = a / (vec4<f32>(1.0) + exp(-a)) * u;
+        }
+        return;
+    }
+    if (!mine) {
         return;
     }
     if (BIAS) {

@@ -96,7 +96,7 @@ fn forward_is_batch_invariant_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
                 )
             })
             .collect();
-        for m in [2, 3, 5, 8, 11] {
+        for m in [2, 3, 5, 8, 9, 11] {
             gm.set_tokens(&prompt[..m]);
             let batched = gpu_logits(
                 &gm,

@@ -70,8 +70,10 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     // Every size once per round, rounds repeated: this machine's speed drifts within a minute,
     // so each round's ratios are taken side by side and the median over rounds is reported.
     const ROUNDS: usize = 9;
-    let sizes: Vec<usize> =
-        [1usize, 2, 3, 4, 5, 6, 7, 8, 16].into_iter().filter(|&m| m <= model.max_batch && m <= prompt.len()).collect();
+    let sizes: Vec<usize> = [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 16]
+        .into_iter()
+        .filter(|&m| m <= model.max_batch && m <= prompt.len())
+        .collect();
     for &m in &sizes {
         time_pass(m, false)?;
         time_pass(m, true)?;

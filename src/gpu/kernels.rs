@@ -13,9 +13,12 @@ pub const LANES_PLAIN: &str = include_str!("../../shaders/lanes_plain.wgsl");
 /// Rows of a pass one matmul or attention invocation computes (`R` in matmul.wgsl and
 /// attention.wgsl), one pipeline each: a pass takes the smallest that holds its rows (blocks of
 /// the largest beyond), and every block reads the weights (or the K and V cache) once. Every size
-/// up to 8, since on lavapipe a block costs what its R rows cost whether they exist or not, and
-/// the controller's trees come in every size.
-pub const ROW_BLOCKS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+/// up to 9, since on lavapipe a block costs what its R rows cost whether they exist or not, and
+/// the controller's trees come in every size; 9 so that a full tree of the default budget (8
+/// drafted nodes and the root) is one block: as blocks of 8 and 1 it cost nearly two passes
+/// (the down projection alone at M=9, best of 9: 0.613 ms against 0.359 as one block of 9, and
+/// 0.338 at M=8). Larger blocks (MAX_R 16) made every rolled-loop variant slower on lavapipe.
+pub const ROW_BLOCKS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// The row block (index into ROW_BLOCKS) for a pass of `rows` rows.
 pub fn row_block(rows: usize) -> usize {
@@ -189,7 +192,7 @@ pub struct MatmulKind {
 }
 
 /// Lanes matmul_split.wgsl gives each column group, for `k` inputs: 16, 32 from K = 4096 (the
-/// steps each lane walks stay few), never fewer than the 8 rows a workgroup can hold.
+/// steps each lane walks stay few), never fewer than the 9 rows a workgroup can hold.
 pub fn matmul_split_lanes(k: usize) -> u32 {
     if k >= 4096 { 32 } else { 16 }
 }
@@ -579,7 +582,9 @@ mod tests {
     #[test]
     fn row_blocks_fit_the_shaders() {
         let max = *super::ROW_BLOCKS.last().unwrap();
-        for (name, body) in [("matmul", super::MATMUL), ("attention", super::ATTENTION)] {
+        for (name, body) in
+            [("matmul", super::MATMUL), ("matmul_split", super::MATMUL_SPLIT), ("attention", super::ATTENTION)]
+        {
             assert!(body.contains(&format!("const MAX_R: u32 = {max}u;")), "{name}.wgsl's MAX_R must be {max}");
         }
         for m in 1..=40 {

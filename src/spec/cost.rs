@@ -24,7 +24,7 @@ use std::time::Instant;
 /// default tree budget can have, since the kernels' row blocks make the curve uneven between
 /// them (on lavapipe 6 rows cost less than halfway from 5 to 8, and 8 more than 7 by a block's
 /// worth), then 16 for the slope beyond.
-pub const CALIBRATION_ROWS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 16];
+pub const CALIBRATION_ROWS: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 16];
 /// Rows of the passes timed over a long context (the difference from the same passes over an
 /// empty context is the attention over that context).
 const CONTEXT_ROWS: usize = 4;
