@@ -203,7 +203,10 @@ fn x_at(slice: vec4<f32>, j: u32, row: u32, kq: u32) -> vec4<f32> {
 }
 
 // Q8 and F16: values kq*4 .. kq*4+3 of 4-column group g (x's vec4 j of block b) added into the
-// sums of rows row0..row0+rows-1 (written out for small row blocks as q4_quad is).
+// sums of rows row0..row0+rows-1 (written out for blocks of 1 and 2 rows as q4_quad is; a
+// block's 8 steps hold more live values than Q4's 4, and at 3 rows the written-out steps spilled:
+// the LM head at 576 x 49152, best of 9, 3 rows 6.21 -> 5.54 ms rolled, Q8 2048 x 2048 0.98 ->
+// 0.85).
 fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
     var s = s_in;
     let k4 = p.k / 4u;
@@ -234,7 +237,7 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
     var acc = acc_in;
     let xl = x_slices(b, row0, rows, l);
     var s = BlockSums();
-    if (R <= 3u) {
+    if (R <= 2u) {
         s = wide_step(0u, b, g, row0, rows, xl, s);
         s = wide_step(1u, b, g, row0, rows, xl, s);
         s = wide_step(2u, b, g, row0, rows, xl, s);
