@@ -1,5 +1,5 @@
 // Attention on a GPU (KernelPlan::Split): the same inputs, masks and output as attention.wgsl
-// (which says what a row sees), with one workgroup of 64 lanes per (query head, row) and the
+// (attention_io.wgsl; attention.wgsl says what a row sees), with one workgroup of 64 lanes per (query head, row) and the
 // row's visible slots dealt round the lanes.
 //
 // Why: attention.wgsl gives one lane a (row, head) over the whole context, what lavapipe runs
@@ -14,21 +14,6 @@
 // order in both, so a row's result is the same bits whatever the pass (and whatever M is).
 //
 // Set by the host before this file (src/gpu/kernels.rs attention_split_source): D4, head_dim / 4.
-
-struct AttnParams {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    scale: f32,
-};
-
-@group(0) @binding(0) var<uniform> pass_: Pass;
-@group(0) @binding(1) var<uniform> p: AttnParams;
-@group(0) @binding(2) var<storage, read> masks: array<vec2<u32>>; // per row, when causal == 0
-@group(0) @binding(3) var<storage, read> qkv: array<vec4<f32>>;   // [m][q_dim + 2 kv_dim]
-@group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>; // [m][q_dim]
 
 const LANES: u32 = 64u;
 // Output dims merged per round (workgroup memory: LANES x CHUNK vec4s, 8 KB).

@@ -20,38 +20,15 @@
 // Batch invariance: a row's result never depends on M or on which rows share its invocation:
 // every row runs the same sequence of operations, and a row's loop never looks at other rows.
 //
-// Options (override constants): BIAS adds `bias`; EPILOGUE 0 stores, 1 adds into y (residual),
-// 2 applies SwiGLU to pairs of column groups (gate, up) and writes one group; R (below).
-
-override FORMAT: u32 = 0u;
-override BIAS: bool = false;
-override EPILOGUE: u32 = 0u;
-
-struct MatParams {
-    k: u32,          // inputs
-    n: u32,          // columns in this part of W
-    y_stride: u32,   // y row length in vec4s
-    y_col0: u32,     // first y column (in vec4s) this part writes
-    lm_rows: u32,    // 1: rows come from pass.lm_row0 / lm_rows (LM head); 0: rows 0..pass.m
-    eps: f32,
-    _p0: u32,
-    _p1: u32,
-};
-
-@group(0) @binding(0) var<uniform> pass_: Pass;
-@group(0) @binding(1) var<uniform> p: MatParams;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> scale: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> offset: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
+// Options (override constants, with the bindings in matmul_io.wgsl): BIAS adds `bias`; EPILOGUE
+// 0 stores, 1 adds into y (residual), 2 applies SwiGLU to pairs of column groups (gate, up) and
+// writes one group; R (below).
 
 // Rows per invocation, R: 1 to 9, one pipeline each (ROW_BLOCKS on the host); a pass
 // takes the smallest that holds its rows (blocks of 9 beyond). Lavapipe runs the code for all R
 // rows whether or not a row exists, so a pass should pay for no row it does not have, and a tree
-// of up to 8 drafted tokens and its root reads the weights once. A row's arithmetic is the same whatever R is (batch
-// invariance). (Measured on lavapipe, the matmul alone at 1536 x 8960: R=1 at M=1 1.3x faster
+// of up to 8 drafted tokens and its root reads the weights once. A row's arithmetic is the same
+// whatever R is (batch invariance). (Measured on lavapipe, the matmul alone at 1536 x 8960: R=1 at M=1 1.3x faster
 // than R=4, R=8 at M=8 1.25x faster than two blocks of 4, best of 12; Q4 at M=5, best of 3:
 // 4.28 ms at R=5, 4.89 at R=8, 6.47 as two blocks of 4. Putting rows across invocations so that
 // lanes share weight loads was 1.5-2x slower.)
@@ -61,11 +38,6 @@ const MAX_R: u32 = 9u;
 // One vec4 per row of an invocation's rows (the first R used).
 alias Rows = array<vec4<f32>, MAX_R>;
 
-// The low four 4-bit values of v, as floats. (Converted from i32: x86 has no unsigned
-// int-to-float instruction, and lavapipe runs on x86 in CI.)
-fn nibbles(v: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)));
-}
 
 // Running sums over one 32-block: per row, the sum of weights times x and the sum of x.
 struct BlockSums {

@@ -1,5 +1,5 @@
 // y = W x for M rows of x on a GPU (KernelPlan::Split): the same weights, layouts, options and
-// bindings as matmul.wgsl (which says what FORMAT, BIAS, EPILOGUE and the parameters mean), with
+// bindings as matmul.wgsl (matmul_io.wgsl; matmul.wgsl says what they mean), with
 // each column group's K split across S lanes of a workgroup.
 //
 // Why: matmul.wgsl gives one lane 4 columns down all of K, which is what lavapipe runs fastest
@@ -13,9 +13,6 @@
 // lane's steps in order, then the S partials in lane order), so verifying a token tree gives the
 // logits plain decoding would, bit for bit.
 
-override FORMAT: u32 = 0u;
-override BIAS: bool = false;
-override EPILOGUE: u32 = 0u;
 // Rows per workgroup, 1 to 9, one pipeline each (ROW_BLOCKS on the host): the weights are read
 // once for all of them.
 override R: u32 = 4u;
@@ -25,35 +22,11 @@ const MAX_R: u32 = 9u;
 const WG: u32 = 64u;
 override S: u32 = 16u;
 
-struct MatParams {
-    k: u32,
-    n: u32,
-    y_stride: u32,
-    y_col0: u32,
-    lm_rows: u32,
-    eps: f32,
-    _p0: u32,
-    _p1: u32,
-};
-
-@group(0) @binding(0) var<uniform> pass_: Pass;
-@group(0) @binding(1) var<uniform> p: MatParams;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> scale: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> offset: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
-
 alias Rows = array<vec4<f32>, MAX_R>;
 
 // Every lane's partial sums of every row (MAX_R x WG, 9 KB); SwiGLU's gate and up halves take
 // turns in it.
 var<workgroup> partial: array<vec4<f32>, 576>;
-
-fn nibbles(v: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)));
-}
 
 // Columns c0..c3 (4 values along k each) dotted with xv.
 fn cols_dot(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, xv: vec4<f32>) -> vec4<f32> {

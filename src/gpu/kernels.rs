@@ -70,6 +70,10 @@ pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 pub const MATMUL_SPLIT: &str = include_str!("../../shaders/matmul_split.wgsl");
 pub const ATTENTION_SPLIT: &str = include_str!("../../shaders/attention_split.wgsl");
+/// The parameters and bindings both matmul kernels share (prepended to each).
+pub const MATMUL_IO: &str = include_str!("../../shaders/matmul_io.wgsl");
+/// The parameters and bindings both attention kernels share (prepended to each).
+pub const ATTENTION_IO: &str = include_str!("../../shaders/attention_io.wgsl");
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
 pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
@@ -101,7 +105,7 @@ pub fn source(body: &str) -> String {
 /// controller's cost calibration, are redone when the kernels change.
 pub fn kernels_fingerprint() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
-    for text in ALL.iter().map(|(_, t)| *t).chain([COMMON, LANES_SUBGROUP, LANES_PLAIN]) {
+    for text in ALL.iter().map(|(_, t)| *t).chain([COMMON, LANES_SUBGROUP, LANES_PLAIN, MATMUL_IO, ATTENTION_IO]) {
         for b in text.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
@@ -141,12 +145,22 @@ pub fn attention_workgroup(rows: usize, group: usize, head_dim: usize) -> usize 
 pub fn attention_source(subgroups: bool, group: usize, head_dim: usize) -> String {
     let (d4, p) = (head_dim / 4, attention_lanes_per_head(head_dim));
     let shape = format!("const GROUP: u32 = {group}u;\nconst D4: u32 = {d4}u;\nconst P: u32 = {p}u;\n");
-    source_with_lanes(&format!("{shape}{ATTENTION}"), subgroups)
+    source_with_lanes(&format!("{shape}{ATTENTION_IO}\n{ATTENTION}"), subgroups)
+}
+
+/// matmul.wgsl for a device with or without subgroups.
+pub fn matmul_source(subgroups: bool) -> String {
+    source_with_lanes(&format!("{MATMUL_IO}\n{MATMUL}"), subgroups)
+}
+
+/// matmul_split.wgsl.
+pub fn matmul_split_source() -> String {
+    source(&format!("{MATMUL_IO}\n{MATMUL_SPLIT}"))
 }
 
 /// attention_split.wgsl for one head size (`head_dim`, a multiple of 4, sizes its arrays).
 pub fn attention_split_source(head_dim: usize) -> String {
-    source(&format!("const D4: u32 = {}u;\n{ATTENTION_SPLIT}", head_dim / 4))
+    source(&format!("const D4: u32 = {}u;\n{ATTENTION_IO}\n{ATTENTION_SPLIT}", head_dim / 4))
 }
 
 /// Workgroups of an attention dispatch over `rows` rows whose pipeline takes `r` rows each
@@ -294,7 +308,7 @@ impl Kernels {
                     ]
                 };
                 let label = format!("matmul split {k:?}");
-                RowBlockPipelines::new(gpu, &label, &source(MATMUL_SPLIT), "main", &MATMUL_BINDS, consts)
+                RowBlockPipelines::new(gpu, &label, &matmul_split_source(), "main", &MATMUL_BINDS, consts)
             });
         }
         self.get_row_blocks(format!("matmul {k:?}"), || {
@@ -306,7 +320,7 @@ impl Kernels {
                     ("WG", k.workgroup as f64),
                 ]
             };
-            let source = source_with_lanes(MATMUL, gpu.subgroups);
+            let source = matmul_source(gpu.subgroups);
             RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", &MATMUL_BINDS, consts)
         })
     }
@@ -555,6 +569,15 @@ mod tests {
                         core,
                     ));
                 }
+            } else if name == "matmul_split" {
+                sources.push((name.to_string(), super::matmul_split_source(), core));
+            } else if name == "matmul" {
+                sources.push((
+                    "matmul (subgroups)".to_string(),
+                    super::matmul_source(true),
+                    core | naga::valid::Capabilities::SUBGROUP,
+                ));
+                sources.push(("matmul".to_string(), super::matmul_source(false), core));
             } else if super::WITH_LANES.contains(&name) {
                 sources.push((
                     format!("{name} (subgroups)"),
