@@ -267,18 +267,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let lid = l.lid;
     // rows come from the workgroup id: every lane of a workgroup works on the same rows of x
     let gid = vec3<u32>(wid.x * WG + lid, wid.y, 0u);
-    var row_first = 0u;
-    var m = pass_.m;
-    if (p.lm_rows == 1u) {
-        row_first = pass_.lm_row0;
-        m = pass_.lm_rows;
-    }
+    let call = call_rows();
     let rblock = gid.y * R;
-    if (rblock >= m) {
+    if (rblock >= call.y) {
         return;
     }
-    let rows = min(R, m - rblock);
-    let row0 = row_first + rblock;
+    let rows = min(R, call.y - rblock);
+    let row0 = call.x + rblock;
     let groups = select(p.n / 4u, p.n / 8u, EPILOGUE == 2u);
     // lanes past the last group compute the last one again and store nothing: every lane of a
     // subgroup has to take part in the shuffles that share x

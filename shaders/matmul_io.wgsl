@@ -26,6 +26,14 @@ struct MatParams {
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 
+// The rows of x this call multiplies, (first, count): the pass's rows, or the LM head's.
+fn call_rows() -> vec2<u32> {
+    if (p.lm_rows == 1u) {
+        return vec2<u32>(pass_.lm_row0, pass_.lm_rows);
+    }
+    return vec2<u32>(0u, pass_.m);
+}
+
 // The low four 4-bit values of v, as floats. (Converted from i32: x86 has no unsigned
 // int-to-float instruction, and lavapipe runs on x86 in CI.)
 fn nibbles(v: vec4<u32>) -> vec4<f32> {

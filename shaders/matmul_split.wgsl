@@ -132,19 +132,14 @@ fn lane_dot(g: u32, t: u32, row0: u32, rows: u32) -> Rows {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var row_first = 0u;
-    var m = pass_.m;
-    if (p.lm_rows == 1u) {
-        row_first = pass_.lm_row0;
-        m = pass_.lm_rows;
-    }
+    let call = call_rows();
     let rblock = wid.y * R;
     // uniform per workgroup: the barrier below stays in uniform control flow
-    if (rblock >= m) {
+    if (rblock >= call.y) {
         return;
     }
-    let rows = min(R, m - rblock);
-    let row0 = row_first + rblock;
+    let rows = min(R, call.y - rblock);
+    let row0 = call.x + rblock;
     let groups = select(p.n / 4u, p.n / 8u, EPILOGUE == 2u);
     let slot = lid / S;   // this lane's column group within the workgroup
     let t = lid % S;      // and its share of that group's K

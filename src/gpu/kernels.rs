@@ -297,30 +297,20 @@ impl Kernels {
     }
 
     pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<RowBlockPipelines> {
-        if k.split > 1 {
-            return self.get_row_blocks(format!("matmul {k:?}"), || {
-                let consts = |_| {
-                    vec![
-                        ("FORMAT", k.format as u32 as f64),
-                        ("BIAS", k.bias as u32 as f64),
-                        ("EPILOGUE", k.epilogue as u32 as f64),
-                        ("S", k.split as f64),
-                    ]
-                };
-                let label = format!("matmul split {k:?}");
-                RowBlockPipelines::new(gpu, &label, &matmul_split_source(), "main", &MATMUL_BINDS, consts)
-            });
-        }
         self.get_row_blocks(format!("matmul {k:?}"), || {
+            // matmul.wgsl takes its workgroup size, matmul_split.wgsl its lanes per column group
+            let (source, (name, value)) = match k.split {
+                1 => (matmul_source(gpu.subgroups), ("WG", k.workgroup)),
+                s => (matmul_split_source(), ("S", s)),
+            };
             let consts = |_| {
                 vec![
                     ("FORMAT", k.format as u32 as f64),
                     ("BIAS", k.bias as u32 as f64),
                     ("EPILOGUE", k.epilogue as u32 as f64),
-                    ("WG", k.workgroup as f64),
+                    (name, value as f64),
                 ]
             };
-            let source = matmul_source(gpu.subgroups);
             RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", &MATMUL_BINDS, consts)
         })
     }
