@@ -1,4 +1,4 @@
-//! The attention dispatch alone against the rows of a pass (M = 1..8) at
+//! The attention dispatch alone against the rows of a pass (M = 1..9) at
 //! one context length, for a model's head shape, three rounds in one process: the kernel-level
 //! view of what attention adds to a verification pass. Inputs are random; nothing is checked.
 //!
@@ -30,7 +30,7 @@ fn main() {
     let gpu = Gpu::new(&GpuOptions::default()).expect("a GPU adapter");
     for round in 0..3 {
         let mut line = format!("heads {}/{} x {} ctx {ctx} round {round}:", cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        for rows in 1..=8usize {
+        for rows in 1..=9usize {
             let ms = augur::model::gpu::bench_attention(&gpu, &cfg, ctx, rows, reps);
             line += &format!(" M{rows} {ms:.3}");
         }

@@ -1,6 +1,6 @@
 // Attention over the KV cache with an arbitrary mask per query row, in one dispatch: one
-// workgroup per (KV head, block of R rows), one invocation per (row, query head) of the block and
-// the KV head's group. Each invocation keeps its q in registers and walks the slots in order,
+// invocation per (row, query head) of a block of R rows and a KV head's group, in workgroups of
+// 8 of them (one lavapipe subgroup) sharing that KV head. Each invocation keeps its q in registers and walks the slots in order,
 // scoring each visible one (q . k / sqrt(d)) and folding it into an online softmax and weighted
 // sum of V.
 //
@@ -26,13 +26,16 @@
 // by lane; head size 128 with all 32 vec4s in one lane ran 6x slower; P divides 8, so a pair's
 // lanes sit in one 8-lane group).
 
-// Rows per workgroup, R: 1 to 9, one pipeline each (ROW_BLOCKS on the host, as for the matmul).
+// Rows per block, R: 1 to 9, one pipeline each (ROW_BLOCKS on the host, as for the matmul).
 override R: u32 = 1u;
 const MAX_R: u32 = 9u;
+// A block's invocations, R * GROUP * P, come in CHUNKS workgroups of 8 (set by the host), each
+// its own workgroup so that lavapipe's threads share them evenly. As one workgroup per (KV
+// head, block), SmolLM2's 3 KV heads at 5 rows were 3 workgroups of two 8-lane groups on 2
+// threads: one thread ran 4 groups while the other ran 2.
+override CHUNKS: u32 = 1u;
 // Each of the P lanes of a (row, head) pair holds PART consecutive vec4s of its head's dims.
 const PART: u32 = (D4 + P - 1u) / P;
-// Invocations per workgroup: R * GROUP * P rounded up to whole 8-lane groups (set by the host).
-override LANES: u32 = 8u;
 // Sharing a key or value: the 8 / P lanes of each part p of a group of 8 load its PART vec4s
 // between them, CPL each: lane x of the part (lane8 = x * P + p) loads vec4 c * (8 / P) + x of
 // the part for c < CPL.
@@ -58,15 +61,17 @@ fn shared_vec(mine: array<vec4<f32>, CPL>, part: u32, j: u32) -> vec4<f32> {
     return from_lane(mine[j / (8u / P)], (j % (8u / P)) * P + part);
 }
 
-@compute @workgroup_size(LANES)
+@compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
-    let kvh = wid.x;
+    let kvh = wid.x / CHUNKS;
     let row0 = wid.y * R;
+    // this invocation's place among the block's R * GROUP * P
+    let lane = (wid.x % CHUNKS) * 8u + l.lid;
     // lanes past the block's last pair, or on rows past the pass, redo the last pair and store
     // nothing: every lane of a subgroup has to take part in the shuffles
-    let pair = min(l.lid / P, R * GROUP - 1u);
-    let part = l.lid % P;
-    let live = l.lid < R * GROUP * P && row0 + pair / GROUP < pass_.m;
+    let pair = min(lane / P, R * GROUP - 1u);
+    let part = lane % P;
+    let live = lane < R * GROUP * P && row0 + pair / GROUP < pass_.m;
     let row = min(row0 + pair / GROUP, pass_.m - 1u);
     let head = kvh * GROUP + pair % GROUP;
     let kv_dim4 = p.n_kv_heads * D4;
@@ -85,8 +90,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     var mx = MASKED;
     var l_sum = 0.0;
     var acc: array<vec4<f32>, PART>;
-    // no row of the block sees a slot past its last row's own
-    let n_slots = min(pass_.n_past + pass_.m, pass_.n_past + row0 + R);
+    // no row of this workgroup sees a slot past its last row's own (skipping the slots no lane
+    // sees changes nothing: for them corr = 1 and e = 0)
+    let last_pair = min(((wid.x % CHUNKS) * 8u + 7u) / P, R * GROUP - 1u);
+    let n_slots = min(pass_.n_past + pass_.m, pass_.n_past + row0 + last_pair / GROUP + 1u);
     for (var s = 0u; s < n_slots; s++) {
         let kb = s * kv_dim4 + kvh * D4;
         var dot_qk = 0.0;

@@ -134,10 +134,10 @@ pub fn attention_lanes_per_head(head_dim: usize) -> usize {
     }
 }
 
-/// Invocations of an attention workgroup for `rows` rows (LANES in attention.wgsl): a lane per
-/// (row, query head, part of the head), in whole 8-lane groups.
-pub fn attention_workgroup(rows: usize, group: usize, head_dim: usize) -> usize {
-    (rows * group * attention_lanes_per_head(head_dim)).div_ceil(8) * 8
+/// Workgroups of 8 invocations attention.wgsl takes per KV head for a block of `rows` rows (its
+/// CHUNKS): an invocation per (row, query head, part of the head).
+pub fn attention_chunks(rows: usize, group: usize, head_dim: usize) -> usize {
+    (rows * group * attention_lanes_per_head(head_dim)).div_ceil(8)
 }
 
 /// attention.wgsl for one model's head shape: `group` query heads per KV head and `head_dim`
@@ -164,11 +164,21 @@ pub fn attention_split_source(head_dim: usize) -> String {
 }
 
 /// Workgroups of an attention dispatch over `rows` rows whose pipeline takes `r` rows each
-/// (`RowBlockPipelines::for_rows`): per KV head and row block (attention.wgsl), or per query head
-/// and row (attention_split.wgsl).
-pub fn attention_grid(plan: KernelPlan, n_heads: usize, n_kv_heads: usize, rows: usize, r: usize) -> [u32; 3] {
+/// (`RowBlockPipelines::for_rows`): per KV head, row block and chunk of 8 invocations
+/// (attention.wgsl), or per query head and row (attention_split.wgsl).
+pub fn attention_grid(
+    plan: KernelPlan,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rows: usize,
+    r: usize,
+) -> [u32; 3] {
     match plan {
-        KernelPlan::Serial => [n_kv_heads as u32, rows.div_ceil(r) as u32, 1],
+        KernelPlan::Serial => {
+            let chunks = attention_chunks(r, n_heads / n_kv_heads, head_dim);
+            [(n_kv_heads * chunks) as u32, rows.div_ceil(r) as u32, 1]
+        }
         KernelPlan::Split => [n_heads as u32, rows as u32, 1],
     }
 }
@@ -368,8 +378,8 @@ impl Kernels {
         })
     }
 
-    /// Attention: one workgroup per (KV head, row block), one invocation per (row, query head)
-    /// of it (`attention_workgroup` lanes), for `group` query heads per KV head.
+    /// Attention: one invocation per (row, query head, part of a head) of a row block, in
+    /// workgroups of 8 (`attention_chunks` per KV head), for `group` query heads per KV head.
     pub fn attention(&self, gpu: &Gpu, group: usize, head_dim: usize) -> std::sync::Arc<RowBlockPipelines> {
         if gpu.plan == KernelPlan::Split {
             return self.get_row_blocks(format!("attention split {head_dim}"), || {
@@ -379,8 +389,8 @@ impl Kernels {
         }
         self.get_row_blocks(format!("attention {group} {head_dim}"), || {
             let source = attention_source(gpu.subgroups, group, head_dim);
-            let lanes = move |r: usize| vec![("LANES", attention_workgroup(r, group, head_dim) as f64)];
-            RowBlockPipelines::new(gpu, "attention", &source, "main", &ATTN_BINDS, lanes)
+            let chunks = move |r: usize| vec![("CHUNKS", attention_chunks(r, group, head_dim) as f64)];
+            RowBlockPipelines::new(gpu, "attention", &source, "main", &ATTN_BINDS, chunks)
         })
     }
 }

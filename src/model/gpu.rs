@@ -368,16 +368,6 @@ impl GpuModel {
             )));
         }
         let g = &*gpu;
-        // attention takes a lane per (row, query head, part of a head) of its largest row block
-        let group = c.n_heads / c.n_kv_heads;
-        let attn_lanes = attention_workgroup(*ROW_BLOCKS.last().unwrap(), group, c.head_dim);
-        if g.plan == KernelPlan::Serial && attn_lanes > g.device.limits().max_compute_invocations_per_workgroup as usize
-        {
-            return Err(Error::msg(format!(
-                "{group} query heads per KV head of size {} need {attn_lanes} invocations in one attention workgroup, more than this device allows; use another model",
-                c.head_dim
-            )));
-        }
         let kernels = Kernels::default();
         let f4 = 4u64;
         let (d, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
@@ -450,7 +440,7 @@ impl GpuModel {
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
             },
         );
-        let attn_p = kernels.attention(g, group, c.head_dim);
+        let attn_p = kernels.attention(g, c.n_heads / c.n_kv_heads, c.head_dim);
         let compact_prm = g.uniform("compact params", &CompactParams { kv_dim: kvd as u32, _p: [0; 3] });
         let mut layers = Vec::new();
         for (li, l) in w.layers.iter().enumerate() {
@@ -682,7 +672,7 @@ impl GpuModel {
             mm(&mut plan, "matmul qkv", &l.qkv, rows);
             one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
             let (pipeline, r) = l.attention.pipelines.for_rows(rows);
-            let size = attention_grid(self.gpu.plan, c.n_heads, c.n_kv_heads, rows, r);
+            let size = attention_grid(self.gpu.plan, c.n_heads, c.n_kv_heads, c.head_dim, rows, r);
             plan.push(Planned { label: "attention", pipeline, bind: &l.attention.bind, size });
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
             one(&mut plan, "rmsnorm", &l.ffn_norm, [m as u32, 1, 1]);
@@ -875,7 +865,7 @@ pub fn bench_attention(gpu: &Gpu, cfg: &Config, n_past: usize, rows: usize, reps
     let p = kernels.attention(gpu, c.n_heads / c.n_kv_heads, c.head_dim);
     let bind = gpu.bind(p.any(), &[&pass_buf, &prm, &masks, &qkv, &k, &v, &out]);
     let (pipeline, r) = p.for_rows(rows);
-    let [gx, gy, gz] = attention_grid(gpu.plan, c.n_heads, c.n_kv_heads, rows, r);
+    let [gx, gy, gz] = attention_grid(gpu.plan, c.n_heads, c.n_kv_heads, c.head_dim, rows, r);
     time_dispatches(gpu, reps, |cp| {
         cp.set_pipeline(&pipeline.pipeline);
         cp.set_bind_group(0, &bind, &[]);
