@@ -107,12 +107,23 @@ pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, 
 /// The same with another head size: 32 and up (whole 8-lane groups of vec4s) take the attention
 /// kernels' subgroup paths.
 pub fn tiny_model_with_heads(seed: u64, q8: bool, rope: RopeStyle, bias: bool, head_dim: usize) -> (Config, Weights) {
+    tiny_model_shaped(seed, q8, rope, bias, (4, 2, head_dim))
+}
+
+/// The same with `heads` = (query heads, KV heads, head size).
+pub fn tiny_model_shaped(
+    seed: u64,
+    q8: bool,
+    rope: RopeStyle,
+    bias: bool,
+    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+) -> (Config, Weights) {
     let cfg = Config {
         arch: "tiny".into(),
         dim: 64,
         n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
+        n_heads,
+        n_kv_heads,
         head_dim,
         ffn_dim: 96,
         vocab: 320,
