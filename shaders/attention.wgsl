@@ -1,8 +1,8 @@
 // Attention over the KV cache with an arbitrary mask per query row, in one dispatch: one
 // invocation per (row, query head) of a block of R rows and a KV head's group, in workgroups of
-// 8 of them (one lavapipe subgroup) sharing that KV head. Each invocation keeps its q in registers and walks the slots in order,
-// scoring each visible one (q . k / sqrt(d)) and folding it into an online softmax and weighted
-// sum of V.
+// 8 of them (one lavapipe subgroup) sharing that KV head. Each invocation keeps its q in
+// registers and walks the slots in order, scoring each visible one (q . k / sqrt(d)) and folding
+// it into an online softmax and weighted sum of V.
 //
 // Why this shape: on lavapipe every load whose address differs across lanes is a bounds-checked
 // scalar load per lane and component, the bulk of attention's cost, while arithmetic and
@@ -65,8 +65,9 @@ fn shared_vec(mine: array<vec4<f32>, CPL>, part: u32, j: u32) -> vec4<f32> {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let kvh = wid.x / CHUNKS;
     let row0 = wid.y * R;
-    // this invocation's place among the block's R * GROUP * P
-    let lane = (wid.x % CHUNKS) * 8u + l.lid;
+    // this workgroup's first place among the block's R * GROUP * P invocations, and this one's
+    let first = (wid.x % CHUNKS) * 8u;
+    let lane = first + l.lid;
     // lanes past the block's last pair, or on rows past the pass, redo the last pair and store
     // nothing: every lane of a subgroup has to take part in the shuffles
     let pair = min(lane / P, R * GROUP - 1u);
@@ -92,7 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     var acc: array<vec4<f32>, PART>;
     // no row of this workgroup sees a slot past its last row's own (skipping the slots no lane
     // sees changes nothing: for them corr = 1 and e = 0)
-    let last_pair = min(((wid.x % CHUNKS) * 8u + 7u) / P, R * GROUP - 1u);
+    let last_pair = min((first + 7u) / P, R * GROUP - 1u);
     let n_slots = min(pass_.n_past + pass_.m, pass_.n_past + row0 + last_pair / GROUP + 1u);
     for (var s = 0u; s < n_slots; s++) {
         let kb = s * kv_dim4 + kvh * D4;

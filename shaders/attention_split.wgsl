@@ -1,6 +1,6 @@
 // Attention on a GPU (KernelPlan::Split): the same inputs, masks and output as attention.wgsl
-// (attention_io.wgsl; attention.wgsl says what a row sees), with one workgroup of 64 lanes per (query head, row) and the
-// row's visible slots dealt round the lanes.
+// (attention_io.wgsl; attention.wgsl says what a row sees), with one workgroup of 64 lanes per
+// (query head, row) and the row's visible slots dealt round the lanes.
 //
 // Why: attention.wgsl gives one lane a (row, head) over the whole context, what lavapipe runs
 // fastest; on an H200 that was 0.9 ms a layer at 320 slots, a chain of loads per slot. Here lane
