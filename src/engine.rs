@@ -365,15 +365,28 @@ impl Engine {
             return Err(Error::msg(format!("token id {bad} is outside the vocabulary ({})", self.model.cfg.vocab)));
         }
         let auto = speculate && params.speculate == SpecMode::Auto;
+        let kernels = &self.model.gpu.kernels;
         if auto && self.controller.is_none() {
-            // before prefill: calibration passes write the first KV slots
-            let cost = crate::spec::cost::calibrated(
-                &self.model,
-                &self.fingerprint,
-                self.cost_cache.as_deref(),
-                self.simulate,
-            )?;
+            let cache = self.cost_cache.as_deref();
+            let cost = match crate::spec::cost::cached(&self.model, &self.fingerprint, cache, self.simulate) {
+                Some(cost) => cost,
+                None => {
+                    // before prefill: calibration passes write the first KV slots; every size is
+                    // compiled first so that no compilation is timed
+                    kernels.build_row_blocks();
+                    crate::spec::cost::calibrated(&self.model, &self.fingerprint, cache, self.simulate)?
+                }
+            };
             self.controller = Some(Controller::new(cost));
+        }
+        // Plain decoding compiles only the row blocks it uses (RowBlockPipelines). The
+        // controller plans only trees whose passes are compiled, so with it decoding starts at
+        // once while a thread compiles the rest; a fixed tree budget, or a draft model (whose
+        // own passes grow), has them all compiled first, so that no round compiles one.
+        if auto && self.draft.is_none() {
+            kernels.build_row_blocks_in_background();
+        } else if speculate {
+            kernels.build_row_blocks();
         }
         if let (true, Some(c)) = (auto, self.controller.as_mut()) {
             c.begin_request();
@@ -507,6 +520,8 @@ impl Engine {
         let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room);
         let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1);
         let (tree, plan) = if params.speculate == SpecMode::Auto {
+            // only trees whose pass is compiled (see generate)
+            let budget = budget.min(self.model.gpu.kernels.ready_rows().saturating_sub(1));
             let (plan, drafted) = self.plan_round(context, budget, depth);
             (plan.tree.clone(), Some((plan, drafted)))
         } else {

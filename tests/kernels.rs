@@ -495,3 +495,29 @@ fn cost_calibration_is_a_non_decreasing_curve() {
     assert!(cost.curve.windows(2).all(|p| p[1].1 >= p[0].1), "{:?}", cost.curve);
     assert!(cost.per_row_key_ms >= 0.0 && cost.per_row_key_ms.is_finite());
 }
+
+/// Row blocks compile on first use: a fresh device has none of a kernel's, a pass of one row
+/// compiles only its block, `ready_rows` counts the sizes every kernel has from one row up, and
+/// the background build finishes them all.
+#[test]
+fn row_blocks_compile_when_first_used() {
+    use augur::gpu::kernels::{Epilogue, Format, MatmulKind, ROW_BLOCKS};
+    setup_env();
+    // a device of its own, so that no other test has compiled anything on it
+    let gpu = augur::gpu::Gpu::new(&augur::gpu::GpuOptions::default()).unwrap();
+    let kind = MatmulKind { format: Format::Q4, bias: false, epilogue: Epilogue::Store, workgroup: 8, split: 1 };
+    let p = gpu.kernels.matmul(&gpu, kind);
+    assert_eq!(gpu.kernels.ready_rows(), 0, "nothing is compiled before a pass needs it");
+    p.for_rows(1);
+    assert_eq!(gpu.kernels.ready_rows(), 1);
+    p.for_rows(3);
+    assert_eq!(gpu.kernels.ready_rows(), 1, "rows 2 are not compiled, so trees of 3 must wait");
+    p.for_rows(2);
+    assert_eq!(gpu.kernels.ready_rows(), 3);
+    gpu.kernels.build_row_blocks_in_background();
+    let t0 = std::time::Instant::now();
+    while gpu.kernels.ready_rows() < *ROW_BLOCKS.last().unwrap() {
+        assert!(t0.elapsed().as_secs() < 300, "the background build stalled at {}", gpu.kernels.ready_rows());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -159,6 +159,45 @@ fn speculation_handles_budget_extremes_and_a_full_context() {
     }
 }
 
+/// With its cost calibration kept from an earlier run, `auto` starts decoding before its row
+/// blocks are compiled (a thread compiles them) and plans only trees whose passes are: the
+/// output is still plain decoding's.
+#[test]
+fn auto_starts_before_its_row_blocks_are_compiled() {
+    let dir = std::env::temp_dir().join(format!("augur-auto-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("cost.json");
+    let opts = EngineOptions { max_ctx: 256, cost_cache: Some(cache.clone()), ..Default::default() };
+    let c = CancelToken::default();
+    let plain = GenerateParams { max_tokens: 24, chat: true, speculate: SpecMode::Off, ..Default::default() };
+    let auto = GenerateParams { speculate: SpecMode::Auto, ..plain.clone() };
+    let prompt = "Repeat after me: the quick brown fox jumps over the lazy dog.";
+    // the first engine calibrates (every block compiled first) and keeps the calibration
+    let mut first = Engine::load(&model_path("smollm2-135m"), &opts).unwrap();
+    let ids = first.encode_prompt(prompt, true).unwrap();
+    let want = first.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+    assert_eq!(first.generate_tokens(&ids, &auto, &c, |_| true).unwrap().tokens, want.tokens);
+    assert!(cache.exists(), "the calibration was not kept");
+    // the second, on a device of its own, has only what loading compiled
+    setup_env();
+    let gpu = std::sync::Arc::new(augur::gpu::Gpu::new(&Default::default()).unwrap());
+    let loaded = augur::model::LoadedModel::load(&model_path("smollm2-135m")).unwrap();
+    let mut second = Engine::with_gpu(gpu.clone(), loaded, &opts).unwrap();
+    assert!(gpu.kernels.ready_rows() < 9, "loading compiled every row block");
+    let got = second.generate_tokens(&ids, &auto, &c, |_| true).unwrap();
+    assert_eq!(got.tokens, want.tokens, "auto changed the output while its kernels compiled");
+    let t0 = std::time::Instant::now();
+    while gpu.kernels.ready_rows() < 9 {
+        assert!(t0.elapsed().as_secs() < 300, "the background build stalled at {}", gpu.kernels.ready_rows());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // compiled, and the suffix index knows the answer: it drafts and is accepted
+    let got = second.generate_tokens(&ids, &auto, &c, |_| true).unwrap();
+    assert_eq!(got.tokens, want.tokens);
+    assert!(got.spec.unwrap().accepted > 0, "nothing was accepted once every block was compiled");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// SmolLM2-135M without layers `skip` (a cheaper drafter with the target's vocabulary).
 fn smollm_skipping(skip: std::ops::Range<usize>) -> augur::model::LoadedModel {
     let mut d = augur::model::LoadedModel::load(&model_path("smollm2-135m")).unwrap();

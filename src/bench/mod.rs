@@ -28,6 +28,7 @@ pub fn prompt_of(engine: &Engine, n: usize) -> Result<Vec<u32>> {
 
 pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: usize) -> Result<()> {
     let gpu = engine.gpu().clone();
+    gpu.kernels.build_row_blocks(); // passes of every size are timed below
     println!("device: {}", gpu.describe());
     println!("model:  {}", engine.source);
     let prompt = prompt_of(engine, prompt_tokens)?;
@@ -211,9 +212,10 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
     }
 }
 
-/// A few plain tokens first, so that shader compilation lands in no measurement (the suffix
-/// store is held out: it learns nothing from it).
+/// Every pipeline compiled and a few plain tokens first, so that shader compilation lands in no
+/// measurement (the suffix store is held out: it learns nothing from it).
 pub fn warm_up(engine: &mut Engine) -> Result<()> {
+    engine.gpu().kernels.build_row_blocks();
     let warm = engine.encode_prompt("Hello", true)?;
     let saved = engine.suffix.take();
     let params =

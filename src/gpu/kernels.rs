@@ -1,9 +1,10 @@
-//! The WGSL kernels (shaders/*.wgsl) and their pipelines, created once when a model loads.
+//! The WGSL kernels (shaders/*.wgsl) and their pipelines, made on first use and kept with the
+//! device (`Gpu::kernels`), so that every model on a device shares them.
 //! Every kernel file is prefixed with shaders/common.wgsl (the per-pass uniform).
 
-use super::{Bind, Gpu, KernelPlan, Pipeline};
+use super::{Bind, Gpu, KernelPlan, Pipeline, PipelineFamily};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
@@ -25,9 +26,15 @@ pub fn row_block(rows: usize) -> usize {
     ROW_BLOCKS.iter().position(|&r| r >= rows).unwrap_or(ROW_BLOCKS.len() - 1)
 }
 
-/// One kernel's pipelines, one per row block, sharing one bind group layout.
+/// One kernel's pipelines, one per row block, sharing one bind group layout. Each is compiled
+/// the first time a pass of its size needs it, or by `build_all` (`Kernels::build_row_blocks`):
+/// on lavapipe a matmul's nine take ~1 s to compile, and plain decoding needs two of them (one
+/// row, and a prompt's), so a model that only decodes plainly starts ~4x sooner. Speculative
+/// decoding builds them all before its first round, so that no round compiles one.
 pub struct RowBlockPipelines {
-    by_rows: Vec<Pipeline>,
+    family: Option<PipelineFamily>,
+    consts: Vec<Vec<(&'static str, f64)>>,
+    by_rows: Vec<OnceLock<Pipeline>>,
 }
 
 impl RowBlockPipelines {
@@ -42,27 +49,44 @@ impl RowBlockPipelines {
     ) -> Self {
         let consts: Vec<Vec<(&str, f64)>> =
             ROW_BLOCKS.iter().map(|&r| consts(r).into_iter().chain([("R", r as f64)]).collect()).collect();
-        let variants: Vec<&[(&str, f64)]> = consts.iter().map(|c| &c[..]).collect();
-        RowBlockPipelines { by_rows: gpu.pipeline_family(label, source, entry, binds, &variants) }
+        RowBlockPipelines {
+            family: Some(gpu.family(label, source, entry, binds)),
+            by_rows: consts.iter().map(|_| OnceLock::new()).collect(),
+            consts,
+        }
     }
 
     /// One pipeline that takes one row per workgroup, whatever the pass (attention_split.wgsl).
     fn single(gpu: &Gpu, label: &str, source: &str, entry: &str, binds: &[Bind]) -> Self {
-        RowBlockPipelines { by_rows: vec![gpu.pipeline(label, source, entry, binds, &[])] }
+        let pipeline = gpu.pipeline(label, source, entry, binds, &[]);
+        RowBlockPipelines { family: None, consts: vec![], by_rows: vec![OnceLock::from(pipeline)] }
+    }
+
+    /// The pipeline of row block i (an index into ROW_BLOCKS), compiled if it is not yet.
+    fn built(&self, i: usize) -> &Pipeline {
+        self.by_rows[i]
+            .get_or_init(|| self.family.as_ref().expect("single pipelines are built").pipeline(&self.consts[i]))
     }
 
     /// The pipeline for a pass of `rows` rows and how many rows each of its invocations computes.
     pub fn for_rows(&self, rows: usize) -> (&Pipeline, usize) {
         if self.by_rows.len() == 1 {
-            return (&self.by_rows[0], 1);
+            return (self.built(0), 1);
         }
         let i = row_block(rows);
-        (&self.by_rows[i], ROW_BLOCKS[i])
+        (self.built(i), ROW_BLOCKS[i])
     }
 
-    /// Any of them, to make bind groups with (they share the layout).
+    /// Any of them, to make bind groups with (they share the layout): the one-row block.
     pub fn any(&self) -> &Pipeline {
-        &self.by_rows[0]
+        self.built(0)
+    }
+
+    /// Compiles every row block not yet compiled.
+    pub fn build_all(&self) {
+        for i in 0..self.by_rows.len() {
+            self.built(i);
+        }
     }
 }
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
@@ -278,11 +302,12 @@ pub const ROPE_BINDS: [Bind; 7] =
 pub const ATTN_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 
-/// Pipelines, made on first use and kept for the life of the device.
+/// Pipelines, made on first use and kept for the life of the device (`Gpu::kernels`).
 #[derive(Default)]
 pub struct Kernels {
     cache: Mutex<HashMap<String, std::sync::Arc<Pipeline>>>,
     row_blocks: Mutex<HashMap<String, std::sync::Arc<RowBlockPipelines>>>,
+    background: std::sync::atomic::AtomicBool,
 }
 
 impl Kernels {
@@ -295,6 +320,44 @@ impl Kernels {
         let p = std::sync::Arc::new(make());
         c.insert(key, p.clone());
         p
+    }
+
+    /// Compiles every row block of every kernel made so far (see `RowBlockPipelines`).
+    pub fn build_row_blocks(&self) {
+        for p in self.all_row_blocks() {
+            p.build_all();
+        }
+    }
+
+    /// Compiles them on a thread of their own, smallest blocks first, once per device; passes
+    /// of sizes not yet compiled wait for theirs (`ready_rows` says which need not).
+    pub fn build_row_blocks_in_background(&self) {
+        if self.background.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let all = self.all_row_blocks();
+        std::thread::spawn(move || {
+            for i in 0..ROW_BLOCKS.len() {
+                for p in &all {
+                    if i < p.by_rows.len() {
+                        p.built(i);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The largest pass (in rows, up to the largest row block) whose pipelines every kernel
+    /// has compiled for every size up to it.
+    pub fn ready_rows(&self) -> usize {
+        let all = self.all_row_blocks();
+        (0..ROW_BLOCKS.len())
+            .find(|&i| all.iter().any(|p| p.by_rows.get(i).is_some_and(|b| b.get().is_none())))
+            .map_or(*ROW_BLOCKS.last().unwrap(), |i| if i == 0 { 0 } else { ROW_BLOCKS[i - 1] })
+    }
+
+    fn all_row_blocks(&self) -> Vec<std::sync::Arc<RowBlockPipelines>> {
+        self.row_blocks.lock().unwrap().values().cloned().collect()
     }
 
     fn get_row_blocks(

@@ -70,6 +70,8 @@ pub struct Gpu {
     pub subgroups: bool,
     /// How the matmul and attention kernels share out their work.
     pub plan: KernelPlan,
+    /// The kernels' pipelines, made on first use and shared by every model on this device.
+    pub kernels: kernels::Kernels,
 }
 
 /// How a kernel binds one buffer.
@@ -159,6 +161,7 @@ impl Gpu {
             max_binding,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             plan,
+            kernels: kernels::Kernels::default(),
         })
     }
 
@@ -250,6 +253,13 @@ impl Gpu {
         binds: &[Bind],
         variants: &[&[(&str, f64)]],
     ) -> Vec<Pipeline> {
+        let family = self.family(label, source, entry, binds);
+        variants.iter().map(|constants| family.pipeline(constants)).collect()
+    }
+
+    /// A shader module and its bind group layout, from which pipelines with different override
+    /// constants are made when they are wanted (`PipelineFamily::pipeline`).
+    pub fn family(&self, label: &str, source: &str, entry: &str, binds: &[Bind]) -> PipelineFamily {
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -278,28 +288,19 @@ impl Gpu {
         let layout = self
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries });
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(label),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        variants
-            .iter()
-            .map(|constants| {
-                let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(label),
-                    layout: Some(&pl),
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                });
-                Pipeline { pipeline, layout: layout.clone(), label: label.to_string() }
-            })
-            .collect()
+        PipelineFamily {
+            device: self.device.clone(),
+            module,
+            layout,
+            pipeline_layout,
+            label: label.to_string(),
+            entry: entry.to_string(),
+        }
     }
 
     pub fn bind(&self, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
@@ -356,4 +357,33 @@ pub struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     pub label: String,
+}
+
+/// See `Gpu::family`.
+pub struct PipelineFamily {
+    device: wgpu::Device,
+    module: wgpu::ShaderModule,
+    layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    label: String,
+    entry: String,
+}
+
+impl PipelineFamily {
+    /// The pipeline with these override constants (compiled now: on lavapipe ~0.1 s for a
+    /// matmul variant, mostly the driver's own compiler).
+    pub fn pipeline(&self, constants: &[(&str, f64)]) -> Pipeline {
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&self.label),
+            layout: Some(&self.pipeline_layout),
+            module: &self.module,
+            entry_point: Some(&self.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        Pipeline { pipeline, layout: self.layout.clone(), label: self.label.clone() }
+    }
 }

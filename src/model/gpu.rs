@@ -218,7 +218,6 @@ struct LayerSites {
 /// What every matmul site of a model shares.
 struct SiteCtx<'a> {
     gpu: &'a Gpu,
-    kernels: &'a Kernels,
     pass_buf: &'a wgpu::Buffer,
     dummy: &'a wgpu::Buffer,
     eps: f32,
@@ -245,7 +244,7 @@ impl SiteCtx<'_> {
             KernelPlan::Split => (64, matmul_split_lanes(m.k)),
         };
         let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep, workgroup, split };
-        let pipelines = self.kernels.matmul(g, kind);
+        let pipelines = self.gpu.kernels.matmul(g, kind);
         let bias_b = bias.map(|v| g.storage("bias", v));
         let mut groups = Vec::new();
         let mut params = Vec::new();
@@ -328,7 +327,6 @@ pub struct GpuModel {
     pub cfg: Config,
     pub max_ctx: usize,
     pub max_batch: usize,
-    kernels: Kernels,
     pass_buf: wgpu::Buffer,
     pub tokens: wgpu::Buffer,
     positions: wgpu::Buffer,
@@ -368,7 +366,7 @@ impl GpuModel {
             )));
         }
         let g = &*gpu;
-        let kernels = Kernels::default();
+        let kernels = &g.kernels;
         let f4 = 4u64;
         let (d, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
         let qkv_w = qd + 2 * kvd;
@@ -395,7 +393,7 @@ impl GpuModel {
         let dummy = g.storage("dummy", &[0f32; 4]);
         let mut keep = Vec::new();
 
-        let sites = SiteCtx { gpu: g, kernels: &kernels, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
+        let sites = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
         let norm_p = kernels.rmsnorm(g, false);
         let norm_lm_p = kernels.rmsnorm(g, true);
         let norm_prm = g.uniform("norm params", &NormParams { k: d as u32, eps: c.rms_eps, _p: [0; 2] });
@@ -521,7 +519,6 @@ impl GpuModel {
             cfg: c,
             max_ctx,
             max_batch,
-            kernels,
             pass_buf,
             tokens,
             positions,
@@ -549,7 +546,7 @@ impl GpuModel {
     /// statistical tests can show that they catch a rule that changes the distribution.
     #[doc(hidden)]
     pub fn use_broken_acceptance_rule(&mut self) {
-        let p = self.kernels.accept(&self.gpu, true);
+        let p = self.gpu.kernels.accept(&self.gpu, true);
         let bind = self
             .gpu
             .bind(&p, &[&self.pass_buf, &self.accept_params, &self.logits, &self.parents, &self.tokens, &self.result]);
@@ -747,14 +744,14 @@ impl GpuModel {
         let candidates = g.storage_zeroed("lm rig candidates", (rows * CANDIDATES * 8) as u64);
         let dummy = g.storage("dummy", &[0f32; 4]);
         let norm_prm = g.uniform("lm rig norm", &NormParams { k: c.dim as u32, eps: c.rms_eps, _p: [0; 2] });
-        let norm_p = self.kernels.rmsnorm(g, true);
+        let norm_p = self.gpu.kernels.rmsnorm(g, true);
         let norm = Dispatch {
             pipeline: norm_p.clone(),
             bind: g.bind(&norm_p, &[&pass_buf, &norm_prm, &x, &self.out_gamma, &xn]),
         };
-        let ctx = SiteCtx { gpu: g, kernels: &self.kernels, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
+        let ctx = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
         let site = ctx.matmul(&self.output, &xn, &logits, None, Epilogue::Store, true, c.vocab);
-        let topk_p = self.kernels.topk(g);
+        let topk_p = self.gpu.kernels.topk(g);
         let topk_prm =
             g.uniform("lm rig topk", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
         let topk =
@@ -799,11 +796,10 @@ impl LmHeadRig {
 /// Milliseconds per dispatch of one matmul over `rows` rows of random input, `reps` dispatches
 /// in one submission (so fixed submit costs are amortised): the kernel's own speed.
 pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
-    let kernels = Kernels::default();
     let pass = PassUniform { m: rows as u32, ..Default::default() };
     let pass_buf = gpu.uniform("pass", &pass);
     let dummy = gpu.storage("dummy", &[0f32; 4]);
-    let ctx = SiteCtx { gpu, kernels: &kernels, pass_buf: &pass_buf, dummy: &dummy, eps: 1e-5 };
+    let ctx = SiteCtx { gpu, pass_buf: &pass_buf, dummy: &dummy, eps: 1e-5 };
     let gm = GpuMatrix::upload(gpu, m, "bench");
     let x: Vec<f32> = (0..rows * m.k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let xb = gpu.storage("x", &x);
@@ -842,7 +838,7 @@ fn time_dispatches(gpu: &Gpu, reps: usize, dispatch: impl Fn(&mut wgpu::ComputeP
 /// Milliseconds per call of the attention dispatch alone, for `rows` causal rows after `n_past`
 /// slots, over random q, K and V (examples/attn_curve.rs).
 pub fn bench_attention(gpu: &Gpu, cfg: &Config, n_past: usize, rows: usize, reps: usize) -> f64 {
-    let kernels = Kernels::default();
+    let kernels = &gpu.kernels;
     let c = cfg;
     let slots = n_past + rows;
     let pass = PassUniform { m: rows as u32, n_past: n_past as u32, causal: 1, ..Default::default() };

@@ -244,19 +244,10 @@ pub fn calibrated(
     path: Option<&std::path::Path>,
     sim: SimulatedDevice,
 ) -> Result<CostModel> {
-    let device = model.gpu.describe();
-    if let Some(p) = path
-        && let Ok(text) = std::fs::read_to_string(p)
-        && let Ok(c) = serde_json::from_str::<Cached>(&text)
-        && c.model == fingerprint
-        && c.device == device
-        && c.simulated == sim
-        && c.kernels == crate::gpu::kernels::kernels_fingerprint()
-        && c.curve.iter().map(|p| p.0).eq(calibration_sizes(model))
-        && let Some(per_key) = c.per_row_key_ms
-    {
-        return Ok(CostModel::from_curve(c.curve).with_context_cost(per_key));
+    if let Some(cost) = cached(model, fingerprint, path, sim) {
+        return Ok(cost);
     }
+    let device = model.gpu.describe();
     let cost = calibrate(model, sim)?;
     if let Some(p) = path {
         let c = Cached {
@@ -273,6 +264,24 @@ pub fn calibrated(
         }
     }
     Ok(cost)
+}
+
+/// The calibration kept at `path`, if it was made for this model, device and kernels.
+pub fn cached(
+    model: &GpuModel,
+    fingerprint: &str,
+    path: Option<&std::path::Path>,
+    sim: SimulatedDevice,
+) -> Option<CostModel> {
+    let text = std::fs::read_to_string(path?).ok()?;
+    let c = serde_json::from_str::<Cached>(&text).ok()?;
+    let fits = c.model == fingerprint
+        && c.device == model.gpu.describe()
+        && c.simulated == sim
+        && c.kernels == crate::gpu::kernels::kernels_fingerprint()
+        && c.curve.iter().map(|p| p.0).eq(calibration_sizes(model));
+    let per_key = c.per_row_key_ms.filter(|_| fits)?;
+    Some(CostModel::from_curve(c.curve).with_context_cost(per_key))
 }
 
 #[cfg(test)]

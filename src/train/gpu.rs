@@ -4,7 +4,7 @@
 
 use super::head::{AdamW, CANDIDATES, HeadDims};
 use crate::error::{Error, Result};
-use crate::gpu::kernels::{HeadParams, Kernels};
+use crate::gpu::kernels::HeadParams;
 use crate::gpu::profile::Profiler;
 use crate::gpu::{Gpu, Pipeline};
 use crate::model::gpu::GpuMatrix;
@@ -86,7 +86,7 @@ impl GpuHead {
         }
         // z [b][2d+4] | a [b][r] | s [b][r+4] | y, dy [b][d] | da [b][r] | loss [b] (head.wgsl)
         let act = g.storage_zeroed("head act", (b * (4 * d + 3 * r + 8) + (b + 1).next_multiple_of(4)) * 4);
-        let kernels = Kernels::default();
+        let kernels = &g.kernels;
         let pipelines: Vec<_> = ENTRIES.iter().map(|&en| (en, kernels.head(g, en, output.format()))).collect();
         let bind = g.bind(
             &pipelines[0].1,

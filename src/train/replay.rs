@@ -6,7 +6,7 @@
 
 use super::gpu::GpuHead;
 use super::head::{CANDIDATES, NO_TOKEN};
-use crate::gpu::kernels::{CANDIDATES as TEACH, Kernels, ReplayParams};
+use crate::gpu::kernels::{CANDIDATES as TEACH, ReplayParams};
 use crate::gpu::{Gpu, Pipeline};
 use crate::model::gpu::{GpuModel, RESULT_BONUS};
 use crate::sampler::hash;
@@ -57,7 +57,7 @@ impl Replay {
         let idx = g.storage_zeroed("replay idx", (head.max_batch.max(64) * 4) as u64);
         let uni = || g.uniform("replay params", &ReplayParams::default());
         let (record_u, gather_u, embed_u, prompt_u) = (uni(), uni(), uni(), uni());
-        let kernels = Kernels::default();
+        let kernels = &g.kernels;
         let f = target.embedding.format();
         let pipelines = ["record", "gather", "embed_tokens", "record_prompt"].map(|e| kernels.replay(g, e, f));
         let bind = |u: &wgpu::Buffer, p: &Pipeline, idx: &wgpu::Buffer| {
