@@ -68,6 +68,9 @@ pub struct Gpu {
     /// Subgroup operations with subgroups of at least 8 lanes: the matmul and attention share
     /// loads every lane needs across a subgroup (shaders/lanes_subgroup.wgsl).
     pub subgroups: bool,
+    /// Storage buffers can be mapped (CPU devices): their contents are written in place rather
+    /// than through a staging copy.
+    pub mappable: bool,
     /// How the matmul and attention kernels share out their work.
     pub plan: KernelPlan,
     /// The kernels' pipelines, made on first use and shared by every model on this device.
@@ -136,6 +139,9 @@ impl Gpu {
         if !opts.no_optional_features && have.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8 {
             features |= wgpu::Features::SUBGROUP;
         }
+        if info.device_type == wgpu::DeviceType::Cpu && have.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS) {
+            features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+        }
         let alimits = adapter.limits();
         let mut limits = wgpu::Limits::default();
         // Ask for what the adapter has: the defaults cap buffers at 256 MiB.
@@ -160,6 +166,7 @@ impl Gpu {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_binding,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            mappable: features.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
             plan,
             kernels: kernels::Kernels::default(),
         })
@@ -203,6 +210,11 @@ impl Gpu {
             &padded[..]
         } else {
             bytes
+        };
+        let usage = if self.mappable && usage.contains(wgpu::BufferUsages::STORAGE) {
+            usage | wgpu::BufferUsages::MAP_WRITE
+        } else {
+            usage
         };
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage })
     }
