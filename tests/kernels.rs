@@ -514,10 +514,17 @@ fn row_blocks_compile_when_first_used() {
     assert_eq!(gpu.kernels.ready_rows(), 1, "rows 2 are not compiled, so trees of 3 must wait");
     p.for_rows(2);
     assert_eq!(gpu.kernels.ready_rows(), 3);
-    gpu.kernels.build_row_blocks_in_background();
-    let t0 = std::time::Instant::now();
-    while gpu.kernels.ready_rows() < *ROW_BLOCKS.last().unwrap() {
-        assert!(t0.elapsed().as_secs() < 300, "the background build stalled at {}", gpu.kernels.ready_rows());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let all_built = || {
+        gpu.kernels.build_row_blocks_in_background();
+        let t0 = std::time::Instant::now();
+        while gpu.kernels.ready_rows() < *ROW_BLOCKS.last().unwrap() {
+            assert!(t0.elapsed().as_secs() < 300, "the background build stalled at {}", gpu.kernels.ready_rows());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    all_built();
+    // a kernel made afterwards (another model on the device) is compiled by the next call
+    gpu.kernels.matmul(&gpu, MatmulKind { epilogue: Epilogue::Add, ..kind });
+    assert_eq!(gpu.kernels.ready_rows(), 0);
+    all_built();
 }

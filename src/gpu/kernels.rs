@@ -4,7 +4,8 @@
 
 use super::{Bind, Gpu, KernelPlan, Pipeline, PipelineFamily};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
@@ -302,12 +303,26 @@ pub const ROPE_BINDS: [Bind; 7] =
 pub const ATTN_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 
+type RowBlockMap = Arc<Mutex<HashMap<String, Arc<RowBlockPipelines>>>>;
+
+/// The most rows a row block holds.
+const MAX_ROWS: usize = ROW_BLOCKS[ROW_BLOCKS.len() - 1];
+
+/// See `Kernels::ready_rows`.
+fn ready_rows(row_blocks: &RowBlockMap) -> usize {
+    let all = row_blocks.lock().unwrap();
+    (0..ROW_BLOCKS.len())
+        .find(|&i| all.values().any(|p| p.by_rows.get(i).is_some_and(|b| b.get().is_none())))
+        .map_or(MAX_ROWS, |i| if i == 0 { 0 } else { ROW_BLOCKS[i - 1] })
+}
+
 /// Pipelines, made on first use and kept for the life of the device (`Gpu::kernels`).
 #[derive(Default)]
 pub struct Kernels {
     cache: Mutex<HashMap<String, std::sync::Arc<Pipeline>>>,
-    row_blocks: Mutex<HashMap<String, std::sync::Arc<RowBlockPipelines>>>,
-    background: std::sync::atomic::AtomicBool,
+    row_blocks: RowBlockMap,
+    /// A thread is compiling row blocks (`build_row_blocks_in_background`).
+    building: Arc<AtomicBool>,
 }
 
 impl Kernels {
@@ -329,34 +344,38 @@ impl Kernels {
         }
     }
 
-    /// Compiles them on a thread of their own, smallest blocks first, once per device; passes
-    /// of sizes not yet compiled wait for theirs (`ready_rows` says which need not).
+    /// Compiles them on a thread of their own, smallest blocks first, unless none is missing or
+    /// such a thread is already at work (it looks again before it ends, so kernels made
+    /// meanwhile, say by another model loaded, are compiled too); passes of sizes not yet
+    /// compiled wait for theirs (`ready_rows` says which need not).
     pub fn build_row_blocks_in_background(&self) {
-        if self.background.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if ready_rows(&self.row_blocks) == MAX_ROWS || self.building.swap(true, Ordering::SeqCst) {
             return;
         }
-        let all = self.all_row_blocks();
+        let (row_blocks, building) = (self.row_blocks.clone(), self.building.clone());
         std::thread::spawn(move || {
-            for i in 0..ROW_BLOCKS.len() {
-                for p in &all {
-                    if i < p.by_rows.len() {
+            loop {
+                let all: Vec<_> = row_blocks.lock().unwrap().values().cloned().collect();
+                for i in 0..ROW_BLOCKS.len() {
+                    for p in all.iter().filter(|p| i < p.by_rows.len()) {
                         p.built(i);
                     }
+                }
+                building.store(false, Ordering::SeqCst);
+                if ready_rows(&row_blocks) == MAX_ROWS || building.swap(true, Ordering::SeqCst) {
+                    break;
                 }
             }
         });
     }
 
     /// The largest pass (in rows, up to the largest row block) whose pipelines every kernel
-    /// has compiled for every size up to it.
+    /// has compiled for every size up to it. Cheap enough for every speculation round.
     pub fn ready_rows(&self) -> usize {
-        let all = self.all_row_blocks();
-        (0..ROW_BLOCKS.len())
-            .find(|&i| all.iter().any(|p| p.by_rows.get(i).is_some_and(|b| b.get().is_none())))
-            .map_or(*ROW_BLOCKS.last().unwrap(), |i| if i == 0 { 0 } else { ROW_BLOCKS[i - 1] })
+        ready_rows(&self.row_blocks)
     }
 
-    fn all_row_blocks(&self) -> Vec<std::sync::Arc<RowBlockPipelines>> {
+    fn all_row_blocks(&self) -> Vec<Arc<RowBlockPipelines>> {
         self.row_blocks.lock().unwrap().values().cloned().collect()
     }
 
