@@ -1,5 +1,7 @@
-//! A chat loop on stdin: each line is a user turn, answered with the model's chat template.
-//! Generation runs on a worker thread and streams pieces back over a channel; Ctrl-D quits.
+//! A chat loop on stdin, as an app embedding augur would write one: each line is a user turn,
+//! answered with the conversation so far (`augur::chat::Chat`; the engine reuses the earlier
+//! turns' KV entries). Generation runs on a worker thread and streams pieces back over a
+//! channel; Ctrl-D quits. (`augur chat` is the same loop in the command line tool.)
 //! cargo run --release --example chat -- [model]
 
 use augur::engine::{CancelToken, Engine, EngineOptions, GenerateParams};
@@ -15,10 +17,11 @@ fn main() -> augur::Result<()> {
     let worker_cancel = cancel.clone();
     let worker = std::thread::spawn(move || {
         let params = GenerateParams { max_tokens: 256, temperature: 0.7, top_p: 0.9, chat: true, ..Default::default() };
+        let mut chat = augur::chat::Chat::new(None);
         for prompt in rx_prompt {
             let tokenizer = engine.tokenizer.clone();
-            let ids = match engine.encode_prompt(&prompt, true) {
-                Ok(ids) => ids,
+            let ids = match chat.prompt(&engine, &prompt, params.max_tokens) {
+                Ok((ids, _forgotten)) => ids,
                 Err(e) => {
                     let _ = tx_text.send(Some(format!("[error: {e}]")));
                     let _ = tx_text.send(None);
@@ -29,8 +32,11 @@ fn main() -> augur::Result<()> {
             let res = engine.generate_tokens(&ids, &params, &worker_cancel, |id| {
                 tx_text.send(Some(dec.push(&tokenizer, id))).is_ok()
             });
-            if let Err(e) = res {
-                let _ = tx_text.send(Some(format!("[error: {e}]")));
+            match res {
+                Ok(out) => chat.record(&prompt, &out.text),
+                Err(e) => {
+                    let _ = tx_text.send(Some(format!("[error: {e}]")));
+                }
             }
             let _ = tx_text.send(None);
         }

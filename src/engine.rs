@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions, map_read};
 use crate::model::LoadedModel;
 use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
-use crate::model::tokenizer::{StreamDecoder, Tokenizer};
+use crate::model::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use crate::spec::controller::{Controller, Drafting, Plan};
 use crate::spec::cost::SimulatedDevice;
 use crate::spec::draft::DraftModelSpeculator;
@@ -124,6 +124,9 @@ impl GenerateParams {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
     pub prompt_tokens: usize,
+    /// Leading prompt tokens whose KV entries were still in the cache from the previous
+    /// generation (a chat's earlier turns): not computed again.
+    pub cached_prompt_tokens: usize,
     pub generated_tokens: usize,
     /// Prompt processing, up to and including the first generated token.
     pub prefill_ms: f64,
@@ -135,7 +138,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn prefill_tok_s(&self) -> f64 {
-        self.prompt_tokens as f64 / (self.prefill_ms / 1e3).max(1e-9)
+        (self.prompt_tokens - self.cached_prompt_tokens) as f64 / (self.prefill_ms / 1e3).max(1e-9)
     }
     /// Tokens per second after the first one.
     pub fn decode_tok_s(&self) -> f64 {
@@ -185,6 +188,9 @@ pub struct Engine {
     simulate: SimulatedDevice,
     head_autosave: Option<(std::path::PathBuf, std::time::Duration)>,
     last_head_save: Instant,
+    /// The tokens whose KV entries the cache holds after the last generation (slots 0..len), and
+    /// the model's pass count then (any pass since, by anyone, may have overwritten them).
+    kv_prefix: Option<(Vec<u32>, u64)>,
     /// `AUGUR_TRACE` set: one line per speculative round on stderr (what was drafted, by whom,
     /// what was accepted, what it cost), for seeing where a round's time goes.
     trace: bool,
@@ -236,6 +242,7 @@ impl Engine {
             simulate: opts.simulate,
             head_autosave: opts.head_autosave.clone().map(|p| (p, opts.head_autosave_every)),
             last_head_save: Instant::now(),
+            kv_prefix: None,
             trace: std::env::var_os("AUGUR_TRACE").is_some(),
         })
     }
@@ -322,6 +329,11 @@ impl Engine {
         self.tokenizer.encode(&text)
     }
 
+    /// Tokenises a conversation in the model's chat template, ready for the assistant's reply.
+    pub fn encode_conversation(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.tokenizer.encode(&self.tokenizer.chat_conversation(messages))
+    }
+
     /// Generates text, calling `on_text` with each new piece; it returns false to stop.
     pub fn generate(
         &mut self,
@@ -400,12 +412,24 @@ impl Engine {
             seed: (params.seed ^ (params.seed >> 32)) as u32,
             draw: 0,
         };
+        // The KV entries of the previous generation's tokens are still in the cache unless a
+        // pass ran since (calibration, a benchmark): a prompt that begins with them (the next
+        // turn of a chat) prefills only the rest. Its last token always runs: its pass gives
+        // the first token. A row's result does not depend on the rows beside it in a pass, so
+        // the reused entries are the ones a full prefill would compute.
+        let cached = match self.kv_prefix.take() {
+            Some((tokens, passes)) if passes == self.model.passes() => {
+                tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1)
+            }
+            _ => 0,
+        };
         // prefill in chunks; the last chunk samples the first token
         let mb = self.model.max_batch;
-        let mut n_past = 0;
+        let mut n_past = cached;
         let mut next = 0;
-        for (ci, chunk) in prompt.chunks(mb).enumerate() {
-            let last = (ci + 1) * mb >= prompt.len();
+        let rest = &prompt[cached..];
+        for (ci, chunk) in rest.chunks(mb).enumerate() {
+            let last = (ci + 1) * mb >= rest.len();
             self.model.set_tokens(chunk);
             let spec = PassSpec {
                 m: chunk.len(),
@@ -423,7 +447,7 @@ impl Engine {
             if let (Some(h), true) = (self.head.as_mut(), speculate) {
                 // the prompt's hidden states are training data too (before the next chunk
                 // overwrites them)
-                h.record_prompt(&self.model, chunk.len(), prompt.get((ci + 1) * mb).copied());
+                h.record_prompt(&self.model, chunk.len(), rest.get((ci + 1) * mb).copied());
             }
             n_past += chunk.len();
         }
@@ -439,7 +463,7 @@ impl Engine {
             h.begin(prompt);
             if speculate {
                 // every speculative round records for the head; it drafts from this hidden state
-                let last_rows = prompt.len() - (prompt.len() - 1) / mb * mb;
+                let last_rows = rest.len() - (rest.len() - 1) / mb * mb;
                 h.after_prefill(&self.model, last_rows - 1);
             }
         }
@@ -482,10 +506,14 @@ impl Engine {
         for s in self.suffix.iter_mut().chain(self.draft.iter_mut()) {
             s.finish(&context, prompt.len());
         }
+        // slots 0..n_past hold the committed tokens in order; a round's accepted drafts have
+        // their slots even when the request ended before all of them were taken
+        self.kv_prefix = Some((context[..n_past.min(context.len())].to_vec(), self.model.passes()));
         let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
         spec_stats.other_ms = (decode_ms - spec_stats.draft_ms - spec_stats.verify_ms - spec_stats.train_ms).max(0.0);
         let stats = Stats {
             prompt_tokens: prompt.len(),
+            cached_prompt_tokens: cached,
             generated_tokens: tokens.len(),
             prefill_ms,
             decode_ms,

@@ -1,6 +1,7 @@
 //! augur: LLM inference on any GPU that wgpu reaches, made fast by speculative decoding.
 
 pub mod bench;
+pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod gpu;

@@ -25,6 +25,9 @@ enum Cmd {
     },
     /// Generate text, streaming it as it is produced
     Run(GenArgs),
+    /// Chat: each line of stdin is a message, answered with the conversation so far in the
+    /// model's chat template (earlier turns are not computed again); /reset forgets it
+    Chat(ChatArgs),
     /// Generate text and print it at the end (or as JSON with --json)
     Generate {
         #[command(flatten)]
@@ -68,6 +71,10 @@ enum Cmd {
         per_category: usize,
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
+        /// Turns of each conversation run (Spec-Bench's MT-bench questions have two; each turn
+        /// follows the model's answers to the ones before) [default: all]
+        #[arg(long)]
+        turns: Option<usize>,
         #[command(flatten)]
         spec: SpecArgs,
     },
@@ -162,6 +169,31 @@ struct GenArgs {
     model: ModelArgs,
     /// The prompt
     prompt: String,
+    #[command(flatten)]
+    sample: SampleArgs,
+    /// Wrap the prompt in the model's chat template
+    #[arg(long)]
+    chat: bool,
+    #[command(flatten)]
+    spec: SpecArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A system message in place of the model's default one
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sample: SampleArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Most tokens generated (per answer)
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 = greedy
@@ -175,11 +207,6 @@ struct GenArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Wrap the prompt in the model's chat template
-    #[arg(long)]
-    chat: bool,
-    #[command(flatten)]
-    spec: SpecArgs,
 }
 
 #[derive(Args)]
@@ -325,21 +352,108 @@ fn save_head(engine: &Engine, path: Option<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-impl GenArgs {
-    fn params(&self) -> GenerateParams {
+impl SampleArgs {
+    fn params(&self, chat: bool, spec: &SpecArgs) -> GenerateParams {
         GenerateParams {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
-            chat: self.chat,
+            chat,
             stop_at_eos: true,
-            speculate: self.spec.speculate,
-            tree_budget: self.spec.tree_budget,
-            max_depth: self.spec.max_depth,
+            speculate: spec.speculate,
+            tree_budget: spec.tree_budget,
+            max_depth: spec.max_depth,
         }
     }
+}
+
+impl GenArgs {
+    fn params(&self) -> GenerateParams {
+        self.sample.params(self.chat, &self.spec)
+    }
+}
+
+/// One line on stderr about a generation: prompt (and how much of it was cached), output, speed.
+fn report(s: &augur::engine::Stats) {
+    let cached = match s.cached_prompt_tokens {
+        0 => String::new(),
+        n => format!(", {n} cached"),
+    };
+    eprintln!(
+        "augur: {} prompt tokens ({:.1} tok/s{cached}), {} generated ({:.1} tok/s), stop: {}",
+        s.prompt_tokens,
+        s.prefill_tok_s(),
+        s.generated_tokens,
+        s.decode_tok_s(),
+        s.finish_reason
+    );
+}
+
+/// `augur chat`: each line of stdin is a user turn, answered with the conversation so far.
+fn chat(a: ChatArgs) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
+    let params = a.sample.params(true, &a.spec);
+    let mut chat = augur::chat::Chat::new(a.system.clone());
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("augur: chatting with {}; /reset forgets the conversation, Ctrl-D quits", model_stem(&engine));
+    }
+    let mut stdout = std::io::stdout();
+    let prompt_mark = |out: &mut std::io::Stdout| {
+        if interactive {
+            let _ = write!(out, "> ");
+            let _ = out.flush();
+        }
+    };
+    prompt_mark(&mut stdout);
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| Error::msg(format!("could not read stdin: {e}")))?;
+        let user = line.trim();
+        if user.is_empty() {
+            prompt_mark(&mut stdout);
+            continue;
+        }
+        if user == "/reset" {
+            chat.reset();
+            eprintln!("augur: conversation forgotten");
+            prompt_mark(&mut stdout);
+            continue;
+        }
+        let ids = match chat.prompt(&engine, user, params.max_tokens) {
+            Ok((ids, 0)) => ids,
+            Ok((ids, dropped)) => {
+                eprintln!("augur: the {dropped} oldest exchange(s) no longer fit the context and were forgotten");
+                ids
+            }
+            Err(e) => {
+                eprintln!("augur: error: {e}");
+                prompt_mark(&mut stdout);
+                continue;
+            }
+        };
+        let tokenizer = engine.tokenizer.clone();
+        let mut dec = augur::model::tokenizer::StreamDecoder::new();
+        let res = engine.generate_tokens(&ids, &params, &augur::engine::CancelToken::default(), |id| {
+            let _ = stdout.write_all(dec.push(&tokenizer, id).as_bytes());
+            let _ = stdout.flush();
+            true
+        });
+        println!();
+        match res {
+            Ok(out) => {
+                chat.record(user, &out.text);
+                if !interactive {
+                    report(&out.stats);
+                }
+            }
+            Err(e) => eprintln!("augur: error: {e}"),
+        }
+        prompt_mark(&mut stdout);
+    }
+    save_head(&engine, head_path)
 }
 
 fn main() {
@@ -373,17 +487,10 @@ fn run(cli: Cli) -> Result<()> {
                 true
             })?;
             println!();
-            let s = &out.stats;
-            eprintln!(
-                "augur: {} prompt tokens ({:.1} tok/s), {} generated ({:.1} tok/s), stop: {}",
-                s.prompt_tokens,
-                s.prefill_tok_s(),
-                s.generated_tokens,
-                s.decode_tok_s(),
-                s.finish_reason
-            );
+            report(&out.stats);
             save_head(&engine, head_path)?;
         }
+        Cmd::Chat(a) => chat(a)?,
         Cmd::Generate { gen_args: a, json } => {
             let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
             let out = engine.generate(&a.prompt, &a.params(), |_| true)?;
@@ -393,6 +500,7 @@ fn run(cli: Cli) -> Result<()> {
                     "text": out.text,
                     "tokens": out.tokens,
                     "prompt_tokens": s.prompt_tokens,
+                    "cached_prompt_tokens": s.cached_prompt_tokens,
                     "generated_tokens": s.generated_tokens,
                     "prefill_ms": s.prefill_ms,
                     "decode_ms": s.decode_ms,
@@ -422,7 +530,10 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = model.engine()?;
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
-        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, spec } => {
+        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, turns, spec } => {
+            if turns == Some(0) {
+                return Err(Error::msg("--turns must be at least 1 (or left out for all turns)"));
+            }
             let n = per_category.max(1);
             let items = match (workload.as_str(), sources) {
                 ("rewrite", Some(dir)) => bench::rewrite_workload(&dir, n)?,
@@ -438,15 +549,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (mut engine, _) = model.engine_with(&spec)?;
             let mut plain = model.plain_twin(&engine)?;
-            bench::spec_run(
-                &mut engine,
-                &mut plain,
-                &items,
-                max_tokens.max(2),
-                spec.speculate,
-                spec.tree_budget,
-                spec.max_depth,
-            )?;
+            let run = bench::SpecRun {
+                max_tokens: max_tokens.max(2),
+                mode: spec.speculate,
+                budget: spec.tree_budget,
+                depth: spec.max_depth,
+                max_turns: turns.unwrap_or(usize::MAX),
+            };
+            bench::spec_run(&mut engine, &mut plain, &items, &run)?;
         }
         Cmd::BenchAdapt {
             model,

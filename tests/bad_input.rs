@@ -107,6 +107,48 @@ fn augur(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `augur chat` with `input` on stdin.
+fn augur_chat(args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let home = std::env::temp_dir().join(format!("augur-chat-home-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_augur"))
+        .arg("chat")
+        .args(args)
+        .env("AUGUR_HOME", &home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A chat session: a message too long for the context is an error line and the session goes
+/// on; the next turn reuses the cached conversation.
+#[test]
+fn cli_chat_survives_a_message_too_long_and_reuses_the_conversation() {
+    let model = common::model_path("smollm2-135m");
+    let input = format!("Hi there!\n{}\n\nThanks!\n", "word ".repeat(400));
+    let args = [model.to_str().unwrap(), "--ctx", "160", "--max-tokens", "8", "--speculate", "off"];
+    let (code, out, err) = augur_chat(&args, &input);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("augur: error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("shorten it or raise --ctx"), "{err}");
+    let reports: Vec<&str> = err.lines().filter(|l| l.contains("prompt tokens")).collect();
+    assert_eq!(reports.len(), 2, "two answered turns: {err}");
+    assert!(!reports[0].contains("cached") && reports[1].contains("cached"), "{err}");
+    assert!(out.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "{out}");
+}
+
 #[test]
 fn cli_errors_are_one_line_with_non_zero_exit() {
     for args in [

@@ -2,11 +2,13 @@
 //! the GPU forward against the CPU reference, greedy token for token.
 
 mod common;
+use augur::chat::Chat;
 use augur::engine::{CancelToken, Engine, EngineOptions, GenerateParams};
 use augur::gpu::GpuOptions;
 use augur::model::LoadedModel;
 use augur::model::cpu::{CpuModel, argmax};
 use augur::model::gpu::{GpuModel, PassSpec};
+use augur::spec::SpecMode;
 use common::*;
 
 const PROMPTS: [&str; 8] = [
@@ -195,4 +197,77 @@ fn engine_rejects_bad_requests() {
         .unwrap();
     assert_eq!(out.stats.finish_reason, "length");
     assert!(out.tokens.len() <= 14);
+}
+
+/// A chat's next turn prefills only what follows the last answer (its KV entries are still in the
+/// cache) and answers token for token as an engine that computes the whole conversation afresh,
+/// with and without speculation; a pass run by anyone else in between makes the engine compute
+/// everything again.
+#[test]
+fn chat_turns_reuse_the_cache_and_answer_as_a_fresh_engine_would() {
+    let path = model_path("smollm2-135m");
+    let opts = EngineOptions { max_ctx: 512, ..Default::default() };
+    let mut e = Engine::load(&path, &opts).unwrap();
+    let params = |speculate| GenerateParams { max_tokens: 24, chat: true, speculate, ..Default::default() };
+    let c = CancelToken::default();
+    let mut chat = Chat::new(None);
+    let q1 = "Name three colours of the rainbow.";
+    let (ids1, _) = chat.prompt(&e, q1, 24).unwrap();
+    let a1 = e.generate_tokens(&ids1, &params(SpecMode::Off), &c, |_| true).unwrap();
+    assert!(a1.stats.generated_tokens > 4, "{:?}", a1.text);
+    chat.record(q1, &a1.text);
+    let q2 = "Repeat your previous answer in capital letters.";
+    let (ids2, forgotten) = chat.prompt(&e, q2, 24).unwrap();
+    assert_eq!(forgotten, 0);
+    assert!(ids2.starts_with(&ids1), "the next turn begins with the first");
+    let a2 = e.generate_tokens(&ids2, &params(SpecMode::Off), &c, |_| true).unwrap();
+    assert!(
+        a2.stats.cached_prompt_tokens > ids1.len(),
+        "the first prompt and its answer are reused: {} of {} cached",
+        a2.stats.cached_prompt_tokens,
+        ids2.len()
+    );
+
+    let mut fresh = Engine::with_gpu(e.gpu().clone(), LoadedModel::load(&path).unwrap(), &opts).unwrap();
+    let b2 = fresh.generate_tokens(&ids2, &params(SpecMode::Off), &c, |_| true).unwrap();
+    assert_eq!(b2.stats.cached_prompt_tokens, 0);
+    assert_eq!(a2.tokens, b2.tokens, "reused KV entries answer as computed ones do");
+
+    // the same prompt again, speculating: all but its last token cached, the same answer
+    let s2 = e.generate_tokens(&ids2, &params(SpecMode::Suffix), &c, |_| true).unwrap();
+    assert_eq!(s2.stats.cached_prompt_tokens, ids2.len() - 1);
+    assert_eq!(s2.tokens, b2.tokens);
+
+    // another pass on the model overwrites slots: nothing is reused after it
+    e.model.set_tokens(&ids1[..4]);
+    e.model.run(&PassSpec { m: 4, n_past: 0, tree: None, logits_rows: 0..1, accept: None, compact: false }).unwrap();
+    let again = e.generate_tokens(&ids2, &params(SpecMode::Off), &c, |_| true).unwrap();
+    assert_eq!(again.stats.cached_prompt_tokens, 0);
+    assert_eq!(again.tokens, b2.tokens);
+}
+
+/// A conversation longer than the context forgets its oldest exchanges, never the new message;
+/// a message that cannot fit at all is a clear error and forgets nothing.
+#[test]
+fn chat_forgets_the_oldest_exchanges_to_fit_the_context() {
+    let e = Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 160, ..Default::default() }).unwrap();
+    let mut chat = Chat::new(Some("Be brief.".into()));
+    let answer = "A fairly long answer that takes up room in the context window. ".repeat(2);
+    for i in 0..6 {
+        chat.record(&format!("question number {i}"), &answer);
+    }
+    let (ids, forgotten) = chat.prompt(&e, "and now?", 32).unwrap();
+    assert!(ids.len() <= 160 - 32, "{} tokens leave no room for 32", ids.len());
+    assert!(forgotten > 0 && forgotten < 6, "{forgotten} exchanges forgotten");
+    assert_eq!(chat.history.len(), 6 - forgotten);
+    assert_eq!(chat.history[0].0, format!("question number {forgotten}"), "the oldest go first");
+    // the prompt is the system message, the exchanges kept and the new message
+    let kept = chat.messages("and now?", chat.history.len());
+    assert_eq!(kept.len(), 1 + 2 * (6 - forgotten) + 1);
+    assert_eq!(ids, e.encode_conversation(&kept).unwrap());
+
+    let long = "word ".repeat(400);
+    let err = chat.prompt(&e, &long, 32).unwrap_err().to_string();
+    assert!(err.contains("shorten it or raise --ctx"), "{err}");
+    assert_eq!(chat.history.len(), 6 - forgotten, "a message that does not fit forgets nothing");
 }

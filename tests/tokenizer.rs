@@ -3,7 +3,7 @@
 
 mod common;
 use augur::model::gguf::Gguf;
-use augur::model::tokenizer::{StreamDecoder, Tokenizer};
+use augur::model::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use common::model_path;
 
 const MIXED: &str = "fn main() {\n    println!(\"héllo, wörld! 你好 🌍\");\n\n\t\tlet x = 12345 + 0x1F;   // trailing   spaces   \n}\r\n  indented\n\n\n";
@@ -47,4 +47,24 @@ fn stream_decoder_emits_whole_characters() {
         s.push_str(&d.push(&t, i));
     }
     assert_eq!(s, "naïve 你好 🌍 done");
+}
+
+#[test]
+fn conversations_render_every_turn_in_chatml() {
+    let g = Gguf::open(model_path("smollm2-135m")).unwrap();
+    let t = Tokenizer::from_gguf(&g).unwrap();
+    let turns = [ChatMessage::user("hi"), ChatMessage::assistant("Hello!"), ChatMessage::user("bye")];
+    let text = t.chat_conversation(&turns);
+    let sys = t.chat_prompt("x");
+    let sys = &sys[..sys.find("<|im_start|>user").unwrap()];
+    assert!(sys.starts_with("<|im_start|>system\n"), "{sys:?}");
+    assert_eq!(
+        &text[sys.len()..],
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // the single-message form is the same conversation
+    assert_eq!(t.chat_prompt("hi"), t.chat_conversation(&turns[..1]));
+    // a system message of the user's own replaces the default one
+    let own = t.chat_conversation(&[ChatMessage::system("Be brief."), ChatMessage::user("hi")]);
+    assert_eq!(own, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
 }

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::gpu::map_read;
 use crate::gpu::profile::Profiler;
 use crate::model::gpu::PassSpec;
+use crate::model::tokenizer::ChatMessage;
 use std::time::Instant;
 
 pub use crate::util::median_min_max;
@@ -225,15 +226,24 @@ pub fn warm_up(engine: &mut Engine) -> Result<()> {
     out.map(|_| ())
 }
 
-/// One prompt of a speculation workload.
+/// One prompt of a speculation workload, and the user's later turns of its conversation.
 #[derive(Debug, Clone)]
 pub struct WorkItem {
     pub category: String,
     pub prompt: String,
+    /// Turns after the first, each asked after the model's answer to the one before (Spec-Bench's
+    /// MT-bench questions have a second turn, often "rewrite your previous answer ...").
+    pub follow_ups: Vec<String>,
 }
 
-/// Spec-Bench questions (jsonl with `category` and `turns`): the first turn of up to
-/// `per_category` questions per category.
+impl WorkItem {
+    fn single(category: &str, prompt: String) -> WorkItem {
+        WorkItem { category: category.to_string(), prompt, follow_ups: Vec::new() }
+    }
+}
+
+/// Spec-Bench questions (jsonl with `category` and `turns`): up to `per_category` questions per
+/// category, with all their turns.
 pub fn spec_bench_workload(path: &std::path::Path, per_category: usize) -> Result<Vec<WorkItem>> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
     jsonl_workload(&text, path, per_category)
@@ -255,10 +265,14 @@ fn jsonl_workload(text: &str, path: &std::path::Path, per_category: usize) -> Re
             .map_err(|e| crate::Error::msg(format!("{}:{}: not JSON ({e})", path.display(), i + 1)))?;
         let cat = v["category"].as_str().unwrap_or("uncategorised").to_string();
         let Some(prompt) = v["turns"].get(0).and_then(|t| t.as_str()).or(v["prompt"].as_str()) else { continue };
+        let follow_ups = match v["turns"].as_array() {
+            Some(turns) => turns.iter().skip(1).filter_map(|t| t.as_str().map(String::from)).collect(),
+            None => Vec::new(),
+        };
         let n = counts.entry(cat.clone()).or_insert(0);
         if *n < per_category {
             *n += 1;
-            items.push(WorkItem { category: cat, prompt: prompt.to_string() });
+            items.push(WorkItem { category: cat, prompt: prompt.to_string(), follow_ups });
         }
     }
     Ok(items)
@@ -298,7 +312,7 @@ pub fn rewrite_workload(dir: &std::path::Path, count: usize) -> Result<Vec<WorkI
         let start = lines.len() / 3;
         let chunk = lines[start..(start + 25).min(lines.len())].join("\n");
         let prompt = rewrite_prompt(&chunk, REWRITE_CHANGES[i % REWRITE_CHANGES.len()]);
-        items.push(WorkItem { category: "rewrite".into(), prompt });
+        items.push(WorkItem::single("rewrite", prompt));
     }
     Ok(items)
 }
@@ -318,6 +332,76 @@ struct CatTotals {
     log_ratios: Vec<f64>,
 }
 
+impl CatTotals {
+    /// Adds one run of a prompt: the speculative arm's output and the plain arm's.
+    fn add(&mut self, spec: &crate::engine::Output, off: &crate::engine::Output) {
+        self.prompts += 1;
+        self.identical += (spec.tokens == off.tokens) as usize;
+        self.off_tokens += off.stats.generated_tokens.saturating_sub(1);
+        self.off_ms += off.stats.decode_ms;
+        self.spec_tokens += spec.stats.generated_tokens.saturating_sub(1);
+        self.spec_ms += spec.stats.decode_ms;
+        let rate =
+            |o: &crate::engine::Output| o.stats.generated_tokens.saturating_sub(1) as f64 / o.stats.decode_ms.max(1e-9);
+        // a prompt answered in one token (an immediate end of text) has no decode speed
+        if rate(spec) > 0.0 && rate(off) > 0.0 {
+            self.log_ratios.push((rate(spec) / rate(off)).ln());
+        }
+        if let Some(s) = &spec.spec {
+            if let Some(c) = &s.controller {
+                self.tree_depth += c.depth_sum;
+            }
+            let st = &mut self.stats;
+            st.rounds += s.rounds;
+            st.drafted += s.drafted;
+            st.accepted += s.accepted;
+            for (d, (a, b)) in s.attempted_by_depth.iter().zip(&s.accepted_by_depth).enumerate() {
+                if st.attempted_by_depth.len() <= d {
+                    st.attempted_by_depth.push(0);
+                    st.accepted_by_depth.push(0);
+                }
+                st.attempted_by_depth[d] += a;
+                st.accepted_by_depth[d] += b;
+            }
+        }
+    }
+
+    /// Prints the table row labelled `label`; returns the speedup when both arms decoded.
+    fn print_row(&self, label: &str) -> Option<f64> {
+        let (off, sp) = (self.off_rate(), self.spec_rate());
+        let measured = self.off_tokens > 0 && self.spec_tokens > 0;
+        let by_depth: Vec<String> =
+            self.stats.acceptance_by_depth().iter().take(4).map(|a| format!("{a:.2}")).collect();
+        println!(
+            "| {label} | {} | {off:.2} | {sp:.2} | {} | {} | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
+            self.prompts,
+            if measured { format!("{:.2}x", sp / off) } else { "-".into() },
+            ratio_interval(&self.log_ratios).map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}")),
+            self.stats.tau(),
+            self.stats.accepted,
+            self.stats.drafted,
+            by_depth.join(" "),
+            self.stats.drafted as f64 / self.stats.rounds.max(1) as f64,
+            if self.tree_depth > 0 {
+                format!("{:.2}", self.tree_depth as f64 / self.stats.rounds.max(1) as f64)
+            } else {
+                "-".into()
+            },
+            self.identical,
+            self.prompts
+        );
+        measured.then(|| sp / off)
+    }
+
+    fn off_rate(&self) -> f64 {
+        self.off_tokens as f64 / (self.off_ms / 1e3).max(1e-9)
+    }
+
+    fn spec_rate(&self) -> f64 {
+        self.spec_tokens as f64 / (self.spec_ms / 1e3).max(1e-9)
+    }
+}
+
 /// exp(mean -/+ 2 standard errors) of per-prompt log speedups: the range the category's
 /// speedup is known to within, given how much prompts (and the machine) scatter.
 fn ratio_interval(logs: &[f64]) -> Option<(f64, f64)> {
@@ -331,21 +415,30 @@ fn ratio_interval(logs: &[f64]) -> Option<(f64, f64)> {
     Some(((mean - 2.0 * se).exp(), (mean + 2.0 * se).exp()))
 }
 
+/// How `spec_run` generates.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecRun {
+    /// Tokens per answer.
+    pub max_tokens: usize,
+    pub mode: crate::spec::SpecMode,
+    /// Tree budget and depth.
+    pub budget: usize,
+    pub depth: usize,
+    /// Turns of each conversation run.
+    pub max_turns: usize,
+}
+
 /// Runs every prompt with `--speculate off` on `plain` (the same model loaded a second time, on
 /// the same GPU) and with `mode` on `engine`, in lockstep round by round (`lockstep.rs`; which
-/// arm starts alternates from prompt to prompt), and prints per category: tokens/s of each,
-/// speedup with its uncertainty, tau and acceptance per depth. The suffix store starts empty
-/// and learns only from the speculative runs, as a fresh install would.
-pub fn spec_run(
-    engine: &mut Engine,
-    plain: &mut Engine,
-    items: &[WorkItem],
-    max_tokens: usize,
-    mode: crate::spec::SpecMode,
-    budget: usize,
-    depth: usize,
-) -> Result<()> {
+/// arm starts alternates from run to run), and prints per category: tokens/s of each,
+/// speedup with its uncertainty, tau and acceptance per depth. A question with follow-up turns
+/// is a conversation, as Spec-Bench runs it: each of its first `max_turns` turns is asked after
+/// the answers to the ones before, and every turn counts towards its category; a table by turn
+/// follows. The suffix store starts empty and learns only from the speculative runs, as a fresh
+/// install would.
+pub fn spec_run(engine: &mut Engine, plain: &mut Engine, items: &[WorkItem], run: &SpecRun) -> Result<()> {
     use crate::spec::SpecMode;
+    let SpecRun { max_tokens, mode, budget, depth, max_turns } = *run;
     let gpu = engine.gpu().clone();
     println!(
         "device: {}\nmodel:  {}\n{} prompts, {max_tokens} tokens each, greedy, chat template, --speculate {mode:?} (tree budget {budget}, depth {depth})",
@@ -366,94 +459,71 @@ pub fn spec_run(
     warm_up(plain)?;
     let (spec_params, off_params) =
         (GenerateParams { speculate: mode, ..base.clone() }, GenerateParams { speculate: SpecMode::Off, ..base });
-    for (n, it) in items.iter().enumerate() {
-        let ids = engine.encode_prompt(&it.prompt, true)?;
-        let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
-        // which arm starts alternates every prompt, which thread runs which arm every other
-        // prompt: either order or seat alone tilts a comparison by 1-2% on this machine
-        let seat = (n / 2) % 2;
-        let arms = vec![(&mut *engine, &spec_params), (&mut *plain, &off_params)];
-        let outs = lockstep::side_by_side(arms, ids, (n + seat) % 2, seat)?;
-        let [spec, off]: [crate::engine::Output; 2] =
-            outs.try_into().unwrap_or_else(|_| unreachable!("side_by_side returns one output per arm"));
-        let i = match cats.iter().position(|(k, _)| *k == it.category) {
-            Some(i) => i,
-            None => {
-                cats.push((it.category.clone(), CatTotals::default()));
-                cats.len() - 1
+    let mut turn_totals: Vec<CatTotals> = Vec::new();
+    let mut n = 0;
+    for it in items {
+        let mut conversation = vec![ChatMessage::user(&it.prompt)];
+        let turns = std::iter::once(&it.prompt).chain(&it.follow_ups).take(max_turns.max(1));
+        for (turn, ask) in turns.enumerate() {
+            if turn > 0 {
+                conversation.push(ChatMessage::user(ask));
             }
-        };
-        let t = &mut cats[i].1;
-        t.prompts += 1;
-        t.identical += (spec.tokens == off.tokens) as usize;
-        t.off_tokens += off.stats.generated_tokens.saturating_sub(1);
-        t.off_ms += off.stats.decode_ms;
-        t.spec_tokens += spec.stats.generated_tokens.saturating_sub(1);
-        t.spec_ms += spec.stats.decode_ms;
-        let rate =
-            |o: &crate::engine::Output| o.stats.generated_tokens.saturating_sub(1) as f64 / o.stats.decode_ms.max(1e-9);
-        // a prompt answered in one token (an immediate end of text) has no decode speed
-        if rate(&spec) > 0.0 && rate(&off) > 0.0 {
-            t.log_ratios.push((rate(&spec) / rate(&off)).ln());
-        }
-        if let Some(s) = spec.spec {
-            if let Some(c) = &s.controller {
-                t.tree_depth += c.depth_sum;
-                for (k, v) in &c.drafted_rounds {
-                    *drafted_rounds.entry(k.clone()).or_default() += v;
+            let ids = engine.encode_conversation(&conversation)?;
+            let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
+            // which arm starts alternates every run, which thread runs which arm every other
+            // run: either order or seat alone tilts a comparison by 1-2% on this machine
+            let seat = (n / 2) % 2;
+            let arms = vec![(&mut *engine, &spec_params), (&mut *plain, &off_params)];
+            let outs = lockstep::side_by_side(arms, ids, (n + seat) % 2, seat)?;
+            n += 1;
+            let [spec, off]: [crate::engine::Output; 2] =
+                outs.try_into().unwrap_or_else(|_| unreachable!("side_by_side returns one output per arm"));
+            // the next turn follows the plain answer (the speculative one is the same when the
+            // run is lossless, which the identical column checks)
+            conversation.push(ChatMessage::assistant(&off.text));
+            let i = match cats.iter().position(|(k, _)| *k == it.category) {
+                Some(i) => i,
+                None => {
+                    cats.push((it.category.clone(), CatTotals::default()));
+                    cats.len() - 1
                 }
+            };
+            cats[i].1.add(&spec, &off);
+            if turn_totals.len() <= turn {
+                turn_totals.push(CatTotals::default());
             }
-            all_rounds += s.rounds;
-            for (k, v) in &s.per_drafter {
-                let e = by_drafter.entry(k.clone()).or_default();
-                e.0 += v.drafted;
-                e.1 += v.accepted;
-            }
-            let st = &mut t.stats;
-            st.rounds += s.rounds;
-            st.drafted += s.drafted;
-            st.accepted += s.accepted;
-            for (d, (a, b)) in s.attempted_by_depth.iter().zip(&s.accepted_by_depth).enumerate() {
-                if st.attempted_by_depth.len() <= d {
-                    st.attempted_by_depth.push(0);
-                    st.accepted_by_depth.push(0);
+            turn_totals[turn].add(&spec, &off);
+            if let Some(s) = spec.spec {
+                if let Some(c) = &s.controller {
+                    for (k, v) in &c.drafted_rounds {
+                        *drafted_rounds.entry(k.clone()).or_default() += v;
+                    }
                 }
-                st.attempted_by_depth[d] += a;
-                st.accepted_by_depth[d] += b;
+                all_rounds += s.rounds;
+                for (k, v) in &s.per_drafter {
+                    let e = by_drafter.entry(k.clone()).or_default();
+                    e.0 += v.drafted;
+                    e.1 += v.accepted;
+                }
             }
         }
     }
-    println!(
-        "\n| category | prompts | off tok/s | spec tok/s | speedup | per-prompt range | tau | accepted/drafted | acceptance by depth 1..4 | mean tree (depth) | identical |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let header = "| category | runs | off tok/s | spec tok/s | speedup | per-prompt range | tau | accepted/drafted | acceptance by depth 1..4 | mean tree (depth) | identical |";
+    println!("\n{header}\n|---|---|---|---|---|---|---|---|---|---|---|");
     let mut speedups = Vec::new();
     for (cat, t) in &cats {
-        let off = t.off_tokens as f64 / (t.off_ms / 1e3).max(1e-9);
-        let sp = t.spec_tokens as f64 / (t.spec_ms / 1e3).max(1e-9);
-        let measured = t.off_tokens > 0 && t.spec_tokens > 0;
-        if measured {
-            speedups.push(sp / off);
+        if let Some(s) = t.print_row(cat) {
+            speedups.push(s);
         }
-        let by_depth: Vec<String> = t.stats.acceptance_by_depth().iter().take(4).map(|a| format!("{a:.2}")).collect();
+    }
+    if turn_totals.len() > 1 {
         println!(
-            "| {cat} | {} | {off:.2} | {sp:.2} | {} | {} | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
-            t.prompts,
-            if measured { format!("{:.2}x", sp / off) } else { "-".into() },
-            ratio_interval(&t.log_ratios).map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}")),
-            t.stats.tau(),
-            t.stats.accepted,
-            t.stats.drafted,
-            by_depth.join(" "),
-            t.stats.drafted as f64 / t.stats.rounds.max(1) as f64,
-            if t.tree_depth > 0 {
-                format!("{:.2}", t.tree_depth as f64 / t.stats.rounds.max(1) as f64)
-            } else {
-                "-".into()
-            },
-            t.identical,
-            t.prompts
+            "\nBy turn, over all categories:\n{}\n|---|---|---|---|---|---|---|---|---|---|---|",
+            header.replace("category", "turn")
         );
+        for (i, t) in turn_totals.iter().enumerate() {
+            t.print_row(&format!("{}", i + 1));
+        }
     }
     let mean = speedups.iter().sum::<f64>() / speedups.len().max(1) as f64;
     let worst = speedups.iter().cloned().fold(f64::MAX, f64::min);

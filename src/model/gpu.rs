@@ -351,6 +351,9 @@ pub struct GpuModel {
     pub output: GpuMatrix,
     pub out_gamma: wgpu::Buffer,
     _keep: Vec<wgpu::Buffer>,
+    /// Passes encoded so far: every pass writes KV slots, so whoever keeps track of what the
+    /// cache holds (the engine, between turns of a chat) can tell whether anyone else ran one.
+    passes: std::sync::atomic::AtomicU64,
 }
 
 fn ceil(a: usize, b: usize) -> u32 {
@@ -539,6 +542,7 @@ impl GpuModel {
             output: out_m,
             out_gamma,
             _keep: keep,
+            passes: Default::default(),
         })
     }
 
@@ -553,6 +557,11 @@ impl GpuModel {
         self.accept = Dispatch { pipeline: p, bind };
     }
 
+    /// Passes encoded so far (see `passes`).
+    pub fn passes(&self) -> u64 {
+        self.passes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Writes the input tokens of the next pass (rows 0..tokens.len()).
     pub fn set_tokens(&self, tokens: &[u32]) {
         self.gpu.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
@@ -562,6 +571,7 @@ impl GpuModel {
     /// dispatches into `enc`. One pass per submission: the uniform is per submission.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec, prof: Option<&mut Profiler>) -> Result<()> {
         let m = spec.m;
+        self.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if m == 0 || m > self.max_batch {
             return Err(Error::msg(format!("a pass holds 1..={} tokens, got {m}", self.max_batch)));
         }

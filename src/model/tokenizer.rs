@@ -152,14 +152,61 @@ impl Tokenizer {
     /// Wraps a user message in the model's chat format. Both supported families use ChatML; the
     /// system line follows the model's own template when it has a default one.
     pub fn chat_prompt(&self, user: &str) -> String {
+        self.chat_conversation(&[ChatMessage::user(user)])
+    }
+
+    /// A whole conversation in the model's chat format, ending where the assistant's next reply
+    /// begins: earlier turns in order, each closed by the end-of-turn marker, so that a follow-up
+    /// ("rewrite your previous answer...") sees what was said. A conversation that opens with a
+    /// system message uses it in place of the model's default one.
+    pub fn chat_conversation(&self, messages: &[ChatMessage]) -> String {
         let mut s = String::new();
-        if let Some(t) = &self.chat_template {
-            if let Some(sys) = default_system(t) {
-                s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
-            }
+        let has_system = messages.first().is_some_and(|m| m.role == Role::System);
+        if !has_system && let Some(sys) = self.chat_template.as_deref().and_then(default_system) {
+            s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
         }
-        s.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
+        for m in messages {
+            s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role.name(), m.text));
+        }
+        s.push_str("<|im_start|>assistant\n");
         s
+    }
+}
+
+/// Who said a message of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub text: String,
+}
+
+impl ChatMessage {
+    pub fn user(text: &str) -> ChatMessage {
+        ChatMessage { role: Role::User, text: text.to_string() }
+    }
+    pub fn assistant(text: &str) -> ChatMessage {
+        ChatMessage { role: Role::Assistant, text: text.to_string() }
+    }
+    pub fn system(text: &str) -> ChatMessage {
+        ChatMessage { role: Role::System, text: text.to_string() }
     }
 }
 
