@@ -4,7 +4,9 @@
 //! before, merges what followed each occurrence into a trie, and keeps the most frequent
 //! continuations (count / occurrences, an empirical acceptance estimate) as a tree.
 //!
-//! The store learns from every finished request at once and persists under
+//! The store learns from every finished request at once (a chat's next turn, whose prompt holds
+//! the turns before it, extends the entry of the last one rather than storing it again) and
+//! persists under
 //! $AUGUR_HOME/suffix/<model key>.bin (at most STORE_CAP tokens, oldest dropped first, written
 //! atomically), so a user's history keeps helping across runs.
 
@@ -83,6 +85,10 @@ pub struct SuffixSpeculator {
     path: Option<PathBuf>,
     /// Drop candidates whose estimated acceptance is below this.
     pub min_score: f32,
+    /// Length of the request last learned when it is still the store's newest entry: a next
+    /// request that begins with it (the next turn of a chat) extends that entry instead of
+    /// storing the conversation again.
+    last_learned: Option<usize>,
 }
 
 struct TrieNode {
@@ -96,7 +102,13 @@ struct TrieNode {
 impl SuffixSpeculator {
     /// A speculator with an empty store that is not persisted.
     pub fn in_memory() -> SuffixSpeculator {
-        SuffixSpeculator { request: NgramIndex::default(), store: NgramIndex::default(), path: None, min_score: 0.1 }
+        SuffixSpeculator {
+            request: NgramIndex::default(),
+            store: NgramIndex::default(),
+            path: None,
+            min_score: 0.1,
+            last_learned: None,
+        }
     }
 
     /// Loads the store at `path` if it exists (a corrupt one is reported and ignored).
@@ -121,15 +133,29 @@ impl SuffixSpeculator {
         if tokens.is_empty() {
             return Ok(());
         }
-        for &t in tokens.iter().chain([SEP].iter()) {
+        let seq_len = self.store.seq.len();
+        let mut new = tokens;
+        if let Some(n) = self.last_learned
+            && n < tokens.len()
+            && seq_len > n
+            && self.store.seq[seq_len - 1 - n..seq_len - 1] == tokens[..n]
+        {
+            // the newest entry is this request's beginning: take its separator off (no n-gram
+            // maps to a separator's position) and append the rest
+            self.store.seq.pop();
+            new = &tokens[n..];
+        }
+        for &t in new.iter().chain([SEP].iter()) {
             self.store.push(t);
         }
+        self.last_learned = Some(tokens.len());
         let seq = &self.store.seq;
         if seq.len() > STORE_CAP {
             // keep the newest half of the cap, starting at a request boundary when there is one
             let cut = seq.len() - STORE_CAP / 2;
             let start = seq[cut..].iter().position(|&t| t == SEP).map_or(cut, |i| cut + i + 1);
             self.store = NgramIndex::rebuild(&seq[start.min(seq.len())..]);
+            self.last_learned = None;
         }
         if let Some(p) = &self.path {
             save_store(p, &self.store.seq)?;
@@ -312,6 +338,27 @@ mod tests {
         std::fs::write(&path, b"AUGSUFX1garbage").unwrap();
         assert_eq!(SuffixSpeculator::persistent(path.clone()).store_len(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_conversation_is_stored_once_as_it_grows() {
+        let mut s = SuffixSpeculator::in_memory();
+        s.learn(&[1, 2, 3, 4]).unwrap();
+        // the next turn of the same chat: its prompt is the first turn and more
+        s.learn(&[1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(s.store.seq, [1, 2, 3, 4, 5, 6, SEP]);
+        // the n-gram across the old boundary was indexed: "4 5" -> 6
+        s.begin(&[9, 4, 5]);
+        let t = s.propose(&[9, 4, 5], 4, 1);
+        assert_eq!(t.nodes[0].token, 6);
+        assert_eq!(t.evidence, 2);
+        // another request is an entry of its own, and so is a later one that does not extend it
+        s.learn(&[7, 8]).unwrap();
+        s.learn(&[1, 2, 3]).unwrap();
+        assert_eq!(s.store.seq, [1, 2, 3, 4, 5, 6, SEP, 7, 8, SEP, 1, 2, 3, SEP]);
+        // the same request twice is stored twice (it happened twice)
+        s.learn(&[1, 2, 3]).unwrap();
+        assert_eq!(s.store_len(), 18);
     }
 
     #[test]
