@@ -19,7 +19,7 @@ trap 'rm -rf "$work"' EXIT
 fresh() { local h; h=$(mktemp -d -p "$work"); [ -d "$models" ] && ln -s "$models" "$h/models"; echo "$h"; }
 {
   echo "# $(date -u) $(uname -m) $(nproc) cores"
-  AUGUR_HOME=$(fresh) $a bench-spec smollm2-135m --workload spec-bench --per-category 10 --max-tokens 48 --speculate auto
+  AUGUR_HOME=$(fresh) $a bench-spec smollm2-135m --workload spec-bench --per-category 10 --max-tokens 48 --turns 1 --speculate auto
   AUGUR_HOME=$(fresh) $a bench-spec smollm2-135m --workload rewrite --per-category 17 --max-tokens 64 --speculate auto
   echo "## simulated: +300 ms per pass"
   AUGUR_HOME=$(fresh) $a bench-spec smollm2-135m --workload rewrite --per-category 4 --max-tokens 64 --speculate auto --simulate-ms-per-pass 300

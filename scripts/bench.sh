@@ -14,5 +14,6 @@ a=target/release/augur
   $a bench qwen2.5-coder-0.5b --runs 3
   $a bench qwen2.5-coder-1.5b --runs 3
   $a bench-spec smollm2-135m --workload rewrite --per-category 17 --max-tokens 64
-  $a bench-spec smollm2-135m --workload spec-bench --per-category 2 --max-tokens 48
+  $a bench-spec smollm2-135m --workload spec-bench --per-category 2 --max-tokens 48 --turns 1
+  $a bench-spec smollm2-135m --workload spec-bench --per-category 5 --max-tokens 48   # both turns, as Spec-Bench runs them
 } 2>&1 | tee "$out"
