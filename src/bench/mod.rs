@@ -373,8 +373,10 @@ impl CatTotals {
         let by_depth: Vec<String> =
             self.stats.acceptance_by_depth().iter().take(4).map(|a| format!("{a:.2}")).collect();
         println!(
-            "| {label} | {} | {off:.2} | {sp:.2} | {} | {} | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
+            "| {label} | {} | {:.0} | {off:.2} | {sp:.2} | {} | {} | {:.2} | {}/{} | {} | {:.2} ({}) | {}/{} |",
             self.prompts,
+            // the plain arm's answers: how long they ran (to --max-tokens, or the model's end)
+            self.off_tokens as f64 / self.prompts.max(1) as f64,
             if measured { format!("{:.2}x", sp / off) } else { "-".into() },
             ratio_interval(&self.log_ratios).map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}")),
             self.stats.tau(),
@@ -508,8 +510,9 @@ pub fn spec_run(engine: &mut Engine, plain: &mut Engine, items: &[WorkItem], run
             }
         }
     }
-    let header = "| category | runs | off tok/s | spec tok/s | speedup | per-prompt range | tau | accepted/drafted | acceptance by depth 1..4 | mean tree (depth) | identical |";
-    println!("\n{header}\n|---|---|---|---|---|---|---|---|---|---|---|");
+    let header = "| category | runs | tokens a run | off tok/s | spec tok/s | speedup | per-prompt range | tau | accepted/drafted | acceptance by depth 1..4 | mean tree (depth) | identical |";
+    let rule = "|---".repeat(12) + "|";
+    println!("\n{header}\n{rule}");
     let mut speedups = Vec::new();
     for (cat, t) in &cats {
         if let Some(s) = t.print_row(cat) {
@@ -517,10 +520,7 @@ pub fn spec_run(engine: &mut Engine, plain: &mut Engine, items: &[WorkItem], run
         }
     }
     if turn_totals.len() > 1 {
-        println!(
-            "\nBy turn, over all categories:\n{}\n|---|---|---|---|---|---|---|---|---|---|---|",
-            header.replace("category", "turn")
-        );
+        println!("\nBy turn, over all categories:\n{}\n{rule}", header.replace("category", "turn"));
         for (i, t) in turn_totals.iter().enumerate() {
             t.print_row(&format!("{}", i + 1));
         }
