@@ -228,6 +228,43 @@ impl Gpu {
         )
     }
 
+    /// A storage buffer of `len` 32-bit words written straight into it as it is mapped at
+    /// creation, `chunk` words at a time (`fill(i, words)` writes chunk i): weights laid out as
+    /// they are uploaded, without a copy of the layout in host memory first (on a CPU device the
+    /// buffer is host memory).
+    pub fn storage_from_chunks(
+        &self,
+        label: &str,
+        len: usize,
+        chunk: usize,
+        mut fill: impl FnMut(usize, &mut [u32]),
+    ) -> wgpu::Buffer {
+        let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        if self.mappable {
+            usage |= wgpu::BufferUsages::MAP_WRITE;
+        }
+        // zero-sized bindings are invalid: an empty buffer gets 4 words, as in buffer_init
+        let size = (len.max(4) * 4) as u64;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buf.slice(..).get_mapped_range_mut().expect("a buffer mapped at creation is mapped");
+            let chunk = chunk.max(1);
+            let mut words = vec![0u32; chunk.min(len)];
+            for (i, start) in (0..len).step_by(chunk).enumerate() {
+                let n = chunk.min(len - start);
+                fill(i, &mut words[..n]);
+                view.slice(start * 4..(start + n) * 4).copy_from_slice(bytemuck::cast_slice(&words[..n]));
+            }
+        }
+        buf.unmap();
+        buf
+    }
+
     /// A zeroed storage buffer of `bytes` bytes.
     pub fn storage_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -24,38 +24,32 @@ use crate::model::cpu::rope_table;
 use crate::model::weights::{MatData, Matrix, Weights};
 use std::sync::Arc;
 
-/// Where word `kw` (of `words` along K) of column `c` goes in the column-group-major layout of
-/// matmul.wgsl: groups of 4 columns one after the other, each running down K, the 4 columns'
-/// words side by side.
-fn col_major(c: usize, kw: usize, words: usize) -> usize {
-    ((c / 4) * words + kw) * 4 + c % 4
+/// Uploads columns `cols` of a matrix in the column-group-major layout of matmul.wgsl: groups of
+/// 4 columns one after the other, each running down K, the 4 columns' words side by side, with
+/// `words` words a column; `word(c, w)` is word w of column c. (`cols` holds a multiple of 4.)
+fn upload_col_major(
+    gpu: &Gpu,
+    label: &str,
+    cols: std::ops::Range<usize>,
+    words: usize,
+    word: impl Fn(usize, usize) -> u32,
+) -> wgpu::Buffer {
+    let c0 = cols.start;
+    gpu.storage_from_chunks(label, words * cols.len(), 4 * words, |g, out| {
+        for (w, four) in out.chunks_exact_mut(4).enumerate() {
+            for (i, o) in four.iter_mut().enumerate() {
+                *o = word(c0 + 4 * g + i, w);
+            }
+        }
+    })
 }
 
-/// Columns `cols` of an [N][K] matrix of small integers as u32 words in the column-group-major
-/// layout: `per` values of a column along K in each word, `bits` bits each.
-fn pack_words(q: &[i8], k: usize, cols: std::ops::Range<usize>, per: usize, bits: usize) -> Vec<u32> {
+/// Word `kw` of column `c` of an [N][K] matrix of small integers: `per` values along K, `bits`
+/// bits each.
+fn packed_word(q: &[i8], k: usize, c: usize, kw: usize, per: usize, bits: usize) -> u32 {
     let mask = (1u32 << bits) - 1;
-    let mut w = vec![0u32; k / per * cols.len()];
-    for (ci, c) in cols.enumerate() {
-        for kw in 0..k / per {
-            let vals = &q[c * k + per * kw..c * k + per * kw + per];
-            w[col_major(ci, kw, k / per)] =
-                vals.iter().enumerate().fold(0, |acc, (i, &v)| acc | ((v as u8 as u32 & mask) << (bits * i)));
-        }
-    }
-    w
-}
-
-/// Columns `cols` of per-block values ([N][K/block], one per `block` along K) in the same layout.
-fn pack_blocks(v: &[f32], k: usize, cols: std::ops::Range<usize>, block: usize) -> Vec<f32> {
-    let per_col = k / block;
-    let mut out = vec![0f32; per_col * cols.len()];
-    for (ci, c) in cols.enumerate() {
-        for b in 0..per_col {
-            out[col_major(ci, b, per_col)] = v[c * per_col + b];
-        }
-    }
-    out
+    let vals = &q[c * k + per * kw..c * k + per * kw + per];
+    vals.iter().enumerate().fold(0, |acc, (i, &v)| acc | ((v as u8 as u32 & mask) << (bits * i)))
 }
 
 /// One column range of a matrix, small enough for one storage binding.
@@ -120,32 +114,27 @@ impl GpuMatrix {
         while n_base < n {
             let pn = (n - n_base).min(max_cols);
             let cols = n_base..n_base + pn;
+            // laid out straight into the buffers
+            let words = |q: &[i8], per: usize, bits: usize| {
+                upload_col_major(gpu, label, cols.clone(), k / per, |c, kw| packed_word(q, k, c, kw, per, bits))
+            };
+            let blocks = |v: &[f32], block: usize| {
+                let per_col = k / block;
+                upload_col_major(gpu, label, cols.clone(), per_col, |c, b| v[c * per_col + b].to_bits())
+            };
+            let none = || gpu.storage(label, &[0u32; 4]);
             let (w, scale, offset) = match &m.data {
                 MatData::Q8 { q, scale, offset } => {
                     let (per, bits) = if format == Format::Q4 { (8, 4) } else { (4, 8) };
-                    let w = pack_words(q, k, cols.clone(), per, bits);
-                    let s = pack_blocks(scale, k, cols.clone(), 32);
-                    let o = match format {
-                        Format::Q8Sym => gpu.storage(label, &[0u32; 4]),
-                        _ => gpu.storage(label, &pack_blocks(offset, k, cols.clone(), 32)),
-                    };
-                    (gpu.storage(label, &w), gpu.storage(label, &s), o)
+                    let o = if format == Format::Q8Sym { none() } else { blocks(offset, 32) };
+                    (words(q, per, bits), blocks(scale, 32), o)
                 }
-                MatData::Q8x16 { q, scale } => {
-                    let w = pack_words(q, k, cols.clone(), 4, 8);
-                    let s = pack_blocks(scale, k, cols.clone(), 16);
-                    (gpu.storage(label, &w), gpu.storage(label, &s), gpu.storage(label, &[0u32; 4]))
-                }
+                MatData::Q8x16 { q, scale } => (words(q, 4, 8), blocks(scale, 16), none()),
                 MatData::F16(h) => {
-                    let mut w = vec![0u32; k / 2 * pn];
-                    for (ci, c) in cols.clone().enumerate() {
-                        for kp in 0..k / 2 {
-                            let lo = h[c * k + 2 * kp].to_bits() as u32;
-                            let hi = h[c * k + 2 * kp + 1].to_bits() as u32;
-                            w[col_major(ci, kp, k / 2)] = lo | (hi << 16);
-                        }
-                    }
-                    (gpu.storage(label, &w), gpu.storage(label, &[0u32; 4]), gpu.storage(label, &[0u32; 4]))
+                    let w = upload_col_major(gpu, label, cols.clone(), k / 2, |c, kp| {
+                        h[c * k + 2 * kp].to_bits() as u32 | (h[c * k + 2 * kp + 1].to_bits() as u32) << 16
+                    });
+                    (w, none(), none())
                 }
             };
             parts.push(MatPart { w, scale, offset, n: pn, n_base });
