@@ -82,7 +82,7 @@ pub struct Gguf {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
-    data: Vec<u8>,
+    data: FileBytes,
 }
 
 struct Reader<'a> {
@@ -170,14 +170,43 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A model file's bytes: mapped from disk when opened by path (tensors are read from the page
+/// cache as they are converted, and the file is never copied into memory whole), or owned.
+enum FileBytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Owned(v) => v,
+            FileBytes::Mapped(m) => m,
+        }
+    }
+}
+
 impl Gguf {
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref();
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Gguf::parse(path.display().to_string(), data)
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only and augur never writes a model file in place (`augur
+        // pull` renames a finished download over the old one, which leaves this mapping on the
+        // old file). Where mapping is refused, the file is read instead.
+        let data = match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(map) => FileBytes::Mapped(map),
+            Err(_) => FileBytes::Owned(std::fs::read(path).map_err(|e| Error::io(path, e))?),
+        };
+        Gguf::parse_bytes(path.display().to_string(), data)
     }
 
+    /// Parses a GGUF file held in memory.
     pub fn parse(path: String, data: Vec<u8>) -> Result<Gguf> {
+        Gguf::parse_bytes(path, FileBytes::Owned(data))
+    }
+
+    fn parse_bytes(path: String, data: FileBytes) -> Result<Gguf> {
         let mut r = Reader { buf: &data, pos: 0, path: &path };
         let magic = r.take(4).map_err(|_| r.err("file is shorter than a GGUF header"))?;
         if magic != b"GGUF" {
