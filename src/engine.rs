@@ -166,6 +166,10 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+    /// Makes the token usable for the next generation.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed)
+    }
 }
 
 pub struct Engine {

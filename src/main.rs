@@ -399,7 +399,25 @@ fn chat(a: ChatArgs) -> Result<()> {
     let mut chat = augur::chat::Chat::new(a.system.clone());
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("augur: chatting with {}; /reset forgets the conversation, Ctrl-D quits", model_stem(&engine));
+        eprintln!(
+            "augur: chatting with {}; /reset forgets the conversation, Ctrl-C stops an answer, Ctrl-D quits",
+            model_stem(&engine)
+        );
+    }
+    // Ctrl-C while an answer streams stops it (the conversation keeps what was said); at the
+    // prompt it quits, as it would without a handler
+    let cancel = augur::engine::CancelToken::default();
+    let answering = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (cancel, answering) = (cancel.clone(), answering.clone());
+        let _ = ctrlc::set_handler(move || {
+            if answering.load(std::sync::atomic::Ordering::Relaxed) {
+                cancel.cancel();
+            } else {
+                eprintln!();
+                std::process::exit(130);
+            }
+        });
     }
     let mut stdout = std::io::stdout();
     let prompt_mark = |out: &mut std::io::Stdout| {
@@ -436,11 +454,14 @@ fn chat(a: ChatArgs) -> Result<()> {
         };
         let tokenizer = engine.tokenizer.clone();
         let mut dec = augur::model::tokenizer::StreamDecoder::new();
-        let res = engine.generate_tokens(&ids, &params, &augur::engine::CancelToken::default(), |id| {
+        cancel.reset();
+        answering.store(true, std::sync::atomic::Ordering::Relaxed);
+        let res = engine.generate_tokens(&ids, &params, &cancel, |id| {
             let _ = stdout.write_all(dec.push(&tokenizer, id).as_bytes());
             let _ = stdout.flush();
             true
         });
+        answering.store(false, std::sync::atomic::Ordering::Relaxed);
         println!();
         match res {
             Ok(out) => {

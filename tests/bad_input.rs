@@ -149,6 +149,44 @@ fn cli_chat_survives_a_message_too_long_and_reuses_the_conversation() {
     assert!(out.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "{out}");
 }
 
+/// Ctrl-C while an answer streams stops that answer, and the chat goes on with the next turn.
+#[cfg(unix)]
+#[test]
+fn cli_chat_ctrl_c_stops_the_answer_not_the_chat() {
+    use std::io::{Read, Write};
+    let model = common::model_path("smollm2-135m");
+    let home = std::env::temp_dir().join(format!("augur-chat-int-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["chat", model.to_str().unwrap(), "--ctx", "1024", "--max-tokens", "200", "--speculate", "off"])
+        .env("AUGUR_HOME", &home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Write a very long story about a dragon and a knight.\n").unwrap();
+    stdin.flush().unwrap();
+    // the answer is streaming once its first bytes arrive
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    stdin.write_all(b"Thanks!\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let reports: Vec<&str> = err.lines().filter(|l| l.contains("prompt tokens")).collect();
+    assert_eq!(reports.len(), 2, "{err}");
+    assert!(reports[0].ends_with("stop: cancelled"), "{err}");
+    assert!(reports[1].contains("cached"), "the next turn follows the stopped answer: {err}");
+}
+
 #[test]
 fn cli_errors_are_one_line_with_non_zero_exit() {
     for args in [
