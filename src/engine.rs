@@ -273,6 +273,13 @@ impl Engine {
         Ok(())
     }
 
+    /// Saves a learning head to `path` every `every` (checked after each generation), as
+    /// `EngineOptions::head_autosave` does; None stops it.
+    pub fn set_head_autosave(&mut self, path: Option<std::path::PathBuf>, every: std::time::Duration) {
+        self.head_autosave = path.map(|p| (p, every));
+        self.last_head_save = Instant::now();
+    }
+
     /// Saves a learning head when `EngineOptions::head_autosave` says it is time. A failed save
     /// is reported on stderr and serving goes on (the previous file stays whole).
     fn autosave_head(&mut self) {

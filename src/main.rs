@@ -395,6 +395,8 @@ fn report(s: &augur::engine::Stats) {
 fn chat(a: ChatArgs) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
     let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
+    // a chat can run for long and end with Ctrl-C: a learning draft head is saved as it goes
+    engine.set_head_autosave(head_path.clone(), std::time::Duration::from_secs(120));
     let params = a.sample.params(true, &a.spec);
     let mut chat = augur::chat::Chat::new(a.system.clone());
     let interactive = std::io::stdin().is_terminal();
