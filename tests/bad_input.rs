@@ -107,19 +107,24 @@ fn augur(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// `augur chat` with `input` on stdin.
-fn augur_chat(args: &[&str], input: &str) -> (i32, String, String) {
-    use std::io::Write;
-    let home = std::env::temp_dir().join(format!("augur-chat-home-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_augur"))
+/// `augur chat ARGS` started with AUGUR_HOME `home` and its stdin, stdout and stderr piped.
+fn chat_process(args: &[&str], home: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_augur"))
         .arg("chat")
         .args(args)
-        .env("AUGUR_HOME", &home)
+        .env("AUGUR_HOME", home)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// `augur chat` with `input` on stdin.
+fn augur_chat(args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let home = std::env::temp_dir().join(format!("augur-chat-home-{}", std::process::id()));
+    let mut child = chat_process(args, &home);
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let _ = std::fs::remove_dir_all(&home);
@@ -156,14 +161,8 @@ fn cli_chat_ctrl_c_stops_the_answer_not_the_chat() {
     use std::io::{Read, Write};
     let model = common::model_path("smollm2-135m");
     let home = std::env::temp_dir().join(format!("augur-chat-int-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_augur"))
-        .args(["chat", model.to_str().unwrap(), "--ctx", "1024", "--max-tokens", "200", "--speculate", "off"])
-        .env("AUGUR_HOME", &home)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let args = [model.to_str().unwrap(), "--ctx", "1024", "--max-tokens", "200", "--speculate", "off"];
+    let mut child = chat_process(&args, &home);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"Write a very long story about a dragon and a knight.\n").unwrap();
     stdin.flush().unwrap();
