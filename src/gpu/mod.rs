@@ -211,12 +211,18 @@ impl Gpu {
         } else {
             bytes
         };
-        let usage = if self.mappable && usage.contains(wgpu::BufferUsages::STORAGE) {
+        let usage = self.writable_in_place(usage);
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage })
+    }
+
+    /// `usage` plus MAP_WRITE for a storage buffer on a device whose buffers are host memory, so
+    /// that its contents are written in place rather than through a staging copy.
+    fn writable_in_place(&self, usage: wgpu::BufferUsages) -> wgpu::BufferUsages {
+        if self.mappable && usage.contains(wgpu::BufferUsages::STORAGE) {
             usage | wgpu::BufferUsages::MAP_WRITE
         } else {
             usage
-        };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage })
+        }
     }
 
     /// A storage buffer holding `data`.
@@ -239,10 +245,9 @@ impl Gpu {
         chunk: usize,
         mut fill: impl FnMut(usize, &mut [u32]),
     ) -> wgpu::Buffer {
-        let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        if self.mappable {
-            usage |= wgpu::BufferUsages::MAP_WRITE;
-        }
+        let usage = self.writable_in_place(
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
         // zero-sized bindings are invalid: an empty buffer gets 4 words, as in buffer_init
         let size = (len.max(4) * 4) as u64;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -85,10 +85,6 @@ pub struct SuffixSpeculator {
     path: Option<PathBuf>,
     /// Drop candidates whose estimated acceptance is below this.
     pub min_score: f32,
-    /// Length of the request last learned when it is still the store's newest entry: a next
-    /// request that begins with it (the next turn of a chat) extends that entry instead of
-    /// storing the conversation again.
-    last_learned: Option<usize>,
 }
 
 struct TrieNode {
@@ -102,13 +98,7 @@ struct TrieNode {
 impl SuffixSpeculator {
     /// A speculator with an empty store that is not persisted.
     pub fn in_memory() -> SuffixSpeculator {
-        SuffixSpeculator {
-            request: NgramIndex::default(),
-            store: NgramIndex::default(),
-            path: None,
-            min_score: 0.1,
-            last_learned: None,
-        }
+        SuffixSpeculator { request: NgramIndex::default(), store: NgramIndex::default(), path: None, min_score: 0.1 }
     }
 
     /// Loads the store at `path` if it exists (a corrupt one is reported and ignored).
@@ -133,29 +123,27 @@ impl SuffixSpeculator {
         if tokens.is_empty() {
             return Ok(());
         }
-        let seq_len = self.store.seq.len();
+        // the store's newest entry: what follows the separator before its last one
+        let seq = &self.store.seq;
+        let end = seq.len().saturating_sub(1);
+        let newest = &seq[seq[..end].iter().rposition(|&t| t == SEP).map_or(0, |i| i + 1)..end];
         let mut new = tokens;
-        if let Some(n) = self.last_learned
-            && n < tokens.len()
-            && seq_len > n
-            && self.store.seq[seq_len - 1 - n..seq_len - 1] == tokens[..n]
-        {
-            // the newest entry is this request's beginning: take its separator off (no n-gram
-            // maps to a separator's position) and append the rest
+        let closed = seq.last() == Some(&SEP);
+        if closed && !newest.is_empty() && newest.len() < tokens.len() && tokens.starts_with(newest) {
+            // this request begins with it (the next turn of a chat): take its separator off
+            // (no n-gram maps to a separator's position) and append the rest
+            new = &tokens[newest.len()..];
             self.store.seq.pop();
-            new = &tokens[n..];
         }
         for &t in new.iter().chain([SEP].iter()) {
             self.store.push(t);
         }
-        self.last_learned = Some(tokens.len());
         let seq = &self.store.seq;
         if seq.len() > STORE_CAP {
             // keep the newest half of the cap, starting at a request boundary when there is one
             let cut = seq.len() - STORE_CAP / 2;
             let start = seq[cut..].iter().position(|&t| t == SEP).map_or(cut, |i| cut + i + 1);
             self.store = NgramIndex::rebuild(&seq[start.min(seq.len())..]);
-            self.last_learned = None;
         }
         if let Some(p) = &self.path {
             save_store(p, &self.store.seq)?;
