@@ -75,6 +75,10 @@ enum Cmd {
         /// follows the model's answers to the ones before) [default: all]
         #[arg(long)]
         turns: Option<usize>,
+        /// Spec-Bench: first answer this many further questions of each category (after the
+        /// measured ones), unmeasured, so that the suffix store holds a history as a user's does
+        #[arg(long, default_value_t = 0)]
+        history: usize,
         #[command(flatten)]
         spec: SpecArgs,
     },
@@ -553,7 +557,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = model.engine()?;
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
-        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, turns, spec } => {
+        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, turns, history, spec } => {
             if turns == Some(0) {
                 return Err(Error::msg("--turns must be at least 1 (or left out for all turns)"));
             }
@@ -565,10 +569,19 @@ fn run(cli: Cli) -> Result<()> {
                     None => bench::fixed_rewrite_workload(n)?,
                 },
                 ("spec-bench", _) => bench::spec_bench_workload(
-                    &questions.unwrap_or_else(|| "../shared/data/spec_bench/question.jsonl".into()),
+                    questions.as_deref().unwrap_or("../shared/data/spec_bench/question.jsonl".as_ref()),
                     n,
                 )?,
                 (other, _) => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
+            };
+            let history = match (workload.as_str(), history) {
+                (_, 0) => Vec::new(),
+                ("spec-bench", h) => bench::spec_bench_slice(
+                    questions.as_deref().unwrap_or("../shared/data/spec_bench/question.jsonl".as_ref()),
+                    n,
+                    h,
+                )?,
+                _ => return Err(Error::msg("--history works with --workload spec-bench only")),
             };
             let (mut engine, _) = model.engine_with(&spec)?;
             let mut plain = model.plain_twin(&engine)?;
@@ -579,7 +592,7 @@ fn run(cli: Cli) -> Result<()> {
                 depth: spec.max_depth,
                 max_turns: turns.unwrap_or(usize::MAX),
             };
-            bench::spec_run(&mut engine, &mut plain, &items, &run)?;
+            bench::spec_run(&mut engine, &mut plain, &items, &history, &run)?;
         }
         Cmd::BenchAdapt {
             model,

@@ -245,19 +245,26 @@ impl WorkItem {
 /// Spec-Bench questions (jsonl with `category` and `turns`): up to `per_category` questions per
 /// category, with all their turns.
 pub fn spec_bench_workload(path: &std::path::Path, per_category: usize) -> Result<Vec<WorkItem>> {
+    spec_bench_slice(path, 0, per_category)
+}
+
+/// Spec-Bench questions after the first `skip` of each category: up to `per_category` more per
+/// category (`bench-spec --history` answers these before measuring the first ones).
+pub fn spec_bench_slice(path: &std::path::Path, skip: usize, per_category: usize) -> Result<Vec<WorkItem>> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
-    jsonl_workload(&text, path, per_category)
+    jsonl_workload(&text, path, skip, per_category)
 }
 
 /// The fixed rewrite workload (`tests/data/rewrite.jsonl`, built into the binary so that it runs
 /// from anywhere): up to `count` of its prompts.
 pub fn fixed_rewrite_workload(count: usize) -> Result<Vec<WorkItem>> {
     let text = include_str!("../../tests/data/rewrite.jsonl");
-    jsonl_workload(text, std::path::Path::new("tests/data/rewrite.jsonl"), count)
+    jsonl_workload(text, std::path::Path::new("tests/data/rewrite.jsonl"), 0, count)
 }
 
-/// Prompts from jsonl text (`path` names it in errors).
-fn jsonl_workload(text: &str, path: &std::path::Path, per_category: usize) -> Result<Vec<WorkItem>> {
+/// Prompts from jsonl text (`path` names it in errors): of each category, the `per_category`
+/// after the first `skip`.
+fn jsonl_workload(text: &str, path: &std::path::Path, skip: usize, per_category: usize) -> Result<Vec<WorkItem>> {
     let mut counts = std::collections::HashMap::new();
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -270,8 +277,8 @@ fn jsonl_workload(text: &str, path: &std::path::Path, per_category: usize) -> Re
             None => Vec::new(),
         };
         let n = counts.entry(cat.clone()).or_insert(0);
-        if *n < per_category {
-            *n += 1;
+        *n += 1;
+        if *n > skip && *n - skip <= per_category {
             items.push(WorkItem { category: cat, prompt: prompt.to_string(), follow_ups });
         }
     }
@@ -437,8 +444,16 @@ pub struct SpecRun {
 /// is a conversation, as Spec-Bench runs it: each of its first `max_turns` turns is asked after
 /// the answers to the ones before, and every turn counts towards its category; a table by turn
 /// follows. The suffix store starts empty and learns only from the speculative runs, as a fresh
-/// install would.
-pub fn spec_run(engine: &mut Engine, plain: &mut Engine, items: &[WorkItem], run: &SpecRun) -> Result<()> {
+/// install would; or, with `history`, from those conversations first, answered by the
+/// speculative engine alone and not measured, as the store of a user who asked them earlier
+/// would (the controller then starts afresh, as in a new process).
+pub fn spec_run(
+    engine: &mut Engine,
+    plain: &mut Engine,
+    items: &[WorkItem],
+    history: &[WorkItem],
+    run: &SpecRun,
+) -> Result<()> {
     use crate::spec::SpecMode;
     let SpecRun { max_tokens, mode, budget, depth, max_turns } = *run;
     let gpu = engine.gpu().clone();
@@ -461,6 +476,27 @@ pub fn spec_run(engine: &mut Engine, plain: &mut Engine, items: &[WorkItem], run
     warm_up(plain)?;
     let (spec_params, off_params) =
         (GenerateParams { speculate: mode, ..base.clone() }, GenerateParams { speculate: SpecMode::Off, ..base });
+    if !history.is_empty() {
+        let t = std::time::Instant::now();
+        let mut answered = 0;
+        for it in history {
+            let mut conversation = Vec::new();
+            for ask in std::iter::once(&it.prompt).chain(&it.follow_ups).take(max_turns.max(1)) {
+                conversation.push(ChatMessage::user(ask));
+                let ids = engine.encode_conversation(&conversation)?;
+                let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
+                let out = engine.generate_tokens(ids, &spec_params, &CancelToken::default(), |_| true)?;
+                answered += out.tokens.len();
+                conversation.push(ChatMessage::assistant(&out.text));
+            }
+        }
+        engine.controller = None;
+        println!(
+            "history: {} conversations ({answered} tokens) answered first, unmeasured, in {:.0} s",
+            history.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let mut turn_totals: Vec<CatTotals> = Vec::new();
     let mut n = 0;
     for it in items {
