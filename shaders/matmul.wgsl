@@ -38,6 +38,58 @@ const MAX_R: u32 = 9u;
 // One vec4 per row of an invocation's rows (the first R used).
 alias Rows = array<vec4<f32>, MAX_R>;
 
+// NORM: rows are normalised as W (g x) / rms(x): x is multiplied by the norm's weights g as
+// it is read, and the sums of squares are gathered from the same loads, lane j of each 8
+// summing x's vec4s j, j + 8, ... of a row (one per 32-block) as the matmul walks K; the 8
+// partials are added in order at the end (inv_rms). Reading x a second time to normalise it
+// first doubled the loads of x, which at 8 rows cost more than the weights' in lavapipe.
+var<private> first_row: u32;
+var<private> row_squares: array<f32, MAX_R>;
+// NORM without subgroups: lanes 0..7 read a block's 8 vec4s of each row (times g) and hand them
+// round through workgroup memory, as the shuffles do with subgroups, and their partial sums of
+// squares likewise at the end. (Every lane reading x itself, Mesa reassociated the products,
+// and the logits differed in the last bits from the subgroup path's.)
+var<workgroup> x_shared: array<vec4<f32>, 72>;
+var<workgroup> squares_shared: array<f32, 72>;
+
+// x's vec4 kq of the invocation's row r.
+fn x_raw(r: u32, kq: u32) -> vec4<f32> {
+    return x[(first_row + r) * (p.k / 4u) + kq];
+}
+
+// This lane's slice kq of row r as the matmul multiplies it: times g (the norm's weights gv =
+// norm_g[kq]) under NORM, its squares added into the row's partial sum.
+fn x_slice(r: u32, kq: u32, gv: vec4<f32>) -> vec4<f32> {
+    let v = x_raw(r, kq);
+    if (NORM) {
+        row_squares[r] += dot(v, v);
+        return v * gv;
+    }
+    return v;
+}
+
+// NORM: the norm's weights for x's vec4 kq.
+fn norm_weights(kq: u32) -> vec4<f32> {
+    if (NORM) {
+        return norm_g[kq];
+    }
+    return vec4<f32>(1.0);
+}
+
+// NORM: 1 / RMS of the invocation's row r, from the lanes' partial sums (after the last block).
+fn row_inv(r: u32, l: Lane) -> f32 {
+    var total = 0.0;
+    if (SUBGROUPS) {
+        for (var j = 0u; j < 8u; j++) {
+            total += from_lane_f32(row_squares[r], j);
+        }
+    } else {
+        for (var j = 0u; j < 8u; j++) {
+            total += squares_shared[r * 8u + j];
+        }
+    }
+    return inv_rms(total);
+}
 
 // Running sums over one 32-block: per row, the sum of weights times x and the sum of x.
 struct BlockSums {
@@ -52,7 +104,7 @@ fn add_products(s_in: BlockSums, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3
     var s = s_in;
     for (var r = 0u; r < R; r++) {
         if (r < rows) {
-            let xv = x_at(xl[r], j, row0 + r, kq);
+            let xv = x_at(xl[r], j, r, kq);
             s.part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
             s.xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
         }
@@ -117,7 +169,7 @@ fn q8x16_step(h: u32, j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, pa
     let c3 = vec4<f32>(unpack4xI8(q.w));
     for (var r = 0u; r < R; r++) {
         if (r < rows) {
-            let xv = x_at(xl[r], h * 4u + j, row0 + r, kq);
+            let xv = x_at(xl[r], h * 4u + j, r, kq);
             part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
         }
     }
@@ -157,21 +209,39 @@ fn q8x16_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc: Rows) -> Rows
 fn x_slices(b: u32, row0: u32, rows: u32, l: Lane) -> Rows {
     var xl = Rows();
     if (SUBGROUPS) {
+        let kq = b * 8u + lane8(l);
+        let gv = norm_weights(kq);
         for (var r = 0u; r < R; r++) {
             if (r < rows) {
-                xl[r] = x[(row0 + r) * (p.k / 4u) + b * 8u + lane8(l)];
+                xl[r] = x_slice(r, kq, gv);
             }
         }
+    } else if (NORM) {
+        workgroupBarrier();
+        if (l.lid < 8u) {
+            let kq = b * 8u + l.lid;
+            let gv = norm_weights(kq);
+            for (var r = 0u; r < R; r++) {
+                if (r < rows) {
+                    x_shared[r * 8u + l.lid] = x_slice(r, kq, gv);
+                }
+            }
+        }
+        workgroupBarrier();
     }
     return xl;
 }
 
-// x's vec4 kq (number j of its block) of row `row`: from the lane that loaded it, or loaded here.
-fn x_at(slice: vec4<f32>, j: u32, row: u32, kq: u32) -> vec4<f32> {
+// x's vec4 kq (number j of its block) of the invocation's row r: from the lane that loaded it,
+// or loaded here.
+fn x_at(slice: vec4<f32>, j: u32, r: u32, kq: u32) -> vec4<f32> {
     if (SUBGROUPS) {
         return from_lane(slice, j);
     }
-    return x[row * (p.k / 4u) + kq];
+    if (NORM) {
+        return x_shared[r * 8u + j];
+    }
+    return x_raw(r, kq);
 }
 
 // Q8 and F16: values kq*4 .. kq*4+3 of 4-column group g (x's vec4 j of block b) added into the
@@ -245,6 +315,7 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
 fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
     var acc = Rows();
+    row_squares = array<f32, MAX_R>();
     for (var b = 0u; b < p.k / 32u; b++) {
         if (FORMAT == 2u) {
             acc = q4_block(b, g, row0, rows, l, acc);
@@ -252,6 +323,21 @@ fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
             acc = q8x16_block(b, g, row0, rows, l, acc);
         } else {
             acc = wide_block(b, g, row0, rows, l, acc);
+        }
+    }
+    if (NORM) {
+        if (!SUBGROUPS) {
+            if (l.lid < 8u) {
+                for (var r = 0u; r < R; r++) {
+                    squares_shared[r * 8u + l.lid] = row_squares[r];
+                }
+            }
+            workgroupBarrier();
+        }
+        for (var r = 0u; r < R; r++) {
+            if (r < rows) {
+                acc[r] *= row_inv(r, l);
+            }
         }
     }
     return acc;
@@ -274,6 +360,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
     let rows = min(R, call.y - rblock);
     let row0 = call.x + rblock;
+    first_row = row0;
     let groups = select(p.n / 4u, p.n / 8u, EPILOGUE == 2u);
     // lanes past the last group compute the last one again and store nothing: every lane of a
     // subgroup has to take part in the shuffles that share x

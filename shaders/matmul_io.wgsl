@@ -5,6 +5,10 @@
 override FORMAT: u32 = 0u;
 override BIAS: bool = false;
 override EPILOGUE: u32 = 0u;
+// NORM: x is the residual stream and each row is RMS-normalised (times norm_g) as it is read,
+// which is what the rmsnorm dispatch before this matmul used to do (fused: on lavapipe every
+// dispatch costs 15-40 us of thread-pool wake-ups, and a model had two norms a layer).
+override NORM: bool = false;
 
 struct MatParams {
     k: u32,          // inputs
@@ -12,7 +16,7 @@ struct MatParams {
     y_stride: u32,   // y row length in vec4s
     y_col0: u32,     // first y column (in vec4s) this part writes
     lm_rows: u32,    // 1: rows come from pass.lm_row0 / lm_rows (LM head); 0: rows 0..pass.m
-    eps: f32,
+    eps: f32,        // NORM's epsilon
     _p0: u32,
     _p1: u32,
 };
@@ -25,6 +29,14 @@ struct MatParams {
 @group(0) @binding(5) var<storage, read> offset: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> norm_g: array<vec4<f32>>;
+
+// NORM: 1 / RMS of a row of x from its sum of squares, which both kernels add up as 8 partial
+// sums (of the row's vec4s j, j + 8, j + 16, ... for j = 0..7) in order, whatever the pass or
+// row block: a row is normalised the same way in every pass.
+fn inv_rms(total: f32) -> f32 {
+    return inverseSqrt(total / f32(p.k) + p.eps);
+}
 
 // The rows of x this call multiplies, (first, count): the pass's rows, or the LM head's.
 fn call_rows() -> vec2<u32> {

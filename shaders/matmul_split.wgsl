@@ -28,6 +28,50 @@ alias Rows = array<vec4<f32>, MAX_R>;
 // turns in it.
 var<workgroup> partial: array<vec4<f32>, 576>;
 
+// NORM: the 8 partial sums of squares of each row (matmul_io.wgsl's inv_rms), and 1 / RMS of
+// each of the workgroup's rows.
+var<workgroup> squares: array<f32, 72>;
+var<private> row_inv: array<f32, MAX_R>;
+
+// NORM: the partial sum of squares j of x's row `row` (matmul_io.wgsl's inv_rms).
+fn squares_from(row: u32, j: u32) -> f32 {
+    let k4 = p.k / 4u;
+    var ss = 0.0;
+    for (var i = j; i < k4; i += 8u) {
+        let v = x[row * k4 + i];
+        ss += dot(v, v);
+    }
+    return ss;
+}
+
+// NORM: lanes 0..7 sum partial j = lane of each row, then every lane adds the 8 in order. (On
+// a GPU the second read of x comes from cache; matmul.wgsl gathers the squares from its own
+// loads instead.)
+fn norm_rows(row0: u32, rows: u32, lid: u32) {
+    if (lid < 8u) {
+        for (var r = 0u; r < rows; r++) {
+            squares[r * 8u + lid] = squares_from(row0 + r, lid);
+        }
+    }
+    workgroupBarrier();
+    for (var r = 0u; r < rows; r++) {
+        var total = 0.0;
+        for (var j = 0u; j < 8u; j++) {
+            total += squares[r * 8u + j];
+        }
+        row_inv[r] = inv_rms(total);
+    }
+}
+
+// x's vec4 kq of row row0 + r as the matmul multiplies it: normalised under NORM.
+fn x_in(row0: u32, r: u32, kq: u32) -> vec4<f32> {
+    let v = x[(row0 + r) * (p.k / 4u) + kq];
+    if (NORM) {
+        return v * row_inv[r] * norm_g[kq];
+    }
+    return v;
+}
+
 // Columns c0..c3 (4 values along k each) dotted with xv.
 fn cols_dot(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, xv: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
@@ -66,8 +110,8 @@ fn step(st: u32, g: u32, row0: u32, rows: u32, acc_in: Rows) -> Rows {
         let o = offset[g * (p.k / 32u) + st / 4u];
         for (var r = 0u; r < R; r++) {
             if (r < rows) {
-                let xa = x[(row0 + r) * k4 + 2u * st];
-                let xb = x[(row0 + r) * k4 + 2u * st + 1u];
+                let xa = x_in(row0, r, 2u * st);
+                let xb = x_in(row0, r, 2u * st + 1u);
                 let d = cols_dot(a0, a1, a2, a3, xa) + cols_dot(b0, b1, b2, b3, xb);
                 acc[r] += sc * d + o * (hsum(xa) + hsum(xb));
             }
@@ -106,7 +150,7 @@ fn step(st: u32, g: u32, row0: u32, rows: u32, acc_in: Rows) -> Rows {
     }
     for (var r = 0u; r < R; r++) {
         if (r < rows) {
-            let xv = x[(row0 + r) * k4 + st];
+            let xv = x_in(row0, r, st);
             let d = cols_dot(c0, c1, c2, c3, xv);
             if (FORMAT == 0u) {
                 acc[r] += sc * d + o * hsum(xv);
@@ -140,6 +184,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let rows = min(R, call.y - rblock);
     let row0 = call.x + rblock;
+    if (NORM) {
+        norm_rows(row0, rows, lid);
+    }
     let groups = select(p.n / 4u, p.n / 8u, EPILOGUE == 2u);
     let slot = lid / S;   // this lane's column group within the workgroup
     let t = lid % S;      // and its share of that group's K

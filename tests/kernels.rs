@@ -505,7 +505,8 @@ fn row_blocks_compile_when_first_used() {
     setup_env();
     // a device of its own, so that no other test has compiled anything on it
     let gpu = augur::gpu::Gpu::new(&augur::gpu::GpuOptions::default()).unwrap();
-    let kind = MatmulKind { format: Format::Q4, bias: false, epilogue: Epilogue::Store, workgroup: 8, split: 1 };
+    let kind =
+        MatmulKind { format: Format::Q4, bias: false, norm: false, epilogue: Epilogue::Store, workgroup: 8, split: 1 };
     let p = gpu.kernels.matmul(&gpu, kind);
     assert_eq!(gpu.kernels.ready_rows(), 0, "nothing is compiled before a pass needs it");
     p.for_rows(1);

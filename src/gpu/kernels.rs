@@ -99,7 +99,6 @@ pub const ATTENTION_SPLIT: &str = include_str!("../../shaders/attention_split.wg
 pub const MATMUL_IO: &str = include_str!("../../shaders/matmul_io.wgsl");
 /// The parameters and bindings both attention kernels share (prepended to each).
 pub const ATTENTION_IO: &str = include_str!("../../shaders/attention_io.wgsl");
-pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ACCEPT: &str = include_str!("../../shaders/accept.wgsl");
 pub const KV_COMPACT: &str = include_str!("../../shaders/kv_compact.wgsl");
 pub const TOPK: &str = include_str!("../../shaders/topk.wgsl");
@@ -107,8 +106,7 @@ pub const HEAD: &str = include_str!("../../shaders/head.wgsl");
 pub const REPLAY: &str = include_str!("../../shaders/replay.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 12] = [
-    ("rmsnorm", RMSNORM),
+pub const ALL: [(&str, &str); 11] = [
     ("matmul", MATMUL),
     ("matmul_split", MATMUL_SPLIT),
     ("attention_split", ATTENTION_SPLIT),
@@ -139,9 +137,9 @@ pub fn kernels_fingerprint() -> String {
 }
 
 /// The kernels written for both lanes_*.wgsl.
-pub const WITH_LANES: [&str; 3] = ["matmul", "attention", "rmsnorm"];
+pub const WITH_LANES: [&str; 2] = ["matmul", "attention"];
 
-/// A kernel that shares values across lanes (matmul, attention, rmsnorm), for a device with or
+/// A kernel that shares values across lanes (matmul, attention), for a device with or
 /// without subgroups.
 pub fn source_with_lanes(body: &str, subgroups: bool) -> String {
     let lanes = if subgroups { LANES_SUBGROUP } else { LANES_PLAIN };
@@ -232,6 +230,8 @@ pub enum Epilogue {
 pub struct MatmulKind {
     pub format: Format,
     pub bias: bool,
+    /// x is RMS-normalised as it is read (matmul_io.wgsl NORM).
+    pub norm: bool,
     pub epilogue: Epilogue,
     /// Invocations per workgroup (`matmul_workgroup`; 64 when split).
     pub workgroup: u32,
@@ -254,8 +254,17 @@ pub fn matmul_workgroup(invocations: usize) -> u32 {
     if invocations >= 16 * 64 { 64 } else { 8 }
 }
 
-pub const MATMUL_BINDS: [Bind; 8] =
-    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+pub const MATMUL_BINDS: [Bind; 9] = [
+    Bind::Uniform,
+    Bind::Uniform,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::Read,
+    Bind::ReadWrite,
+    Bind::Read,
+];
 pub const ACCEPT_BINDS: [Bind; 6] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
@@ -295,7 +304,6 @@ pub const REPLAY_BINDS: [Bind; 17] = [
     Bind::ReadWrite,
     Bind::ReadWrite,
 ];
-pub const NORM_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
 pub const EMBED_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 pub const ROPE_BINDS: [Bind; 7] =
@@ -399,18 +407,12 @@ impl Kernels {
                 vec![
                     ("FORMAT", k.format as u32 as f64),
                     ("BIAS", k.bias as u32 as f64),
+                    ("NORM", k.norm as u32 as f64),
                     ("EPILOGUE", k.epilogue as u32 as f64),
                     (name, value as f64),
                 ]
             };
             RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", &MATMUL_BINDS, consts)
-        })
-    }
-
-    pub fn rmsnorm(&self, gpu: &Gpu, lm_rows: bool) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, format!("rmsnorm {lm_rows}"), || {
-            let source = source_with_lanes(RMSNORM, gpu.subgroups);
-            gpu.pipeline("rmsnorm", &source, "main", &NORM_BINDS, &[("LM_ROWS", lm_rows as u32 as f64)])
         })
     }
 
@@ -588,14 +590,6 @@ pub struct TopkParams {
 pub struct CompactParams {
     pub kv_dim: u32,
     pub _p: [u32; 3],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct NormParams {
-    pub k: u32,
-    pub eps: f32,
-    pub _p: [u32; 2],
 }
 
 #[repr(C)]

@@ -1,19 +1,19 @@
 //! The transformer on the GPU: weights uploaded once in the kernels' layouts, every buffer and
 //! bind group made at load time, and a forward pass that is only a list of dispatches.
 //!
-//! Per layer (8 dispatches):
-//!   xn = rmsnorm(x)                         rmsnorm
-//!   qkv = W_qkv · xn (+ bias)               matmul
+//! Per layer (6 dispatches):
+//!   qkv = W_qkv · rmsnorm(x) (+ bias)       matmul, NORM
 //!   rope(q, k); k, v -> KV cache            rope_kv
 //!   att = softmax(q · K / sqrt(d)) · V      attention (masked: causal or a token tree)
 //!   x += W_o · att                          matmul, Add
-//!   xn = rmsnorm(x)                         rmsnorm
-//!   h = swiglu(W_gate_up · xn)              matmul, SwiGlu
+//!   h = swiglu(W_gate_up · rmsnorm(x))      matmul, NORM, SwiGlu
 //!   x += W_down · h                         matmul, Add
 //! then logits = W_out · rmsnorm(x) for the rows asked for, and acceptance (accept.wgsl): the
 //! sampled token of a plain pass, or the accepted path of a token tree plus KV compaction.
-//! (Fusing the norm into the matmuls saved two dispatches per layer but made them 1.5-2x slower
-//! on lavapipe: every invocation re-read the row; see BENCHMARKS.md.)
+//! The norms live in the matmuls that read them (matmul_io.wgsl NORM): a dispatch costs 15-40 us
+//! of thread wake-ups on lavapipe whatever it does, and they were 61 of a pass's 243. (A first
+//! fusion that re-read each row to normalise it made the matmuls 1.5-2x slower; the squares are
+//! now summed from the loads the matmul makes anyway.)
 
 use crate::error::{Error, Result};
 use crate::gpu::kernels::*;
@@ -194,12 +194,10 @@ struct Planned<'a> {
 
 struct LayerSites {
     compact: Dispatch,
-    attn_norm: Dispatch,
     qkv: MatmulSite,
     rope: Dispatch,
     attention: RowBlockDispatch,
     attn_out: MatmulSite,
-    ffn_norm: Dispatch,
     gate_up: MatmulSite,
     down: MatmulSite,
 }
@@ -213,12 +211,14 @@ struct SiteCtx<'a> {
 }
 
 impl SiteCtx<'_> {
-    /// A matmul call site: y (op)= W x (+ bias).
+    /// A matmul call site: y (op)= W x (+ bias), with x's rows RMS-normalised (times `norm`'s
+    /// weights) as they are read when `norm` is given.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
         m: &GpuMatrix,
         x: &wgpu::Buffer,
+        norm: Option<&wgpu::Buffer>,
         y: &wgpu::Buffer,
         bias: Option<&[f32]>,
         ep: Epilogue,
@@ -232,7 +232,14 @@ impl SiteCtx<'_> {
             KernelPlan::Serial => (matmul_workgroup(n / cols_per_out), 1),
             KernelPlan::Split => (64, matmul_split_lanes(m.k)),
         };
-        let kind = MatmulKind { format: m.matmul_format(), bias: bias.is_some(), epilogue: ep, workgroup, split };
+        let kind = MatmulKind {
+            format: m.matmul_format(),
+            bias: bias.is_some(),
+            norm: norm.is_some(),
+            epilogue: ep,
+            workgroup,
+            split,
+        };
         let pipelines = self.gpu.kernels.matmul(g, kind);
         let bias_b = bias.map(|v| g.storage("bias", v));
         let mut groups = Vec::new();
@@ -250,7 +257,17 @@ impl SiteCtx<'_> {
             let pb = g.uniform("matmul params", &prm);
             let bind = g.bind(
                 pipelines.any(),
-                &[self.pass_buf, &pb, x, &part.w, &part.scale, &part.offset, bias_b.as_ref().unwrap_or(self.dummy), y],
+                &[
+                    self.pass_buf,
+                    &pb,
+                    x,
+                    &part.w,
+                    &part.scale,
+                    &part.offset,
+                    bias_b.as_ref().unwrap_or(self.dummy),
+                    y,
+                    norm.unwrap_or(self.dummy),
+                ],
             );
             // a workgroup takes workgroup / split column groups
             groups.push((bind, ceil(part.n / cols_per_out, (workgroup / split) as usize)));
@@ -333,7 +350,6 @@ pub struct GpuModel {
     accept_params: wgpu::Buffer,
     embed: Vec<Dispatch>,
     layers: Vec<LayerSites>,
-    out_norm: Dispatch,
     lm_head: MatmulSite,
     /// The embedding, LM head and final norm weights, for the draft head that reuses them.
     pub embedding: GpuMatrix,
@@ -375,7 +391,6 @@ impl GpuModel {
         let parents = g.storage_zeroed("parents", (max_batch * 4) as u64);
         let result = g.storage_zeroed("accept result", (RESULT_LEN * 4) as u64);
         let x = g.storage_zeroed("x", (max_batch * d) as u64 * f4);
-        let xn = g.storage_zeroed("x normed", (max_batch * d) as u64 * f4);
         let qkv = g.storage_zeroed("qkv", (max_batch * qkv_w) as u64 * f4);
         let att = g.storage_zeroed("att", (max_batch * qd) as u64 * f4);
         let hidden = g.storage_zeroed("hidden", (max_batch * c.ffn_dim) as u64 * f4);
@@ -386,15 +401,6 @@ impl GpuModel {
         let mut keep = Vec::new();
 
         let sites = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
-        let norm_p = kernels.rmsnorm(g, false);
-        let norm_lm_p = kernels.rmsnorm(g, true);
-        let norm_prm = g.uniform("norm params", &NormParams { k: d as u32, eps: c.rms_eps, _p: [0; 2] });
-        let norm = |p: &Arc<Pipeline>, weight: &[f32], keep: &mut Vec<wgpu::Buffer>| {
-            let wb = g.storage("norm weight", weight);
-            let bind = g.bind(p, &[&pass_buf, &norm_prm, &x, &wb, &xn]);
-            keep.push(wb);
-            Dispatch { pipeline: p.clone(), bind }
-        };
 
         // embedding (also the tied LM head)
         let embed_m = GpuMatrix::upload_wide(g, &w.embed, "embed");
@@ -440,14 +446,24 @@ impl GpuModel {
             let out_m = GpuMatrix::upload(g, &l.attn_out, "attn_out");
             let gu_m = GpuMatrix::upload(g, &l.gate_up, "gate_up");
             let down_m = GpuMatrix::upload(g, &l.down, "down");
+            let attn_gamma = g.storage("attention norm weight", &l.attn_norm);
+            let ffn_gamma = g.storage("ffn norm weight", &l.ffn_norm);
             let compact_p = kernels.kv_compact(g);
             let sites = LayerSites {
                 compact: Dispatch {
                     pipeline: compact_p.clone(),
                     bind: g.bind(&compact_p, &[&pass_buf, &compact_prm, &result, &k_cache, &v_cache]),
                 },
-                attn_norm: norm(&norm_p, &l.attn_norm, &mut keep),
-                qkv: sites.matmul(&qkv_m, &xn, &qkv, l.qkv_bias.as_deref(), Epilogue::Store, false, qkv_w),
+                qkv: sites.matmul(
+                    &qkv_m,
+                    &x,
+                    Some(&attn_gamma),
+                    &qkv,
+                    l.qkv_bias.as_deref(),
+                    Epilogue::Store,
+                    false,
+                    qkv_w,
+                ),
                 rope: Dispatch {
                     pipeline: rope_p.clone(),
                     bind: g.bind(&rope_p, &[&pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache]),
@@ -456,13 +472,12 @@ impl GpuModel {
                     pipelines: attn_p.clone(),
                     bind: g.bind(attn_p.any(), &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &att]),
                 },
-                attn_out: sites.matmul(&out_m, &att, &x, None, Epilogue::Add, false, d),
-                ffn_norm: norm(&norm_p, &l.ffn_norm, &mut keep),
-                gate_up: sites.matmul(&gu_m, &xn, &hidden, None, Epilogue::SwiGlu, false, c.ffn_dim),
-                down: sites.matmul(&down_m, &hidden, &x, None, Epilogue::Add, false, d),
+                attn_out: sites.matmul(&out_m, &att, None, &x, None, Epilogue::Add, false, d),
+                gate_up: sites.matmul(&gu_m, &x, Some(&ffn_gamma), &hidden, None, Epilogue::SwiGlu, false, c.ffn_dim),
+                down: sites.matmul(&down_m, &hidden, None, &x, None, Epilogue::Add, false, d),
             };
             layers.push(sites);
-            keep.extend([k_cache, v_cache]);
+            keep.extend([k_cache, v_cache, attn_gamma, ffn_gamma]);
             for m in [qkv_m, out_m, gu_m, down_m] {
                 for p in m.parts {
                     keep.extend([p.w, p.scale, p.offset]);
@@ -474,11 +489,7 @@ impl GpuModel {
             None => embed_m.clone(),
         };
         let out_gamma = g.storage("final norm weight", &w.out_norm);
-        let out_norm = Dispatch {
-            pipeline: norm_lm_p.clone(),
-            bind: g.bind(&norm_lm_p, &[&pass_buf, &norm_prm, &x, &out_gamma, &xn]),
-        };
-        let lm_head = sites.matmul(&out_m, &xn, &logits, None, Epilogue::Store, true, c.vocab);
+        let lm_head = sites.matmul(&out_m, &x, Some(&out_gamma), &logits, None, Epilogue::Store, true, c.vocab);
         let accept_p = kernels.accept(g, false);
         let accept_prm =
             g.uniform("accept params", &AcceptParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
@@ -492,20 +503,7 @@ impl GpuModel {
             g.uniform("topk params", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
         let topk =
             Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
-        keep.extend([
-            topk_prm,
-            rope_prm,
-            attn_prm,
-            norm_prm,
-            compact_prm,
-            x.clone(),
-            xn,
-            qkv,
-            att,
-            hidden,
-            rope,
-            dummy,
-        ]);
+        keep.extend([topk_prm, rope_prm, attn_prm, compact_prm, x.clone(), qkv, att, hidden, rope, dummy]);
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -525,7 +523,6 @@ impl GpuModel {
             accept_params: accept_prm,
             embed,
             layers,
-            out_norm,
             lm_head,
             embedding: embed_m,
             output: out_m,
@@ -664,20 +661,17 @@ impl GpuModel {
         }
         let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
         for l in &self.layers {
-            one(&mut plan, "rmsnorm", &l.attn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul qkv", &l.qkv, rows);
             one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
             let (pipeline, r) = l.attention.pipelines.for_rows(rows);
             let size = attention_grid(self.gpu.plan, c.n_heads, c.n_kv_heads, c.head_dim, rows, r);
             plan.push(Planned { label: "attention", pipeline, bind: &l.attention.bind, size });
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
-            one(&mut plan, "rmsnorm", &l.ffn_norm, [m as u32, 1, 1]);
             mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
             mm(&mut plan, "matmul down", &l.down, rows);
         }
         let lm_rows = spec.logits_rows.len();
         if lm_rows > 0 {
-            one(&mut plan, "rmsnorm", &self.out_norm, [lm_rows as u32, 1, 1]);
             mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows);
         }
         if spec.accept.is_some() {
@@ -725,7 +719,6 @@ pub struct LmHeadRig {
     pub x: wgpu::Buffer,
     pub candidates: wgpu::Buffer,
     pub rows: usize,
-    norm: Dispatch,
     site: MatmulSite,
     topk: Dispatch,
     _keep: Vec<wgpu::Buffer>,
@@ -738,18 +731,11 @@ impl GpuModel {
         let c = &self.cfg;
         let pass_buf = g.uniform("lm rig pass", &PassUniform::default());
         let x = g.storage_zeroed("lm rig x", (rows * c.dim * 4) as u64);
-        let xn = g.storage_zeroed("lm rig xn", (rows * c.dim * 4) as u64);
         let logits = g.storage_zeroed("lm rig logits", (rows * c.vocab * 4) as u64);
         let candidates = g.storage_zeroed("lm rig candidates", (rows * CANDIDATES * 8) as u64);
         let dummy = g.storage("dummy", &[0f32; 4]);
-        let norm_prm = g.uniform("lm rig norm", &NormParams { k: c.dim as u32, eps: c.rms_eps, _p: [0; 2] });
-        let norm_p = self.gpu.kernels.rmsnorm(g, true);
-        let norm = Dispatch {
-            pipeline: norm_p.clone(),
-            bind: g.bind(&norm_p, &[&pass_buf, &norm_prm, &x, &self.out_gamma, &xn]),
-        };
         let ctx = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
-        let site = ctx.matmul(&self.output, &xn, &logits, None, Epilogue::Store, true, c.vocab);
+        let site = ctx.matmul(&self.output, &x, Some(&self.out_gamma), &logits, None, Epilogue::Store, true, c.vocab);
         let topk_p = self.gpu.kernels.topk(g);
         let topk_prm =
             g.uniform("lm rig topk", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
@@ -761,10 +747,9 @@ impl GpuModel {
             x,
             candidates,
             rows,
-            norm,
             site,
             topk,
-            _keep: vec![xn, logits, dummy, norm_prm, topk_prm],
+            _keep: vec![logits, dummy, topk_prm],
         }
     }
 }
@@ -777,9 +762,6 @@ impl LmHeadRig {
         self.gpu.queue.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
         let mut cp =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("lm rig"), timestamp_writes: None });
-        cp.set_pipeline(&self.norm.pipeline.pipeline);
-        cp.set_bind_group(0, &self.norm.bind, &[]);
-        cp.dispatch_workgroups(rows as u32, 1, 1);
         let (pipeline, r) = self.site.pipelines.for_rows(rows);
         cp.set_pipeline(&pipeline.pipeline);
         for (b, gx) in &self.site.groups {
@@ -803,7 +785,7 @@ pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
     let x: Vec<f32> = (0..rows * m.k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let xb = gpu.storage("x", &x);
     let yb = gpu.storage_zeroed("y", (rows * m.n * 4) as u64);
-    let site = ctx.matmul(&gm, &xb, &yb, None, Epilogue::Store, false, m.n);
+    let site = ctx.matmul(&gm, &xb, None, &yb, None, Epilogue::Store, false, m.n);
     let (pipeline, r) = site.pipelines.for_rows(rows);
     time_dispatches(gpu, reps, |cp| {
         cp.set_pipeline(&pipeline.pipeline);
