@@ -2,9 +2,10 @@
 //! shape and weight format, three rounds in one process: the kernel-level view of the M-pass
 //! curve that `augur bench` measures for whole models. Weights are random; nothing is checked.
 //!
-//!     cargo run --release --example matmul_curve -- 1536 8960 Q4 5    # K N FORMAT REPS
+//!     cargo run --release --example matmul_curve -- 1536 8960 Q4 5    # K N FORMAT REPS [norm]
 //!
-//! FORMAT: Q4, Q8, Q8Sym or F16.
+//! FORMAT: Q4, Q8, Q8Sym or F16. `norm`: x RMS-normalised inside the matmul (NORM), as the QKV,
+//! gate/up and LM-head matmuls do.
 use augur::bench::{BENCH_FORMATS, bench_matrix};
 use augur::gpu::{Gpu, GpuOptions};
 
@@ -13,6 +14,7 @@ fn main() {
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
     let (k, n): (usize, usize) = (arg(1, "576").parse().expect("K"), arg(2, "1536").parse().expect("N"));
     let (fmt, reps): (String, usize) = (arg(3, "Q4"), arg(4, "20").parse().expect("REPS"));
+    let norm = arg(5, "") == "norm";
     assert!(k % 32 == 0 && n % 8 == 0, "K must be a multiple of 32 and N of 8");
     assert!(BENCH_FORMATS.contains(&fmt.as_str()), "FORMAT is one of {BENCH_FORMATS:?}");
     let gpu = Gpu::new(&GpuOptions::default()).expect("a GPU adapter");
@@ -21,7 +23,7 @@ fn main() {
         let mut line = format!("{k}x{n} {fmt} round {round}:");
         let mut base = 0.0;
         for rows in 1..=9usize {
-            let ms = augur::model::gpu::bench_matmul(&gpu, &m, rows, reps);
+            let ms = augur::model::gpu::bench_matmul_with(&gpu, &m, rows, reps, norm);
             if rows == 1 {
                 base = ms;
             }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements in BENCHMARKS.md, in one go (about 25 minutes on a 2-core lavapipe machine).
+# The measurements in BENCHMARKS.md, in one go (about 40 minutes on a 2-core lavapipe machine).
 # Usage: scripts/bench.sh [OUTPUT_FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,6 @@ a=target/release/augur
   $a bench-spec smollm2-135m --workload rewrite --per-category 17 --max-tokens 64
   $a bench-spec smollm2-135m --workload spec-bench --per-category 2 --max-tokens 48 --turns 1
   $a bench-spec smollm2-135m --workload spec-bench --per-category 5 --max-tokens 48   # both turns, as Spec-Bench runs them
+  # the same after a history of 90 other Spec-Bench conversations in the suffix store
+  $a bench-spec smollm2-135m --workload spec-bench --per-category 5 --max-tokens 48 --history 10
 } 2>&1 | tee "$out"

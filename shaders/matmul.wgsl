@@ -45,6 +45,8 @@ alias Rows = array<vec4<f32>, MAX_R>;
 // first doubled the loads of x, which at 8 rows cost more than the weights' in lavapipe.
 var<private> first_row: u32;
 var<private> row_squares: array<f32, MAX_R>;
+// Whether this walk down K sums the squares (SwiGLU walks it twice, for gate and up).
+var<private> gather_squares: bool;
 // NORM without subgroups: lanes 0..7 read a block's 8 vec4s of each row (times g) and hand them
 // round through workgroup memory, as the shuffles do with subgroups, and their partial sums of
 // squares likewise at the end. (Every lane reading x itself, Mesa reassociated the products,
@@ -62,7 +64,9 @@ fn x_raw(r: u32, kq: u32) -> vec4<f32> {
 fn x_slice(r: u32, kq: u32, gv: vec4<f32>) -> vec4<f32> {
     let v = x_raw(r, kq);
     if (NORM) {
-        row_squares[r] += dot(v, v);
+        if (gather_squares) {
+            row_squares[r] += dot(v, v);
+        }
         return v * gv;
     }
     return v;
@@ -315,7 +319,6 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
 // One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
 fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
     var acc = Rows();
-    row_squares = array<f32, MAX_R>();
     for (var b = 0u; b < p.k / 32u; b++) {
         if (FORMAT == 2u) {
             acc = q4_block(b, g, row0, rows, l, acc);
@@ -325,18 +328,35 @@ fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
             acc = wide_block(b, g, row0, rows, l, acc);
         }
     }
-    if (NORM) {
-        if (!SUBGROUPS) {
-            if (l.lid < 8u) {
-                for (var r = 0u; r < R; r++) {
-                    squares_shared[r * 8u + l.lid] = row_squares[r];
-                }
+    return acc;
+}
+
+// NORM: 1 / RMS of each of the invocation's rows, after a walk down K that gathered the squares.
+fn rows_inv(rows: u32, l: Lane) -> array<f32, MAX_R> {
+    var inv = array<f32, MAX_R>();
+    if (!SUBGROUPS) {
+        if (l.lid < 8u) {
+            for (var r = 0u; r < R; r++) {
+                squares_shared[r * 8u + l.lid] = row_squares[r];
             }
-            workgroupBarrier();
         }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < R; r++) {
+        if (r < rows) {
+            inv[r] = row_inv(r, l);
+        }
+    }
+    return inv;
+}
+
+// acc scaled by NORM's 1 / RMS per row (unchanged without NORM).
+fn normed(acc_in: Rows, inv: array<f32, MAX_R>, rows: u32) -> Rows {
+    var acc = acc_in;
+    if (NORM) {
         for (var r = 0u; r < R; r++) {
             if (r < rows) {
-                acc[r] *= row_inv(r, l);
+                acc[r] *= inv[r];
             }
         }
     }
@@ -366,9 +386,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     // subgroup has to take part in the shuffles that share x
     let live = gid.x < groups;
     let g = min(gid.x, groups - 1u);
+    gather_squares = NORM;
     if (EPILOGUE == 2u) {
-        let gate = group_dot(2u * g, row0, rows, l);
-        let up = group_dot(2u * g + 1u, row0, rows, l);
+        var gate = group_dot(2u * g, row0, rows, l);
+        var inv = array<f32, MAX_R>();
+        if (NORM) {
+            inv = rows_inv(rows, l);
+            gather_squares = false;
+        }
+        gate = normed(gate, inv, rows);
+        let up = normed(group_dot(2u * g + 1u, row0, rows, l), inv, rows);
         for (var r = 0u; r < R; r++) {
             if (live && r < rows) {
                 let a = gate[r];
@@ -377,7 +404,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         }
         return;
     }
-    let acc = group_dot(g, row0, rows, l);
+    var acc = group_dot(g, row0, rows, l);
+    if (NORM) {
+        acc = normed(acc, rows_inv(rows, l), rows);
+    }
     for (var r = 0u; r < R; r++) {
         if (live && r < rows) {
             var v = acc[r];
