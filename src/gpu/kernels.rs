@@ -254,17 +254,11 @@ pub fn matmul_workgroup(invocations: usize) -> u32 {
     if invocations >= 16 * 64 { 64 } else { 8 }
 }
 
-pub const MATMUL_BINDS: [Bind; 9] = [
-    Bind::Uniform,
-    Bind::Uniform,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::Read,
-    Bind::ReadWrite,
-    Bind::Read,
-];
+/// matmul_io.wgsl's bindings: pass, params, x, w, scale, offset, bias, y, norm weights.
+pub const MATMUL_BINDS: [Bind; 9] = {
+    use Bind::*;
+    [Uniform, Uniform, Read, Read, Read, Read, Read, ReadWrite, Read]
+};
 pub const ACCEPT_BINDS: [Bind; 6] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
