@@ -584,6 +584,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_history_takes_the_questions_after_the_measured_ones() {
+        let text: String = (0..12)
+            .map(|i| format!("{{\"category\": \"{}\", \"turns\": [\"q{i}\", \"f{i}\"]}}\n", ["a", "b"][i % 2]))
+            .collect();
+        let path = std::path::Path::new("q.jsonl");
+        let prompts = |skip, take| -> Vec<String> {
+            jsonl_workload(&text, path, skip, take).unwrap().into_iter().map(|w| w.prompt).collect()
+        };
+        assert_eq!(prompts(0, 2), ["q0", "q1", "q2", "q3"]);
+        assert_eq!(prompts(2, 3), ["q4", "q5", "q6", "q7", "q8", "q9"]);
+        assert_eq!(prompts(5, 10), ["q10", "q11"]);
+        assert!(prompts(6, 10).is_empty());
+        assert_eq!(jsonl_workload(&text, path, 0, 1).unwrap()[0].follow_ups, ["f0"]);
+    }
+
+    #[test]
     fn the_fixed_rewrite_workload_is_built_in_and_has_the_prompt_format() {
         let items = fixed_rewrite_workload(100).unwrap();
         assert_eq!(items.len(), 17);
