@@ -562,25 +562,19 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(Error::msg("--turns must be at least 1 (or left out for all turns)"));
             }
             let n = per_category.max(1);
+            let spec_bench_file = questions.as_deref().unwrap_or("../shared/data/spec_bench/question.jsonl".as_ref());
             let items = match (workload.as_str(), sources) {
                 ("rewrite", Some(dir)) => bench::rewrite_workload(&dir, n)?,
                 ("rewrite", None) => match &questions {
                     Some(path) => bench::spec_bench_workload(path, n)?,
                     None => bench::fixed_rewrite_workload(n)?,
                 },
-                ("spec-bench", _) => bench::spec_bench_workload(
-                    questions.as_deref().unwrap_or("../shared/data/spec_bench/question.jsonl".as_ref()),
-                    n,
-                )?,
+                ("spec-bench", _) => bench::spec_bench_workload(spec_bench_file, n)?,
                 (other, _) => return Err(Error::msg(format!("unknown --workload '{other}' (spec-bench, rewrite)"))),
             };
             let history = match (workload.as_str(), history) {
                 (_, 0) => Vec::new(),
-                ("spec-bench", h) => bench::spec_bench_slice(
-                    questions.as_deref().unwrap_or("../shared/data/spec_bench/question.jsonl".as_ref()),
-                    n,
-                    h,
-                )?,
+                ("spec-bench", h) => bench::spec_bench_slice(spec_bench_file, n, h)?,
                 _ => return Err(Error::msg("--history works with --workload spec-bench only")),
             };
             let (mut engine, _) = model.engine_with(&spec)?;

@@ -437,6 +437,13 @@ pub struct SpecRun {
     pub max_turns: usize,
 }
 
+/// A conversation's next prompt, cut to half the context so that the answer fits.
+fn turn_prompt(engine: &Engine, conversation: &[ChatMessage]) -> Result<Vec<u32>> {
+    let mut ids = engine.encode_conversation(conversation)?;
+    ids.truncate(engine.model.max_ctx / 2);
+    Ok(ids)
+}
+
 /// Runs every prompt with `--speculate off` on `plain` (the same model loaded a second time, on
 /// the same GPU) and with `mode` on `engine`, in lockstep round by round (`lockstep.rs`; which
 /// arm starts alternates from run to run), and prints per category: tokens/s of each,
@@ -483,9 +490,8 @@ pub fn spec_run(
             let mut conversation = Vec::new();
             for ask in std::iter::once(&it.prompt).chain(&it.follow_ups).take(max_turns.max(1)) {
                 conversation.push(ChatMessage::user(ask));
-                let ids = engine.encode_conversation(&conversation)?;
-                let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
-                let out = engine.generate_tokens(ids, &spec_params, &CancelToken::default(), |_| true)?;
+                let ids = turn_prompt(engine, &conversation)?;
+                let out = engine.generate_tokens(&ids, &spec_params, &CancelToken::default(), |_| true)?;
                 answered += out.tokens.len();
                 conversation.push(ChatMessage::assistant(&out.text));
             }
@@ -506,13 +512,12 @@ pub fn spec_run(
             if turn > 0 {
                 conversation.push(ChatMessage::user(ask));
             }
-            let ids = engine.encode_conversation(&conversation)?;
-            let ids = &ids[..ids.len().min(engine.model.max_ctx / 2)];
+            let ids = turn_prompt(engine, &conversation)?;
             // which arm starts alternates every run, which thread runs which arm every other
             // run: either order or seat alone tilts a comparison by 1-2% on this machine
             let seat = (n / 2) % 2;
             let arms = vec![(&mut *engine, &spec_params), (&mut *plain, &off_params)];
-            let outs = lockstep::side_by_side(arms, ids, (n + seat) % 2, seat)?;
+            let outs = lockstep::side_by_side(arms, &ids, (n + seat) % 2, seat)?;
             n += 1;
             let [spec, off]: [crate::engine::Output; 2] =
                 outs.try_into().unwrap_or_else(|_| unreachable!("side_by_side returns one output per arm"));
