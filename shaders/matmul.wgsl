@@ -22,7 +22,7 @@
 //
 // Options (override constants, with the bindings in matmul_io.wgsl): BIAS adds `bias`; EPILOGUE
 // 0 stores, 1 adds into y (residual), 2 applies SwiGLU to pairs of column groups (gate, up) and
-// writes one group; R (below).
+// writes one group, 3 finishes q, k and v (RoPE, KV cache; matmul_io.wgsl); R (below).
 
 // Rows per invocation, R: 1 to 9, one pipeline each (ROW_BLOCKS on the host); a pass
 // takes the smallest that holds its rows (blocks of 9 beyond). Lavapipe runs the code for all R
@@ -414,12 +414,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             if (BIAS) {
                 v += bias[g];
             }
-            let at = (rblock + r) * p.y_stride + p.y_col0 + g;
-            if (EPILOGUE == 1u) {
-                y[at] = y[at] + v;
-            } else {
-                y[at] = v;
-            }
+            store(rblock + r, g, v);
         }
     }
 }

@@ -9,6 +9,13 @@ override EPILOGUE: u32 = 0u;
 // which is what the rmsnorm dispatch before this matmul used to do (fused: on lavapipe every
 // dispatch costs 15-40 us of thread-pool wake-ups, and a model had two norms a layer).
 override NORM: bool = false;
+// EPILOGUE 3 (the QKV matmul): the row's query, key and value columns are finished here, as a
+// separate rope_kv dispatch a layer used to do: q and k rotated by the row's position (RoPE, pairs
+// of adjacent columns: GpuModel permutes a NEOX model's q and k columns at upload so that its
+// pairs (i, i + d/2) sit side by side too), q stored into y, k and v into the layer's KV cache at
+// slot n_past + row. HEAD_DIM is the attention head size (a multiple of 4, so that a lane's 4
+// columns are two pairs of one head).
+override HEAD_DIM: u32 = 4u;
 
 struct MatParams {
     k: u32,          // inputs
@@ -17,8 +24,8 @@ struct MatParams {
     y_col0: u32,     // first y column (in vec4s) this part writes
     lm_rows: u32,    // 1: rows come from pass.lm_row0 / lm_rows (LM head); 0: rows 0..pass.m
     eps: f32,        // NORM's epsilon
-    _p0: u32,
-    _p1: u32,
+    q_dim: u32,      // EPILOGUE 3: query columns, then kv_dim key and kv_dim value columns
+    kv_dim: u32,
 };
 
 @group(0) @binding(0) var<uniform> pass_: Pass;
@@ -30,6 +37,12 @@ struct MatParams {
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> norm_g: array<vec4<f32>>;
+// EPILOGUE 3: tree rows' positions (when pass_.causal is 0), the RoPE table [pos][HEAD_DIM/4]
+// as (cos, sin) of pairs i and i + 1, and the layer's KV cache [slot][kv_dim].
+@group(0) @binding(9) var<storage, read> positions: array<u32>;
+@group(0) @binding(10) var<storage, read> rope_table: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> k_cache: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> v_cache: array<vec4<f32>>;
 
 // NORM: 1 / RMS of a row of x from its sum of squares, which both kernels add up as 8 partial
 // sums (of the row's vec4s j, j + 8, j + 16, ... for j = 0..7) in order, whatever the pass or
@@ -50,4 +63,42 @@ fn call_rows() -> vec2<u32> {
 // int-to-float instruction, and lavapipe runs on x86 in CI.)
 fn nibbles(v: vec4<u32>) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)));
+}
+
+// Stores vec4 g (of this part's columns) of pass row `row`: as EPILOGUE asks (0 store, 1 add
+// into y; SwiGLU stores itself), or for EPILOGUE 3 into q (y) or the KV cache, q and k rotated.
+fn store(row: u32, g: u32, v: vec4<f32>) {
+    let c = p.y_col0 + g;
+    if (EPILOGUE != 3u) {
+        let at = row * p.y_stride + c;
+        if (EPILOGUE == 1u) {
+            y[at] = y[at] + v;
+        } else {
+            y[at] = v;
+        }
+        return;
+    }
+    let q4 = p.q_dim / 4u;
+    let kv4 = p.kv_dim / 4u;
+    let slot = pass_.n_past + row;
+    if (c >= q4 + kv4) {
+        v_cache[slot * kv4 + c - q4 - kv4] = v;
+        return;
+    }
+    var pos = slot;
+    if (pass_.causal == 0u) {
+        pos = positions[row];
+    }
+    let cs = rope_table[pos * (HEAD_DIM / 4u) + c % (HEAD_DIM / 4u)];
+    let r = vec4<f32>(
+        v.x * cs.x - v.y * cs.y,
+        v.x * cs.y + v.y * cs.x,
+        v.z * cs.z - v.w * cs.w,
+        v.z * cs.w + v.w * cs.z,
+    );
+    if (c >= q4) {
+        k_cache[slot * kv4 + c - q4] = r;
+    } else {
+        y[row * p.y_stride + c] = r;
+    }
 }

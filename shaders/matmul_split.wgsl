@@ -238,10 +238,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (BIAS) {
         a += bias[g];
     }
-    let at = (rblock + r) * p.y_stride + p.y_col0 + g;
-    if (EPILOGUE == 1u) {
-        y[at] = y[at] + a;
-    } else {
-        y[at] = a;
-    }
+    store(rblock + r, g, a);
 }

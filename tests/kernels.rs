@@ -1,6 +1,6 @@
 //! Every WGSL kernel against its plain-Rust reference, on random inputs, on the GPU wgpu finds
 //! (lavapipe in CI). The forward-pass kernels (embed, matmul in all five weight formats with every epilogue,
-//! rope_kv, attention) are checked through a tiny random transformer against the CPU forward; the
+//! RoPE and the KV cache writes among them, attention) are checked through a tiny random transformer against the CPU forward; the
 //! acceptance kernel's sampling directly against its CPU twin.
 
 mod common;
@@ -505,8 +505,15 @@ fn row_blocks_compile_when_first_used() {
     setup_env();
     // a device of its own, so that no other test has compiled anything on it
     let gpu = augur::gpu::Gpu::new(&augur::gpu::GpuOptions::default()).unwrap();
-    let kind =
-        MatmulKind { format: Format::Q4, bias: false, norm: false, epilogue: Epilogue::Store, workgroup: 8, split: 1 };
+    let kind = MatmulKind {
+        format: Format::Q4,
+        bias: false,
+        norm: false,
+        epilogue: Epilogue::Store,
+        head_dim: 0,
+        workgroup: 8,
+        split: 1,
+    };
     let p = gpu.kernels.matmul(&gpu, kind);
     assert_eq!(gpu.kernels.ready_rows(), 0, "nothing is compiled before a pass needs it");
     p.for_rows(1);

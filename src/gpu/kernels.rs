@@ -91,7 +91,6 @@ impl RowBlockPipelines {
     }
 }
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
-pub const ROPE_KV: &str = include_str!("../../shaders/rope_kv.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 pub const MATMUL_SPLIT: &str = include_str!("../../shaders/matmul_split.wgsl");
 pub const ATTENTION_SPLIT: &str = include_str!("../../shaders/attention_split.wgsl");
@@ -106,12 +105,11 @@ pub const HEAD: &str = include_str!("../../shaders/head.wgsl");
 pub const REPLAY: &str = include_str!("../../shaders/replay.wgsl");
 
 /// All kernel sources, for validation tests.
-pub const ALL: [(&str, &str); 11] = [
+pub const ALL: [(&str, &str); 10] = [
     ("matmul", MATMUL),
     ("matmul_split", MATMUL_SPLIT),
     ("attention_split", ATTENTION_SPLIT),
     ("embed", EMBED),
-    ("rope_kv", ROPE_KV),
     ("attention", ATTENTION),
     ("accept", ACCEPT),
     ("kv_compact", KV_COMPACT),
@@ -224,6 +222,9 @@ pub enum Epilogue {
     Store = 0,
     Add = 1,
     SwiGlu = 2,
+    /// The QKV matmul: q and k rotated (RoPE), q stored, k and v written into the KV cache
+    /// (matmul_io.wgsl's `store`).
+    Qkv = 3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -233,6 +234,8 @@ pub struct MatmulKind {
     /// x is RMS-normalised as it is read (matmul_io.wgsl NORM).
     pub norm: bool,
     pub epilogue: Epilogue,
+    /// Attention head size, for `Epilogue::Qkv` (0 otherwise).
+    pub head_dim: u32,
     /// Invocations per workgroup (`matmul_workgroup`; 64 when split).
     pub workgroup: u32,
     /// Lanes per column group: 1 for matmul.wgsl, else matmul_split.wgsl's S
@@ -254,10 +257,11 @@ pub fn matmul_workgroup(invocations: usize) -> u32 {
     if invocations >= 16 * 64 { 64 } else { 8 }
 }
 
-/// matmul_io.wgsl's bindings: pass, params, x, w, scale, offset, bias, y, norm weights.
-pub const MATMUL_BINDS: [Bind; 9] = {
+/// matmul_io.wgsl's bindings: pass, params, x, w, scale, offset, bias, y, norm weights, and for
+/// `Epilogue::Qkv` positions, RoPE table, K cache, V cache.
+pub const MATMUL_BINDS: [Bind; 13] = {
     use Bind::*;
-    [Uniform, Uniform, Read, Read, Read, Read, Read, ReadWrite, Read]
+    [Uniform, Uniform, Read, Read, Read, Read, Read, ReadWrite, Read, Read, Read, ReadWrite, ReadWrite]
 };
 pub const ACCEPT_BINDS: [Bind; 6] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
@@ -300,8 +304,6 @@ pub const REPLAY_BINDS: [Bind; 17] = [
 ];
 pub const EMBED_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
-pub const ROPE_BINDS: [Bind; 7] =
-    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
 pub const ATTN_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 
@@ -403,6 +405,7 @@ impl Kernels {
                     ("BIAS", k.bias as u32 as f64),
                     ("NORM", k.norm as u32 as f64),
                     ("EPILOGUE", k.epilogue as u32 as f64),
+                    ("HEAD_DIM", k.head_dim.max(4) as f64),
                     (name, value as f64),
                 ]
             };
@@ -450,12 +453,6 @@ impl Kernels {
         })
     }
 
-    pub fn rope_kv(&self, gpu: &Gpu, neox: bool) -> std::sync::Arc<Pipeline> {
-        self.get(gpu, format!("rope {neox}"), || {
-            gpu.pipeline("rope_kv", &source(ROPE_KV), "main", &ROPE_BINDS, &[("NEOX", neox as u32 as f64)])
-        })
-    }
-
     /// Attention: one invocation per (row, query head, part of a head) of a row block, in
     /// workgroups of 8 (`attention_chunks` per KV head), for `group` query heads per KV head.
     pub fn attention(&self, gpu: &Gpu, group: usize, head_dim: usize) -> std::sync::Arc<RowBlockPipelines> {
@@ -500,7 +497,9 @@ pub struct MatParams {
     pub y_col0: u32,
     pub lm_rows: u32,
     pub eps: f32,
-    pub _p: [u32; 2],
+    /// `Epilogue::Qkv`: query columns, and key (and value) columns.
+    pub q_dim: u32,
+    pub kv_dim: u32,
 }
 
 #[repr(C)]
@@ -592,15 +591,6 @@ pub struct EmbedParams {
     pub k: u32,
     pub n: u32,
     pub n_base: u32,
-    pub _p: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RopeParams {
-    pub n_heads: u32,
-    pub n_kv_heads: u32,
-    pub head_dim: u32,
     pub _p: u32,
 }
 

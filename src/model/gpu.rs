@@ -1,9 +1,9 @@
 //! The transformer on the GPU: weights uploaded once in the kernels' layouts, every buffer and
 //! bind group made at load time, and a forward pass that is only a list of dispatches.
 //!
-//! Per layer (6 dispatches):
-//!   qkv = W_qkv · rmsnorm(x) (+ bias)       matmul, NORM
-//!   rope(q, k); k, v -> KV cache            rope_kv
+//! Per layer (5 dispatches):
+//!   q, k, v = W_qkv · rmsnorm(x) (+ bias);  matmul, NORM, Qkv
+//!   rope(q, k); k, v -> KV cache
 //!   att = softmax(q · K / sqrt(d)) · V      attention (masked: causal or a token tree)
 //!   x += W_o · att                          matmul, Add
 //!   h = swiglu(W_gate_up · rmsnorm(x))      matmul, NORM, SwiGlu
@@ -13,7 +13,8 @@
 //! The norms live in the matmuls that read them (matmul_io.wgsl NORM): a dispatch costs 15-40 us
 //! of thread wake-ups on lavapipe whatever it does, and they were 61 of a pass's 243. (A first
 //! fusion that re-read each row to normalise it made the matmuls 1.5-2x slower; the squares are
-//! now summed from the loads the matmul makes anyway.)
+//! now summed from the loads the matmul makes anyway.) RoPE and the KV cache writes live in the
+//! QKV matmul's epilogue for the same reason (a rope_kv dispatch a layer, 30 of SmolLM2's 182).
 
 use crate::error::{Error, Result};
 use crate::gpu::kernels::*;
@@ -195,7 +196,6 @@ struct Planned<'a> {
 struct LayerSites {
     compact: Dispatch,
     qkv: MatmulSite,
-    rope: Dispatch,
     attention: RowBlockDispatch,
     attn_out: MatmulSite,
     gate_up: MatmulSite,
@@ -206,13 +206,27 @@ struct LayerSites {
 struct SiteCtx<'a> {
     gpu: &'a Gpu,
     pass_buf: &'a wgpu::Buffer,
+    /// Bound where a site reads nothing (read-only bindings), and where it writes nothing.
     dummy: &'a wgpu::Buffer,
+    dummy_rw: &'a wgpu::Buffer,
     eps: f32,
+}
+
+/// Where the QKV matmul puts its keys and values (`Epilogue::Qkv`): one layer's KV cache, with
+/// the RoPE table and the tree rows' positions that rotate q and k.
+struct KvTarget<'a> {
+    k_cache: &'a wgpu::Buffer,
+    v_cache: &'a wgpu::Buffer,
+    rope_table: &'a wgpu::Buffer,
+    positions: &'a wgpu::Buffer,
+    head_dim: usize,
+    q_dim: usize,
+    kv_dim: usize,
 }
 
 impl SiteCtx<'_> {
     /// A matmul call site: y (op)= W x (+ bias), with x's rows RMS-normalised (times `norm`'s
-    /// weights) as they are read when `norm` is given.
+    /// weights) as they are read when `norm` is given. `Epilogue::Qkv` needs `kv`.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
@@ -222,9 +236,11 @@ impl SiteCtx<'_> {
         y: &wgpu::Buffer,
         bias: Option<&[f32]>,
         ep: Epilogue,
+        kv: Option<&KvTarget>,
         lm: bool,
         y_stride: usize,
     ) -> MatmulSite {
+        assert_eq!(ep == Epilogue::Qkv, kv.is_some(), "the QKV epilogue and only it writes a KV cache");
         let g = self.gpu;
         let cols_per_out = if ep == Epilogue::SwiGlu { 8 } else { 4 };
         let n: usize = m.parts.iter().map(|p| p.n).sum();
@@ -237,6 +253,7 @@ impl SiteCtx<'_> {
             bias: bias.is_some(),
             norm: norm.is_some(),
             epilogue: ep,
+            head_dim: kv.map_or(0, |t| t.head_dim as u32),
             workgroup,
             split,
         };
@@ -252,7 +269,8 @@ impl SiteCtx<'_> {
                 y_col0: (part.n_base / cols_per_out) as u32,
                 lm_rows: lm as u32,
                 eps: self.eps,
-                _p: [0; 2],
+                q_dim: kv.map_or(0, |t| t.q_dim as u32),
+                kv_dim: kv.map_or(0, |t| t.kv_dim as u32),
             };
             let pb = g.uniform("matmul params", &prm);
             let bind = g.bind(
@@ -267,6 +285,10 @@ impl SiteCtx<'_> {
                     bias_b.as_ref().unwrap_or(self.dummy),
                     y,
                     norm.unwrap_or(self.dummy),
+                    kv.map_or(self.dummy, |t| t.positions),
+                    kv.map_or(self.dummy, |t| t.rope_table),
+                    kv.map_or(self.dummy_rw, |t| t.k_cache),
+                    kv.map_or(self.dummy_rw, |t| t.v_cache),
                 ],
             );
             // a workgroup takes workgroup / split column groups
@@ -361,6 +383,21 @@ pub struct GpuModel {
     passes: std::sync::atomic::AtomicU64,
 }
 
+/// The order of the QKV matmul's outputs that puts a NEOX model's rotated pairs (i, i + d/2) of
+/// each query and key head side by side, at (2i, 2i + 1); values keep their order.
+fn neox_pairs_adjacent(c: &Config) -> Vec<usize> {
+    let (d, half) = (c.head_dim, c.head_dim / 2);
+    let rotated = c.q_dim() + c.kv_dim();
+    let mut order: Vec<usize> = (0..rotated)
+        .map(|col| {
+            let (head, j) = (col / d, col % d);
+            head * d + if j % 2 == 0 { j / 2 } else { half + j / 2 }
+        })
+        .collect();
+    order.extend(rotated..rotated + c.kv_dim());
+    order
+}
+
 fn ceil(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32
 }
@@ -398,9 +435,10 @@ impl GpuModel {
         let rope = g
             .storage("rope table", &rope_table(&c, max_ctx).iter().flat_map(|cs| [cs[0], cs[1]]).collect::<Vec<f32>>());
         let dummy = g.storage("dummy", &[0f32; 4]);
+        let dummy_rw = g.storage("dummy", &[0f32; 4]);
         let mut keep = Vec::new();
 
-        let sites = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
+        let sites = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: c.rms_eps };
 
         // embedding (also the tied LM head)
         let embed_m = GpuMatrix::upload_wide(g, &w.embed, "embed");
@@ -417,16 +455,18 @@ impl GpuModel {
                 embed.push(Dispatch { pipeline: p.clone(), bind });
             }
         }
-        let rope_p = kernels.rope_kv(g, c.rope == RopeStyle::Neox);
-        let rope_prm = g.uniform(
-            "rope params",
-            &RopeParams {
-                n_heads: c.n_heads as u32,
-                n_kv_heads: c.n_kv_heads as u32,
-                head_dim: c.head_dim as u32,
-                _p: 0,
-            },
-        );
+        if c.head_dim % 4 != 0 {
+            return Err(Error::msg(format!(
+                "attention heads of {} values are not supported (a multiple of 4 is)",
+                c.head_dim
+            )));
+        }
+        // the QKV matmul rotates adjacent pairs of columns (matmul_io.wgsl); a NEOX model's pairs
+        // (i, i + d/2) are brought side by side, which leaves every q . k unchanged
+        let qkv_order = match c.rope {
+            RopeStyle::Interleaved => None,
+            RopeStyle::Neox => Some(neox_pairs_adjacent(&c)),
+        };
         let attn_prm = g.uniform(
             "attn params",
             &AttnParams {
@@ -442,7 +482,22 @@ impl GpuModel {
         for (li, l) in w.layers.iter().enumerate() {
             let k_cache = g.storage_zeroed(&format!("k cache {li}"), kv_bytes);
             let v_cache = g.storage_zeroed(&format!("v cache {li}"), kv_bytes);
-            let qkv_m = GpuMatrix::upload(g, &l.qkv, "qkv");
+            let (qkv_m, qkv_bias) = match &qkv_order {
+                None => (GpuMatrix::upload(g, &l.qkv, "qkv"), l.qkv_bias.clone()),
+                Some(order) => (
+                    GpuMatrix::upload(g, &l.qkv.select_outputs(order), "qkv"),
+                    l.qkv_bias.as_ref().map(|b| order.iter().map(|&o| b[o]).collect()),
+                ),
+            };
+            let kv = KvTarget {
+                k_cache: &k_cache,
+                v_cache: &v_cache,
+                rope_table: &rope,
+                positions: &positions,
+                head_dim: c.head_dim,
+                q_dim: qd,
+                kv_dim: kvd,
+            };
             let out_m = GpuMatrix::upload(g, &l.attn_out, "attn_out");
             let gu_m = GpuMatrix::upload(g, &l.gate_up, "gate_up");
             let down_m = GpuMatrix::upload(g, &l.down, "down");
@@ -459,22 +514,29 @@ impl GpuModel {
                     &x,
                     Some(&attn_gamma),
                     &qkv,
-                    l.qkv_bias.as_deref(),
-                    Epilogue::Store,
+                    qkv_bias.as_deref(),
+                    Epilogue::Qkv,
+                    Some(&kv),
                     false,
                     qkv_w,
                 ),
-                rope: Dispatch {
-                    pipeline: rope_p.clone(),
-                    bind: g.bind(&rope_p, &[&pass_buf, &rope_prm, &positions, &rope, &qkv, &k_cache, &v_cache]),
-                },
                 attention: RowBlockDispatch {
                     pipelines: attn_p.clone(),
                     bind: g.bind(attn_p.any(), &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &att]),
                 },
-                attn_out: sites.matmul(&out_m, &att, None, &x, None, Epilogue::Add, false, d),
-                gate_up: sites.matmul(&gu_m, &x, Some(&ffn_gamma), &hidden, None, Epilogue::SwiGlu, false, c.ffn_dim),
-                down: sites.matmul(&down_m, &hidden, None, &x, None, Epilogue::Add, false, d),
+                attn_out: sites.matmul(&out_m, &att, None, &x, None, Epilogue::Add, None, false, d),
+                gate_up: sites.matmul(
+                    &gu_m,
+                    &x,
+                    Some(&ffn_gamma),
+                    &hidden,
+                    None,
+                    Epilogue::SwiGlu,
+                    None,
+                    false,
+                    c.ffn_dim,
+                ),
+                down: sites.matmul(&down_m, &hidden, None, &x, None, Epilogue::Add, None, false, d),
             };
             layers.push(sites);
             keep.extend([k_cache, v_cache, attn_gamma, ffn_gamma]);
@@ -489,7 +551,7 @@ impl GpuModel {
             None => embed_m.clone(),
         };
         let out_gamma = g.storage("final norm weight", &w.out_norm);
-        let lm_head = sites.matmul(&out_m, &x, Some(&out_gamma), &logits, None, Epilogue::Store, true, c.vocab);
+        let lm_head = sites.matmul(&out_m, &x, Some(&out_gamma), &logits, None, Epilogue::Store, None, true, c.vocab);
         let accept_p = kernels.accept(g, false);
         let accept_prm =
             g.uniform("accept params", &AcceptParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
@@ -503,7 +565,7 @@ impl GpuModel {
             g.uniform("topk params", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
         let topk =
             Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
-        keep.extend([topk_prm, rope_prm, attn_prm, compact_prm, x.clone(), qkv, att, hidden, rope, dummy]);
+        keep.extend([topk_prm, attn_prm, compact_prm, x.clone(), qkv, att, hidden, rope, dummy, dummy_rw]);
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -659,10 +721,8 @@ impl GpuModel {
         for e in &self.embed {
             one(&mut plan, "embed", e, [ceil(c.dim / 4, 64), m as u32, 1]);
         }
-        let pairs = (c.q_dim() + 2 * c.kv_dim()) / 2;
         for l in &self.layers {
-            mm(&mut plan, "matmul qkv", &l.qkv, rows);
-            one(&mut plan, "rope_kv", &l.rope, [ceil(pairs, 64), m as u32, 1]);
+            mm(&mut plan, "matmul qkv+rope", &l.qkv, rows);
             let (pipeline, r) = l.attention.pipelines.for_rows(rows);
             let size = attention_grid(self.gpu.plan, c.n_heads, c.n_kv_heads, c.head_dim, rows, r);
             plan.push(Planned { label: "attention", pipeline, bind: &l.attention.bind, size });
@@ -734,8 +794,10 @@ impl GpuModel {
         let logits = g.storage_zeroed("lm rig logits", (rows * c.vocab * 4) as u64);
         let candidates = g.storage_zeroed("lm rig candidates", (rows * CANDIDATES * 8) as u64);
         let dummy = g.storage("dummy", &[0f32; 4]);
-        let ctx = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, eps: c.rms_eps };
-        let site = ctx.matmul(&self.output, &x, Some(&self.out_gamma), &logits, None, Epilogue::Store, true, c.vocab);
+        let dummy_rw = g.storage("dummy", &[0f32; 4]);
+        let ctx = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: c.rms_eps };
+        let site =
+            ctx.matmul(&self.output, &x, Some(&self.out_gamma), &logits, None, Epilogue::Store, None, true, c.vocab);
         let topk_p = self.gpu.kernels.topk(g);
         let topk_prm =
             g.uniform("lm rig topk", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
@@ -749,7 +811,7 @@ impl GpuModel {
             rows,
             site,
             topk,
-            _keep: vec![logits, dummy, topk_prm],
+            _keep: vec![logits, dummy, dummy_rw, topk_prm],
         }
     }
 }
@@ -785,13 +847,14 @@ pub fn bench_matmul_with(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize, norm: 
     let pass = PassUniform { m: rows as u32, ..Default::default() };
     let pass_buf = gpu.uniform("pass", &pass);
     let dummy = gpu.storage("dummy", &[0f32; 4]);
-    let ctx = SiteCtx { gpu, pass_buf: &pass_buf, dummy: &dummy, eps: 1e-5 };
+    let dummy_rw = gpu.storage("dummy", &[0f32; 4]);
+    let ctx = SiteCtx { gpu, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: 1e-5 };
     let gm = GpuMatrix::upload(gpu, m, "bench");
     let x: Vec<f32> = (0..rows * m.k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let xb = gpu.storage("x", &x);
     let yb = gpu.storage_zeroed("y", (rows * m.n * 4) as u64);
     let gamma = gpu.storage("norm weight", &vec![1.5f32; m.k]);
-    let site = ctx.matmul(&gm, &xb, norm.then_some(&gamma), &yb, None, Epilogue::Store, false, m.n);
+    let site = ctx.matmul(&gm, &xb, norm.then_some(&gamma), &yb, None, Epilogue::Store, None, false, m.n);
     let (pipeline, r) = site.pipelines.for_rows(rows);
     time_dispatches(gpu, reps, |cp| {
         cp.set_pipeline(&pipeline.pipeline);

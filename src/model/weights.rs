@@ -78,6 +78,26 @@ impl Matrix {
         }
     }
 
+    /// The same matrix with its outputs reordered: output i of the result is output `order[i]`
+    /// of this one.
+    pub fn select_outputs(&self, order: &[usize]) -> Matrix {
+        assert_eq!(order.len(), self.n, "a reordering names every output once");
+        fn pick<T: Copy>(v: &[T], per: usize, order: &[usize]) -> Vec<T> {
+            order.iter().flat_map(|&o| v[o * per..(o + 1) * per].iter().copied()).collect()
+        }
+        let k = self.k;
+        let data = match &self.data {
+            MatData::Q8 { q, scale, offset } => MatData::Q8 {
+                q: pick(q, k, order),
+                scale: pick(scale, k / 32, order),
+                offset: pick(offset, k / 32, order),
+            },
+            MatData::Q8x16 { q, scale } => MatData::Q8x16 { q: pick(q, k, order), scale: pick(scale, k / 16, order) },
+            MatData::F16(w) => MatData::F16(pick(w, k, order)),
+        };
+        Matrix { k, n: self.n, data }
+    }
+
     pub fn is_q8(&self) -> bool {
         matches!(self.data, MatData::Q8 { .. })
     }
