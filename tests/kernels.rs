@@ -407,17 +407,20 @@ fn topk_matches_cpu_reference() {
 struct SamplerRig {
     gpu: std::sync::Arc<augur::gpu::Gpu>,
     pipeline: std::sync::Arc<augur::gpu::Pipeline>,
+    row_best: std::sync::Arc<augur::gpu::Pipeline>,
     pass: wgpu::Buffer,
     tokens: wgpu::Buffer,
     result: wgpu::Buffer,
     bind: wgpu::BindGroup,
+    row_best_bind: wgpu::BindGroup,
     _keep: Vec<wgpu::Buffer>,
 }
 
 impl SamplerRig {
     fn new(logits: &[f32]) -> SamplerRig {
         let gpu = gpu();
-        let pipeline = augur::gpu::kernels::Kernels::default().accept(&gpu, false);
+        let kernels = augur::gpu::kernels::Kernels::default();
+        let (pipeline, row_best) = (kernels.accept(&gpu, false), kernels.row_best(&gpu));
         let pass = gpu.uniform("pass", &PassUniform::default());
         let prm =
             gpu.uniform("p", &AcceptParams { vocab: logits.len() as u32, row_stride: logits.len() as u32, _p: [0; 2] });
@@ -425,8 +428,20 @@ impl SamplerRig {
         let parents = gpu.storage_zeroed("parents", 16);
         let tokens = gpu.storage_zeroed("tokens", 16);
         let result = gpu.storage_zeroed("result", (augur::model::gpu::RESULT_LEN * 4) as u64);
-        let bind = gpu.bind(&pipeline, &[&pass, &prm, &lb, &parents, &tokens, &result]);
-        SamplerRig { gpu, pipeline, pass, tokens, result, bind, _keep: vec![prm, lb, parents] }
+        let best = gpu.storage_zeroed("best", 8);
+        let binds = [&pass, &prm, &lb, &parents, &tokens, &result, &best];
+        let (bind, row_best_bind) = (gpu.bind(&pipeline, &binds), gpu.bind(&row_best, &binds));
+        SamplerRig {
+            gpu,
+            pipeline,
+            row_best,
+            pass,
+            tokens,
+            result,
+            bind,
+            row_best_bind,
+            _keep: vec![prm, lb, parents, best],
+        }
     }
     fn sample(&self, temperature: f32, top_k: u32, top_p: f32, seed: u32, draw: u32) -> u32 {
         let u = PassUniform { m: 1, lm_rows: 1, temperature, top_k, top_p, seed, draw, ..Default::default() };
@@ -434,6 +449,9 @@ impl SamplerRig {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
+            cp.set_pipeline(&self.row_best.pipeline);
+            cp.set_bind_group(0, &self.row_best_bind, &[]);
+            cp.dispatch_workgroups(1, 1, 1);
             cp.set_pipeline(&self.pipeline.pipeline);
             cp.set_bind_group(0, &self.bind, &[]);
             cp.dispatch_workgroups(1, 1, 1);

@@ -263,8 +263,9 @@ pub const MATMUL_BINDS: [Bind; 13] = {
     use Bind::*;
     [Uniform, Uniform, Read, Read, Read, Read, Read, ReadWrite, Read, Read, Read, ReadWrite, ReadWrite]
 };
-pub const ACCEPT_BINDS: [Bind; 6] =
-    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
+/// accept.wgsl's bindings: pass, params, logits, parents, tokens, result, each row's best logit.
+pub const ACCEPT_BINDS: [Bind; 7] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const TOPK_BINDS: [Bind; 4] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite];
 pub const HEAD_BINDS: [Bind; 14] = [
@@ -418,6 +419,11 @@ impl Kernels {
         self.get(gpu, format!("accept {broken}"), || {
             gpu.pipeline("accept", &source(ACCEPT), "main", &ACCEPT_BINDS, &[("BROKEN_RULE", broken as u32 as f64)])
         })
+    }
+
+    /// Every LM-head row's max and argmax, for `accept` (accept.wgsl's other entry point).
+    pub fn row_best(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "row_best".into(), || gpu.pipeline("row_best", &source(ACCEPT), "row_best", &ACCEPT_BINDS, &[]))
     }
 
     pub fn kv_compact(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {

@@ -368,8 +368,11 @@ pub struct GpuModel {
     /// The top CANDIDATES (id, probability) of each LM-head row, for drafters (topk.wgsl).
     pub candidates: wgpu::Buffer,
     topk: Dispatch,
+    row_best: Dispatch,
     accept: Dispatch,
     accept_params: wgpu::Buffer,
+    /// Each LM-head row's max logit and argmax (accept.wgsl row_best).
+    best: wgpu::Buffer,
     embed: Vec<Dispatch>,
     layers: Vec<LayerSites>,
     lm_head: MatmulSite,
@@ -552,13 +555,14 @@ impl GpuModel {
         };
         let out_gamma = g.storage("final norm weight", &w.out_norm);
         let lm_head = sites.matmul(&out_m, &x, Some(&out_gamma), &logits, None, Epilogue::Store, None, true, c.vocab);
-        let accept_p = kernels.accept(g, false);
         let accept_prm =
             g.uniform("accept params", &AcceptParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
-        let accept = Dispatch {
-            pipeline: accept_p.clone(),
-            bind: g.bind(&accept_p, &[&pass_buf, &accept_prm, &logits, &parents, &tokens, &result]),
-        };
+        let best = g.storage_zeroed("row best", (max_batch * 8) as u64);
+        let accept_binds = [&pass_buf, &accept_prm, &logits, &parents, &tokens, &result, &best];
+        let row_best_p = kernels.row_best(g);
+        let row_best = Dispatch { pipeline: row_best_p.clone(), bind: g.bind(&row_best_p, &accept_binds) };
+        let accept_p = kernels.accept(g, false);
+        let accept = Dispatch { pipeline: accept_p.clone(), bind: g.bind(&accept_p, &accept_binds) };
         let candidates = g.storage_zeroed("candidates", (max_batch * CANDIDATES * 8) as u64);
         let topk_p = kernels.topk(g);
         let topk_prm =
@@ -583,6 +587,8 @@ impl GpuModel {
             topk,
             accept,
             accept_params: accept_prm,
+            best,
+            row_best,
             embed,
             layers,
             lm_head,
@@ -599,9 +605,10 @@ impl GpuModel {
     #[doc(hidden)]
     pub fn use_broken_acceptance_rule(&mut self) {
         let p = self.gpu.kernels.accept(&self.gpu, true);
-        let bind = self
-            .gpu
-            .bind(&p, &[&self.pass_buf, &self.accept_params, &self.logits, &self.parents, &self.tokens, &self.result]);
+        let bind = self.gpu.bind(
+            &p,
+            &[&self.pass_buf, &self.accept_params, &self.logits, &self.parents, &self.tokens, &self.result, &self.best],
+        );
         self.accept = Dispatch { pipeline: p, bind };
     }
 
@@ -735,6 +742,7 @@ impl GpuModel {
             mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows);
         }
         if spec.accept.is_some() {
+            one(&mut plan, "accept", &self.row_best, [lm_rows as u32, 1, 1]);
             one(&mut plan, "accept", &self.accept, [1, 1, 1]);
         }
         if spec.compact {
