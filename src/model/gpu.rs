@@ -458,7 +458,7 @@ impl GpuModel {
                 embed.push(Dispatch { pipeline: p.clone(), bind });
             }
         }
-        if c.head_dim % 4 != 0 {
+        if !c.head_dim.is_multiple_of(4) {
             return Err(Error::msg(format!(
                 "attention heads of {} values are not supported (a multiple of 4 is)",
                 c.head_dim
