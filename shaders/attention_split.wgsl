@@ -6,7 +6,7 @@
 // fastest; on an H200 that was 0.9 ms a layer at 320 slots, a chain of loads per slot. Here lane
 // t takes the visible slots of rank t, t + 64, ... (rank: a slot's place among the slots the row
 // sees), keeps an online softmax over them, and the 64 lanes' maxima, sums and weighted values
-// are merged in lane order.
+// are merged in a fixed order (halving: lane t takes in lane t + w).
 //
 // Rank, not slot number, so that speculation stays lossless: a token verified in a tree pass
 // sees its accepted ancestors at tree slots with gaps between them, while plain decoding has the
@@ -97,19 +97,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 
-    // merge the lanes in lane order: the overall maximum, each lane's weight, the total
+    // merge the lanes by halving (lane t takes in lane t + w for w = 32, 16, .., 1): the
+    // overall maximum, then the weighted sums and the weighted values. A fixed order, whatever
+    // the pass, so still the same bits for a row in any pass. (Lane 0 adding the 64 in turn
+    // was a chain of 64 dependent shared-memory loads per merge: most of a layer's attention
+    // time on an H200 at short contexts.)
     max_sh[t] = st.mx;
-    sum_sh[t] = st.l;
     workgroupBarrier();
-    var mx = MASKED;
-    for (var i = 0u; i < LANES; i++) {
-        mx = max(mx, max_sh[i]);
+    for (var w = LANES / 2u; w > 0u; w = w / 2u) {
+        if (t < w) {
+            max_sh[t] = max(max_sh[t], max_sh[t + w]);
+        }
+        workgroupBarrier();
     }
-    var total = 0.0;
-    for (var i = 0u; i < LANES; i++) {
-        total += sum_sh[i] * exp(max_sh[i] - mx);
-    }
+    let mx = max_sh[0];
     let weight = exp(st.mx - mx);
+    sum_sh[t] = st.l * weight;
+    workgroupBarrier();
+    for (var w = LANES / 2u; w > 0u; w = w / 2u) {
+        if (t < w) {
+            sum_sh[t] = sum_sh[t] + sum_sh[t + w];
+        }
+        workgroupBarrier();
+    }
+    let total = sum_sh[0];
     let ob = row * p.n_heads * D4 + head * D4;
     for (var c = 0u; c < D4; c += CHUNK) {
         for (var j = 0u; j < CHUNK; j++) {
@@ -118,12 +129,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
-        if (t < CHUNK && c + t < D4) {
-            var a = vec4<f32>(0.0);
-            for (var i = 0u; i < LANES; i++) {
-                a += acc_sh[i * CHUNK + t];
+        for (var w = LANES / 2u; w > 0u; w = w / 2u) {
+            if (t < w) {
+                for (var j = 0u; j < CHUNK; j++) {
+                    acc_sh[t * CHUNK + j] = acc_sh[t * CHUNK + j] + acc_sh[(t + w) * CHUNK + j];
+                }
             }
-            out[ob + c + t] = a / total;
+            workgroupBarrier();
+        }
+        if (t < CHUNK && c + t < D4) {
+            out[ob + c + t] = acc_sh[t] / total;
         }
         workgroupBarrier();
     }
