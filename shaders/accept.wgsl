@@ -15,8 +15,9 @@
 // [RESULT_BONUS] bonus token, [RESULT_TOKENS + i] accepted tokens. tokens[0] receives the bonus:
 // the next pass's root, already on the GPU. The CPU twin is src/sampler.rs.
 //
-// Two entry points, dispatched one after the other: `row_best` finds every LM-head row's max and
-// argmax at once, a workgroup a row, and `main` walks the tree with them. (One workgroup scanning
+// Two entry points, dispatched one after the other for passes of several LM-head rows: `row_best`
+// finds every row's max and argmax at once, a workgroup a row, and `main` walks the tree with
+// them (a pass of one row, plain decoding, finds its own in `main`). (One workgroup scanning
 // the vocabulary again at each depth of the walk was 15% of a 5-row verification on an H200.)
 
 const WG: u32 = 64u;
@@ -97,13 +98,8 @@ fn is_removed(t: u32) -> bool {
     return false;
 }
 
-// The max and argmax (lowest index on ties) of LM-head row wid.x, into best.
-@compute @workgroup_size(64)
-fn row_best(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let row = wid.x;
-    if (row >= pass_.lm_rows) {
-        return;
-    }
+// The max (as bits) and argmax (lowest index on ties) of LM-head row `row`, for every lane.
+fn row_max(row: u32, tid: u32) -> vec2<u32> {
     let base = row * p.row_stride;
     var b = MASKED;
     var bi = 0u;
@@ -124,7 +120,23 @@ fn row_best(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                 bi = red_u[i];
             }
         }
-        best[row] = vec2<u32>(bitcast<u32>(b), bi);
+        shared_f = b;
+        shared_u = bi;
+    }
+    let mx = workgroupUniformLoad(&shared_f);
+    return vec2<u32>(bitcast<u32>(mx), workgroupUniformLoad(&shared_u));
+}
+
+// Every LM-head row's max and argmax into best, a workgroup a row (for passes of several rows:
+// a pass of one row finds its own in `main`, one dispatch fewer a token).
+@compute @workgroup_size(64)
+fn row_best(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    if (wid.x >= pass_.lm_rows) {
+        return;
+    }
+    let b = row_max(wid.x, tid);
+    if (tid == 0u) {
+        best[wid.x] = b;
     }
 }
 
@@ -138,8 +150,14 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     for (var depth = 0u; depth < MAX_DEPTH; depth++) {
         let base = cur * p.row_stride;
         // max and argmax of the row (lowest index on ties), from row_best
-        let mx = bitcast<f32>(best[cur].x);
-        let amax = best[cur].y;
+        var b = vec2<u32>(0u);
+        if (pass_.lm_rows == 1u) {
+            b = row_max(0u, tid);
+        } else {
+            b = best[cur];
+        }
+        let mx = bitcast<f32>(b.x);
+        let amax = b.y;
 
         // the kept set {z >= thr} and its mass, z = (l - mx) / T <= 0
         var thr = -1.0e30;

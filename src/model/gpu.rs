@@ -742,7 +742,9 @@ impl GpuModel {
             mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows);
         }
         if spec.accept.is_some() {
-            one(&mut plan, "accept", &self.row_best, [lm_rows as u32, 1, 1]);
+            if lm_rows > 1 {
+                one(&mut plan, "accept", &self.row_best, [lm_rows as u32, 1, 1]);
+            }
             one(&mut plan, "accept", &self.accept, [1, 1, 1]);
         }
         if spec.compact {
