@@ -16,3 +16,6 @@ struct AttnParams {
 @group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>; // [m][q_dim]
+// attention_split.wgsl: each part's softmax state, [m][n_heads][P_MAX] x (max, sum; D4 weighted
+// values) (attention.wgsl does not use it)
+@group(0) @binding(7) var<storage, read_write> parts: array<vec4<f32>>;

@@ -73,6 +73,37 @@ fn tiny_model_matches_cpu_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
     }
 }
 
+/// Rows that see more than 64 slots: the split attention deals them over several workgroups
+/// (parts) and merges those; the logits still match the CPU forward, in prefill chunks and in
+/// single steps, with 2 to 5 parts.
+#[test]
+fn long_rows_match_cpu_reference() {
+    for gpu in gpus_both_plans() {
+        let (cfg, w) = tiny_model_with_heads(21, true, RopeStyle::Neox, true, 32);
+        let gm = GpuModel::new(gpu.clone(), &cfg, &w, 320, 16).unwrap();
+        let mut cpu = CpuModel::new(&cfg, &w, 320);
+        let mut rng = Rng(9);
+        let prompt: Vec<u32> = (0..280).map(|_| (rng.next() % 320) as u32).collect();
+        for (i, chunk) in prompt.chunks(16).enumerate() {
+            gm.set_tokens(chunk);
+            let m = chunk.len();
+            let spec = PassSpec { m, n_past: i * 16, logits_rows: 0..m, ..Default::default() };
+            let got = gpu_logits(&gm, &spec);
+            for (j, &t) in chunk.iter().enumerate() {
+                let want = cpu.step(t);
+                let e = rel_l2(&got[j * cfg.vocab..(j + 1) * cfg.vocab], &want);
+                assert!(e < 1e-4, "{:?} kernels: prefill row {}: rel L2 {e}", gpu.plan, i * 16 + j);
+            }
+        }
+        for (n_past, t) in [(280, 7u32), (281, 99)] {
+            gm.set_tokens(&[t]);
+            let got = gpu_logits(&gm, &PassSpec { m: 1, n_past, logits_rows: 0..1, ..Default::default() });
+            let e = rel_l2(&got, &cpu.step(t));
+            assert!(e < 1e-4, "{:?} kernels: decode at {n_past}: rel L2 {e}", gpu.plan);
+        }
+    }
+}
+
 /// A token's logits are bit-identical whether it runs alone or as one of M rows in a pass, for
 /// every M that picks another row block of the matmul and attention (1 to 9 rows per
 /// invocation, and several blocks), with heads held by one lane and by two, and with a block's

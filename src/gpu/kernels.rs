@@ -181,8 +181,16 @@ pub fn matmul_split_source() -> String {
 
 /// attention_split.wgsl for one head size (`head_dim`, a multiple of 4, sizes its arrays).
 pub fn attention_split_source(head_dim: usize) -> String {
-    source(&format!("const D4: u32 = {}u;\n{ATTENTION_IO}\n{ATTENTION_SPLIT}", head_dim / 4))
+    let consts = format!("const D4: u32 = {}u;\nconst P_MAX: u32 = {ATTN_PARTS}u;", head_dim / 4);
+    source(&format!("{consts}\n{ATTENTION_IO}\n{ATTENTION_SPLIT}"))
 }
+
+/// Most workgroups attention_split.wgsl splits a row's slots over (one per 64 slots it sees).
+pub const ATTN_PARTS: usize = 8;
+
+/// Slots (n_past + rows) past which a split attention pass can have rows in parts, and needs its
+/// `combine` dispatch.
+pub const ATTN_PART_SLOTS: usize = 64;
 
 /// Workgroups of an attention dispatch over `rows` rows whose pipeline takes `r` rows each
 /// (`RowBlockPipelines::for_rows`): per KV head, row block and chunk of 8 invocations
@@ -200,7 +208,7 @@ pub fn attention_grid(
             let chunks = attention_chunks(r, n_heads / n_kv_heads, head_dim);
             [(n_kv_heads * chunks) as u32, rows.div_ceil(r) as u32, 1]
         }
-        KernelPlan::Split => [n_heads as u32, rows as u32, 1],
+        KernelPlan::Split => [n_heads as u32, rows as u32, ATTN_PARTS as u32],
     }
 }
 
@@ -305,8 +313,9 @@ pub const REPLAY_BINDS: [Bind; 17] = [
 ];
 pub const EMBED_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
-pub const ATTN_BINDS: [Bind; 7] =
-    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+/// attention_io.wgsl's bindings: pass, params, masks, qkv, K cache, V cache, out, part states.
+pub const ATTN_BINDS: [Bind; 8] =
+    [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 
 type RowBlockMap = Arc<Mutex<HashMap<String, Arc<RowBlockPipelines>>>>;
 
@@ -461,9 +470,17 @@ impl Kernels {
 
     /// Attention: one invocation per (row, query head, part of a head) of a row block, in
     /// workgroups of 8 (`attention_chunks` per KV head), for `group` query heads per KV head.
+    /// attention_split.wgsl's `combine`: rows split into parts, merged.
+    pub fn attention_combine(&self, gpu: &Gpu, head_dim: usize) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, format!("attention combine {head_dim}"), || {
+            gpu.pipeline("attention combine", &attention_split_source(head_dim), "combine", &ATTN_BINDS, &[])
+        })
+    }
+
     pub fn attention(&self, gpu: &Gpu, group: usize, head_dim: usize) -> std::sync::Arc<RowBlockPipelines> {
         if gpu.plan == KernelPlan::Split {
             return self.get_row_blocks(format!("attention split {head_dim}"), || {
+                // (its `combine` entry point: attention_combine)
                 let source = attention_split_source(head_dim);
                 RowBlockPipelines::single(gpu, "attention split", &source, "main", &ATTN_BINDS)
             });

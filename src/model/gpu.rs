@@ -180,9 +180,11 @@ struct Dispatch {
 }
 
 /// A dispatch whose invocations take a block of rows (attention): one pipeline per block size.
+/// `combine`: the split attention's merge of rows split into parts (KernelPlan::Split).
 struct RowBlockDispatch {
     pipelines: Arc<RowBlockPipelines>,
     bind: wgpu::BindGroup,
+    combine: Option<Dispatch>,
 }
 
 /// One dispatch of a planned pass.
@@ -480,6 +482,14 @@ impl GpuModel {
             },
         );
         let attn_p = kernels.attention(g, c.n_heads / c.n_kv_heads, c.head_dim);
+        let split = g.plan == KernelPlan::Split;
+        let combine_p = split.then(|| kernels.attention_combine(g, c.head_dim));
+        // each part's softmax state (attention_split.wgsl), for every layer in turn
+        let part_states = if split {
+            g.storage_zeroed("attention parts", (max_batch * c.n_heads * ATTN_PARTS * (c.head_dim / 4 + 1) * 16) as u64)
+        } else {
+            g.storage("attention parts", &[0f32; 4])
+        };
         let compact_prm = g.uniform("compact params", &CompactParams { kv_dim: kvd as u32, _p: [0; 3] });
         let mut layers = Vec::new();
         for (li, l) in w.layers.iter().enumerate() {
@@ -523,9 +533,13 @@ impl GpuModel {
                     false,
                     qkv_w,
                 ),
-                attention: RowBlockDispatch {
-                    pipelines: attn_p.clone(),
-                    bind: g.bind(attn_p.any(), &[&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &att]),
+                attention: {
+                    let binds = [&pass_buf, &attn_prm, &masks, &qkv, &k_cache, &v_cache, &att, &part_states];
+                    RowBlockDispatch {
+                        pipelines: attn_p.clone(),
+                        bind: g.bind(attn_p.any(), &binds),
+                        combine: combine_p.as_ref().map(|p| Dispatch { pipeline: p.clone(), bind: g.bind(p, &binds) }),
+                    }
                 },
                 attn_out: sites.matmul(&out_m, &att, None, &x, None, Epilogue::Add, None, false, d),
                 gate_up: sites.matmul(
@@ -569,7 +583,7 @@ impl GpuModel {
             g.uniform("topk params", &TopkParams { vocab: c.vocab as u32, row_stride: c.vocab as u32, _p: [0; 2] });
         let topk =
             Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
-        keep.extend([topk_prm, attn_prm, compact_prm, x.clone(), qkv, att, hidden, rope, dummy, dummy_rw]);
+        keep.extend([topk_prm, attn_prm, compact_prm, x.clone(), qkv, att, hidden, rope, dummy, dummy_rw, part_states]);
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -733,6 +747,11 @@ impl GpuModel {
             let (pipeline, r) = l.attention.pipelines.for_rows(rows);
             let size = attention_grid(self.gpu.plan, c.n_heads, c.n_kv_heads, c.head_dim, rows, r);
             plan.push(Planned { label: "attention", pipeline, bind: &l.attention.bind, size });
+            if let Some(d) = &l.attention.combine
+                && spec.n_past + m > ATTN_PART_SLOTS
+            {
+                one(&mut plan, "attention", d, [c.n_heads as u32, rows as u32, 1]);
+            }
             mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
             mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
             mm(&mut plan, "matmul down", &l.down, rows);
@@ -918,13 +937,26 @@ pub fn bench_attention(gpu: &Gpu, cfg: &Config, n_past: usize, rows: usize, reps
     let k = gpu.storage("k", &random(slots * c.kv_dim(), 2));
     let v = gpu.storage("v", &random(slots * c.kv_dim(), 3));
     let out = gpu.storage_zeroed("out", (rows * c.q_dim() * 4) as u64);
+    let parts = gpu.storage_zeroed("parts", (rows * c.n_heads * ATTN_PARTS * (c.head_dim / 4 + 1) * 16) as u64);
     let p = kernels.attention(gpu, c.n_heads / c.n_kv_heads, c.head_dim);
-    let bind = gpu.bind(p.any(), &[&pass_buf, &prm, &masks, &qkv, &k, &v, &out]);
+    let binds = [&pass_buf, &prm, &masks, &qkv, &k, &v, &out, &parts];
+    let bind = gpu.bind(p.any(), &binds);
     let (pipeline, r) = p.for_rows(rows);
     let [gx, gy, gz] = attention_grid(gpu.plan, c.n_heads, c.n_kv_heads, c.head_dim, rows, r);
+    // rows split into parts are merged by a second dispatch (attention_split.wgsl combine)
+    let combine = (gpu.plan == KernelPlan::Split && slots > ATTN_PART_SLOTS).then(|| {
+        let cp = kernels.attention_combine(gpu, c.head_dim);
+        let b = gpu.bind(&cp, &binds);
+        (cp, b)
+    });
     time_dispatches(gpu, reps, |cp| {
         cp.set_pipeline(&pipeline.pipeline);
         cp.set_bind_group(0, &bind, &[]);
         cp.dispatch_workgroups(gx, gy, gz);
+        if let Some((p, b)) = &combine {
+            cp.set_pipeline(&p.pipeline);
+            cp.set_bind_group(0, b, &[]);
+            cp.dispatch_workgroups(c.n_heads as u32, rows as u32, 1);
+        }
     })
 }
