@@ -192,6 +192,12 @@ pub const ATTN_PARTS: usize = 8;
 /// `combine` dispatch.
 pub const ATTN_PART_SLOTS: usize = 64;
 
+/// Bytes of attention_split.wgsl's `parts` for `rows` rows: a state (max and sum, then head_dim
+/// weighted values) per row, query head and part.
+pub fn attention_parts_bytes(rows: usize, n_heads: usize, head_dim: usize) -> u64 {
+    (rows * n_heads * ATTN_PARTS * (head_dim / 4 + 1) * 16) as u64
+}
+
 /// Workgroups of an attention dispatch over `rows` rows whose pipeline takes `r` rows each
 /// (`RowBlockPipelines::for_rows`): per KV head, row block and chunk of 8 invocations
 /// (attention.wgsl), or per query head and row (attention_split.wgsl).
@@ -468,8 +474,6 @@ impl Kernels {
         })
     }
 
-    /// Attention: one invocation per (row, query head, part of a head) of a row block, in
-    /// workgroups of 8 (`attention_chunks` per KV head), for `group` query heads per KV head.
     /// attention_split.wgsl's `combine`: rows split into parts, merged.
     pub fn attention_combine(&self, gpu: &Gpu, head_dim: usize) -> std::sync::Arc<Pipeline> {
         self.get(gpu, format!("attention combine {head_dim}"), || {
@@ -477,6 +481,8 @@ impl Kernels {
         })
     }
 
+    /// Attention: one invocation per (row, query head, part of a head) of a row block, in
+    /// workgroups of 8 (`attention_chunks` per KV head), for `group` query heads per KV head.
     pub fn attention(&self, gpu: &Gpu, group: usize, head_dim: usize) -> std::sync::Arc<RowBlockPipelines> {
         if gpu.plan == KernelPlan::Split {
             return self.get_row_blocks(format!("attention split {head_dim}"), || {

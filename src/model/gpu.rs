@@ -486,7 +486,7 @@ impl GpuModel {
         let combine_p = split.then(|| kernels.attention_combine(g, c.head_dim));
         // each part's softmax state (attention_split.wgsl), for every layer in turn
         let part_states = if split {
-            g.storage_zeroed("attention parts", (max_batch * c.n_heads * ATTN_PARTS * (c.head_dim / 4 + 1) * 16) as u64)
+            g.storage_zeroed("attention parts", attention_parts_bytes(max_batch, c.n_heads, c.head_dim))
         } else {
             g.storage("attention parts", &[0f32; 4])
         };
@@ -937,7 +937,7 @@ pub fn bench_attention(gpu: &Gpu, cfg: &Config, n_past: usize, rows: usize, reps
     let k = gpu.storage("k", &random(slots * c.kv_dim(), 2));
     let v = gpu.storage("v", &random(slots * c.kv_dim(), 3));
     let out = gpu.storage_zeroed("out", (rows * c.q_dim() * 4) as u64);
-    let parts = gpu.storage_zeroed("parts", (rows * c.n_heads * ATTN_PARTS * (c.head_dim / 4 + 1) * 16) as u64);
+    let parts = gpu.storage_zeroed("parts", attention_parts_bytes(rows, c.n_heads, c.head_dim));
     let p = kernels.attention(gpu, c.n_heads / c.n_kv_heads, c.head_dim);
     let binds = [&pass_buf, &prm, &masks, &qkv, &k, &v, &out, &parts];
     let bind = gpu.bind(p.any(), &binds);
