@@ -868,11 +868,12 @@ impl LmHeadRig {
 /// Milliseconds per dispatch of one matmul over `rows` rows of random input, `reps` dispatches
 /// in one submission (so fixed submit costs are amortised): the kernel's own speed.
 pub fn bench_matmul(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize) -> f64 {
-    bench_matmul_with(gpu, m, rows, reps, false)
+    bench_matmul_with(gpu, m, rows, reps, false, Epilogue::Store)
 }
 
-/// `bench_matmul`, with x RMS-normalised inside the matmul (NORM) when `norm` is true.
-pub fn bench_matmul_with(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize, norm: bool) -> f64 {
+/// `bench_matmul`, with x RMS-normalised inside the matmul (NORM) when `norm` is true, and
+/// epilogue `ep` (Store, or SwiGlu: the columns taken as interleaved gate and up groups).
+pub fn bench_matmul_with(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize, norm: bool, ep: Epilogue) -> f64 {
     let pass = PassUniform { m: rows as u32, ..Default::default() };
     let pass_buf = gpu.uniform("pass", &pass);
     let dummy = gpu.storage("dummy", &[0f32; 4]);
@@ -883,7 +884,7 @@ pub fn bench_matmul_with(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize, norm: 
     let xb = gpu.storage("x", &x);
     let yb = gpu.storage_zeroed("y", (rows * m.n * 4) as u64);
     let gamma = gpu.storage("norm weight", &vec![1.5f32; m.k]);
-    let site = ctx.matmul(&gm, &xb, norm.then_some(&gamma), &yb, None, Epilogue::Store, None, false, m.n);
+    let site = ctx.matmul(&gm, &xb, norm.then_some(&gamma), &yb, None, ep, None, false, m.n);
     let (pipeline, r) = site.pipelines.for_rows(rows);
     time_dispatches(gpu, reps, |cp| {
         cp.set_pipeline(&pipeline.pipeline);
