@@ -33,7 +33,8 @@ const CONTEXT_KEYS: usize = 768;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CostModel {
-    /// (rows, milliseconds) from the calibration over an empty context, rows ascending.
+    /// (rows, milliseconds) from the calibration over an empty context, rows ascending (a
+    /// calibration's lower hull, `from_calibration`).
     pub curve: Vec<(usize, f64)>,
     /// Milliseconds that one row's attention adds per token of context (calibrated).
     #[serde(default)]
