@@ -4,7 +4,8 @@
 //! - calibration: for each speculator, how often a node it gave conditional score s (its
 //!   chance once its parent is accepted) was accepted when its parent was (its own confidence
 //!   mapped to a realised acceptance rate, per score bin, exponentially weighted so that drift
-//!   shows within tens of rounds); a node's estimate is the product of these along its path;
+//!   shows within tens of rounds, kept apart by the proposal's evidence and by whether the last
+//!   round's tree was accepted whole); a node's estimate is the product of these along its path;
 //! - cost: what a verification pass of M rows takes (`cost.rs`), and what each expensive
 //!   speculator's drafting takes.
 //!
@@ -193,6 +194,9 @@ pub struct Controller {
     /// Time of every round (verification and drafting), and of the looks within them.
     total_ms: f64,
     look_ms: f64,
+    /// Whether the last round of this request verified a tree and had all of it accepted (its
+    /// accepted path reached the tree's deepest level): what the next round is calibrated on.
+    after_full: bool,
     pub stats: ControllerStats,
 }
 
@@ -223,6 +227,7 @@ impl Controller {
             worth: Default::default(),
             total_ms: 0.0,
             look_ms: 0.0,
+            after_full: false,
             stats: ControllerStats::default(),
         }
     }
@@ -254,6 +259,7 @@ impl Controller {
     /// paying (the text may have changed; one level of drafting is all a look costs, a draft
     /// model having fed the prompt during prefill).
     pub fn begin_request(&mut self) {
+        self.after_full = false;
         for w in &mut self.worth {
             w.look_due = w.net_ms.is_some_and(|n| n <= 0.0);
         }
@@ -266,7 +272,10 @@ impl Controller {
     pub fn min_score(&self, d: Drafter) -> f32 {
         let price = self.cost.verify_ms(2) / self.cost.verify_ms(1) - 1.0;
         let cal = &self.calib[idx(d)];
-        (0..BINS).map(|b| b as f32 / BINS as f32).find(|&s| cal.p(level(0), s.max(0.01), true) >= price).unwrap_or(1.0)
+        (0..BINS)
+            .map(|b| b as f32 / BINS as f32)
+            .find(|&s| cal.p(level(0, false), s.max(0.01), true) >= price)
+            .unwrap_or(1.0)
     }
 
     /// Whether an expensive speculator is paying for its drafting (or has not been measured yet).
@@ -293,7 +302,7 @@ impl Controller {
         let mut merged: Vec<M> = Vec::new();
         for (d, tree) in proposals {
             let cal = &self.calib[idx(*d)];
-            let lv = level(tree.evidence);
+            let lv = level(tree.evidence, self.after_full);
             let mut map = vec![0usize; tree.len()];
             for (i, n) in tree.nodes.iter().enumerate() {
                 let score = conditional(tree, i);
@@ -372,6 +381,7 @@ impl Controller {
         self.cost.observe(rows, verify_ms);
         self.total_ms += verify_ms + drafted.iter().map(|d| d.ms + d.idle_ms).sum::<f64>();
         let committed = 1 + accepted.iter().filter(|&&a| a).count();
+        self.after_full = !plan.tree.is_empty() && committed - 1 == plan.tree.depth();
         for w in &mut self.worth {
             w.since += committed;
         }
@@ -651,6 +661,37 @@ mod tests {
         }
         assert!(c.choose(&prop(1), 63).tree.is_empty(), "a 1-token match's guesses are not verified");
         assert_eq!(c.choose(&prop(8), 63).tree.len(), 2, "an 8-token match's are");
+    }
+
+    #[test]
+    fn a_round_after_one_accepted_whole_is_calibrated_apart() {
+        // a row costs a fifth of a step: a guess must be right a fifth of the time or more
+        let cost = || CostModel::from_curve(vec![(1, 10.0), (2, 12.0), (16, 40.0)]);
+        let prop = |evidence| {
+            let mut t = chain(&[0.6], Drafter::Suffix);
+            t.evidence = evidence;
+            [(Drafter::Suffix, t)]
+        };
+        let round = |c: &mut Controller, evidence, ok: bool| {
+            let plan = c.choose(&prop(evidence), 63);
+            let n = plan.tree.len();
+            c.observe(&plan, &vec![ok; n], n + 1, cost().verify_ms(n + 1), &[]);
+            n
+        };
+        // a long match right two times in three sets the scene; the 1-token guess after it is
+        // right exactly when the long match was (two times in three overall, which would pay)
+        let mut c = Controller::new(cost());
+        for r in 0..300 {
+            let ok = r % 3 != 0;
+            round(&mut c, 8, ok);
+            round(&mut c, 1, ok);
+        }
+        assert_eq!(round(&mut c, 8, true), 1);
+        assert_eq!(c.choose(&prop(1), 63).tree.len(), 1, "after a round accepted whole: verified");
+        assert_eq!(round(&mut c, 8, false), 1);
+        assert!(c.choose(&prop(1), 63).tree.is_empty(), "after one cut short: not");
+        c.begin_request();
+        assert!(c.choose(&prop(1), 63).tree.is_empty(), "a request's first round has no streak behind it");
     }
 
     #[test]
