@@ -83,7 +83,7 @@ impl Rig {
                     }
                     Drafts::Sampled => {
                         // q = softmax(logits / 0.5), sampled with the drafter's own generator
-                        let mut rng = Rng(0x5eed ^ seed as u64 * 7919 + 1);
+                        let mut rng = Rng(0x5eed ^ (seed as u64 * 7919 + 1));
                         let mx = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
                         let q: Vec<f64> = logits.iter().map(|&l| ((l as f64 - mx) / 0.5).exp()).collect();
                         let total: f64 = q.iter().sum();

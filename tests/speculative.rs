@@ -60,7 +60,7 @@ impl Speculator for RandomTrees {
             // continue under the right token, or under a wrong one now and then
             parent = match next_parent {
                 Some(p) => Some(p),
-                None if self.rng.next() % 2 == 0 => Some(t.len() - 1),
+                None if self.rng.next().is_multiple_of(2) => Some(t.len() - 1),
                 None => return t,
             };
         }

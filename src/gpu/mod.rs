@@ -158,7 +158,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
-        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) & !255;
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) & !255;
         Ok(Gpu {
             device,
             queue,
@@ -381,8 +381,7 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes.div_ceil(4) * 4);
         self.queue.submit([enc.finish()]);
-        let out = map_read(self, &staging, bytes);
-        out
+        map_read(self, &staging, bytes)
     }
 
     pub fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {

@@ -62,7 +62,7 @@ impl Config {
             Some(v) => v as usize,
             None => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
         };
-        if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !dim.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(Error::msg(format!(
                 "{}: inconsistent head counts ({n_heads} heads, {n_kv_heads} kv heads, dim {dim})",
                 g.path
@@ -90,12 +90,12 @@ impl Config {
 
     /// Refuses shapes the kernels cannot run (they work on groups of 4 and 32 values).
     pub fn check(&self, path: &str) -> Result<()> {
-        let ok = self.dim % 32 == 0
-            && self.ffn_dim % 32 == 0
-            && self.head_dim % 8 == 0
+        let ok = self.dim.is_multiple_of(32)
+            && self.ffn_dim.is_multiple_of(32)
+            && self.head_dim.is_multiple_of(8)
             && self.head_dim <= 256
-            && self.kv_dim() % 4 == 0
-            && self.vocab % 4 == 0
+            && self.kv_dim().is_multiple_of(4)
+            && self.vocab.is_multiple_of(4)
             && self.vocab > 0
             && self.n_layers > 0
             && self.n_layers <= 256;

@@ -731,7 +731,7 @@ impl GpuModel {
         let rows = m;
         let mut plan = Vec::with_capacity(8 * c.n_layers + 4);
         let one = |plan: &mut Vec<Planned<'a>>, label: &'static str, d: &'a Dispatch, size: [u32; 3]| {
-            plan.push(Planned { label, pipeline: &*d.pipeline, bind: &d.bind, size })
+            plan.push(Planned { label, pipeline: &d.pipeline, bind: &d.bind, size })
         };
         let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: usize| {
             let (pipeline, r) = s.pipelines.for_rows(rows);

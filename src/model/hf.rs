@@ -144,10 +144,10 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
     config.check(&origin)?;
     let weights = Weights::load(&folder, &HF_NAMES, &config)?;
     let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-    if let Ok(tc) = read("tokenizer_config.json") {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&tc) {
-            tokenizer.chat_template = v.get("chat_template").and_then(|t| t.as_str()).map(String::from);
-        }
+    if let Ok(tc) = read("tokenizer_config.json")
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&tc)
+    {
+        tokenizer.chat_template = v.get("chat_template").and_then(|t| t.as_str()).map(String::from);
     }
     Ok(LoadedModel { config, weights, tokenizer, source: origin })
 }

@@ -181,7 +181,7 @@ pub fn block_as_q8(ty: GgmlType, block: &[u8], sub: usize) -> Option<([i8; 32], 
             let (sc, m) = q4k_scale_min(sub, &block[4..16]);
             let qs = &block[16 + 32 * (sub / 2)..16 + 32 * (sub / 2) + 32];
             for l in 0..32 {
-                q[l] = if sub % 2 == 0 { qs[l] & 0xF } else { qs[l] >> 4 } as i8;
+                q[l] = if sub.is_multiple_of(2) { qs[l] & 0xF } else { qs[l] >> 4 } as i8;
             }
             Some((q, d * sc as f32, -(dmin * m as f32)))
         }

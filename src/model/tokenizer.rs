@@ -83,10 +83,10 @@ impl Tokenizer {
         let id = |k: &str| g.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
         let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
         for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
-            if let Some(t) = inner.token_to_id(name) {
-                if !stop_tokens.contains(&t) {
-                    stop_tokens.push(t);
-                }
+            if let Some(t) = inner.token_to_id(name)
+                && !stop_tokens.contains(&t)
+            {
+                stop_tokens.push(t);
             }
         }
         Ok(Tokenizer {

@@ -52,6 +52,12 @@ pub struct Calibration {
     overall: (f64, f64),
 }
 
+impl Default for Calibration {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Calibration {
     pub fn new() -> Calibration {
         Calibration { bins: [[(0.0, 0.0); BINS]; LEVELS + 1], overall: (0.0, 0.0) }

@@ -571,7 +571,9 @@ mod tests {
             let plan = c.choose(&prop, 63);
             let mut accepted = Vec::new();
             for i in 0..plan.tree.len() {
-                (rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17);
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
                 accepted.push((i == 0 || accepted[i - 1]) && rng >> 63 == 1);
             }
             let n = plan.tree.len();
@@ -758,7 +760,8 @@ mod tests {
                 .map(|depth| {
                     assert_eq!(depth, 1, "a look is one level deep");
                     let idle = idle_ms * r.saturating_sub(last + 1) as f64;
-                    (at.push(r), last = r);
+                    at.push(r);
+                    last = r;
                     spent += look_ms + idle;
                     Drafting { drafter: Drafter::Draft, ms: look_ms, idle_ms: idle, deepest: Some((1, look_ms)) }
                 })
