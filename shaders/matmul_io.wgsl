@@ -30,7 +30,9 @@ struct MatParams {
 
 @group(0) @binding(0) var<uniform> pass_: Pass;
 @group(0) @binding(1) var<uniform> p: MatParams;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+// binding 2, x (the rows multiplied, [row][k/4]), is declared by the host after this file
+// (src/gpu/kernels.rs): in a storage buffer, or on the serial plan for passes whose rows fit it,
+// in a uniform buffer, which lavapipe reads per lane far more cheaply (MATMUL_X_UNIFORM says why).
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> scale: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> offset: array<vec4<f32>>;

@@ -182,6 +182,71 @@ fn forward_is_the_same_with_and_without_subgroups() {
     }
 }
 
+/// The serial matmul reads x through a uniform binding in passes whose rows fit one and through
+/// a storage binding otherwise; the arithmetic is the same, so the logits are bit-identical
+/// whichever each matmul of a pass takes: all uniform, all storage, or a mix (a limit of 3 rows
+/// of 64 inputs puts 1-3 row passes on uniform, the down projection's 96 inputs only 2).
+#[test]
+fn matmul_x_uniform_or_storage_gives_the_same_bits() {
+    let gpu = gpu();
+    assert_eq!(gpu.uniform_x, gpu.plan == augur::gpu::KernelPlan::Serial, "AUGUR_UNIFORM_X is set");
+    if !gpu.uniform_x {
+        eprintln!("note: this device runs the split kernels, which read x from storage only");
+    }
+    for (seed, q8) in [(31, true), (32, false), (33, false)] {
+        let (cfg, w) = tiny_model(seed, q8, RopeStyle::Neox, seed % 2 == 1);
+        let prompt = [5u32, 17, 300, 42, 9, 250, 77];
+        let logits = |limit: u64| {
+            let mut gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
+            gm.limit_uniform_x(limit);
+            let mut out = Vec::new();
+            for (n_past, m) in [(0, 3), (3, 4), (7, 1), (8, 2)] {
+                gm.set_tokens(&prompt[n_past % 7..][..m]);
+                out.extend(gpu_logits(&gm, &PassSpec { m, n_past, logits_rows: 0..m, ..Default::default() }));
+            }
+            // the LM head over its last row only: a pass's top row of x, not its row count, decides
+            gm.set_tokens(&prompt[..5]);
+            out.extend(gpu_logits(&gm, &PassSpec { m: 5, n_past: 10, logits_rows: 4..5, ..Default::default() }));
+            out
+        };
+        let uniform = logits(u64::MAX);
+        for (limit, what) in [(0, "storage"), (3 * 64 * 4, "mixed")] {
+            let other = logits(limit);
+            let differ = uniform.iter().zip(&other).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "seed {seed}: {differ} of {} logits differ between uniform and {what}", other.len());
+        }
+    }
+}
+
+/// At the edge of the uniform binding: with 2048 hidden values, 8 rows fill the down
+/// projection's 64 KiB of x exactly (its last vec4 the array's last) and 9 do not (storage).
+/// Both passes match the CPU forward, and their common rows are bit-identical.
+#[test]
+fn matmul_x_at_the_uniform_limit_matches_cpu_reference() {
+    let gpu = gpu();
+    assert!(augur::gpu::kernels::uniform_x_fits(2048, 8) && !augur::gpu::kernels::uniform_x_fits(2048, 9));
+    let (cfg, w) = tiny_model_wide(41, true, RopeStyle::Neox, false, (4, 2, 16), 2048);
+    let prompt: Vec<u32> = (0..9).map(|i| (i * 37 + 11) % 320).collect();
+    let mut cpu = CpuModel::new(&cfg, &w, 64);
+    let want: Vec<Vec<f32>> = prompt.iter().map(|&t| cpu.step(t)).collect();
+    let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
+    let mut passes = Vec::new();
+    for m in [8, 9] {
+        gm.set_tokens(&prompt[..m]);
+        let got = gpu_logits(&gm, &PassSpec { m, n_past: 0, logits_rows: 0..m, ..Default::default() });
+        for (i, want) in want.iter().enumerate().take(m) {
+            let e = rel_l2(&got[i * cfg.vocab..(i + 1) * cfg.vocab], want);
+            assert!(e < 1e-4, "{m}-row pass, row {i}: rel L2 {e}");
+        }
+        passes.push(got);
+    }
+    let common = 8 * cfg.vocab;
+    assert!(
+        passes[0][..common].iter().zip(&passes[1][..common]).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "rows 0..8 differ between the uniform (8-row) and storage (9-row) passes"
+    );
+}
+
 /// Tree-masked attention: each node of a random token tree, verified in one pass, gets the
 /// logits the CPU forward gives for the prefix followed by that node's root-to-node path. (Head
 /// size 32: attention's subgroup path where the device has one; the next test takes the other.)
@@ -550,7 +615,7 @@ fn cost_calibration_is_a_non_decreasing_curve() {
 /// the background build finishes them all.
 #[test]
 fn row_blocks_compile_when_first_used() {
-    use augur::gpu::kernels::{Epilogue, Format, MatmulKind, ROW_BLOCKS};
+    use augur::gpu::kernels::{ALL_ROW_BLOCKS, Epilogue, Format, MatmulKind, ROW_BLOCKS};
     setup_env();
     // a device of its own, so that no other test has compiled anything on it
     let gpu = augur::gpu::Gpu::new(&augur::gpu::GpuOptions::default()).unwrap();
@@ -562,8 +627,9 @@ fn row_blocks_compile_when_first_used() {
         head_dim: 0,
         workgroup: 8,
         split: 1,
+        uniform_x: false,
     };
-    let p = gpu.kernels.matmul(&gpu, kind);
+    let p = gpu.kernels.matmul(&gpu, kind, ALL_ROW_BLOCKS);
     assert_eq!(gpu.kernels.ready_rows(), 0, "nothing is compiled before a pass needs it");
     p.for_rows(1);
     assert_eq!(gpu.kernels.ready_rows(), 1);
@@ -581,7 +647,7 @@ fn row_blocks_compile_when_first_used() {
     };
     all_built();
     // a kernel made afterwards (another model on the device) is compiled by the next call
-    gpu.kernels.matmul(&gpu, MatmulKind { epilogue: Epilogue::Add, ..kind });
+    gpu.kernels.matmul(&gpu, MatmulKind { epilogue: Epilogue::Add, ..kind }, ALL_ROW_BLOCKS);
     assert_eq!(gpu.kernels.ready_rows(), 0);
     all_built();
 }

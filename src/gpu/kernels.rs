@@ -4,7 +4,7 @@
 
 use super::{Bind, Gpu, KernelPlan, Pipeline, PipelineFamily};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -36,7 +36,15 @@ pub struct RowBlockPipelines {
     family: Option<PipelineFamily>,
     consts: Vec<Vec<(&'static str, f64)>>,
     by_rows: Vec<OnceLock<Pipeline>>,
+    /// The row blocks built ahead of need (bit i: ROW_BLOCKS[i]) by `Kernels::build_row_blocks`
+    /// and its background twin, and that `Kernels::ready_rows` waits for; the others are compiled
+    /// when a pass first takes them. A matmul's two variants (x as storage or uniform,
+    /// `MatmulKind::uniform_x`) each serve only some pass sizes, so neither builds all nine.
+    ahead: AtomicU32,
 }
+
+/// Every row block (an `ahead` mask).
+pub const ALL_ROW_BLOCKS: u32 = (1 << ROW_BLOCKS.len()) - 1;
 
 impl RowBlockPipelines {
     /// One pipeline per row block of `source`'s `entry`, with `consts(r)` besides `R`.
@@ -47,6 +55,7 @@ impl RowBlockPipelines {
         entry: &str,
         binds: &[Bind],
         consts: impl Fn(usize) -> Vec<(&'static str, f64)>,
+        ahead: u32,
     ) -> Self {
         let consts: Vec<Vec<(&str, f64)>> =
             ROW_BLOCKS.iter().map(|&r| consts(r).into_iter().chain([("R", r as f64)]).collect()).collect();
@@ -54,13 +63,29 @@ impl RowBlockPipelines {
             family: Some(gpu.family(label, source, entry, binds)),
             by_rows: consts.iter().map(|_| OnceLock::new()).collect(),
             consts,
+            ahead: AtomicU32::new(ahead),
         }
     }
 
     /// One pipeline that takes one row per workgroup, whatever the pass (attention_split.wgsl).
     fn single(gpu: &Gpu, label: &str, source: &str, entry: &str, binds: &[Bind]) -> Self {
         let pipeline = gpu.pipeline(label, source, entry, binds, &[]);
-        RowBlockPipelines { family: None, consts: vec![], by_rows: vec![OnceLock::from(pipeline)] }
+        RowBlockPipelines {
+            family: None,
+            consts: vec![],
+            by_rows: vec![OnceLock::from(pipeline)],
+            ahead: AtomicU32::new(ALL_ROW_BLOCKS),
+        }
+    }
+
+    /// Adds row blocks (an `ahead` mask) to those built ahead of need.
+    pub fn build_ahead(&self, blocks: u32) {
+        self.ahead.fetch_or(blocks, Ordering::SeqCst);
+    }
+
+    /// Whether row block i is built ahead of need (and not yet built).
+    fn awaited(&self, i: usize) -> bool {
+        i < self.by_rows.len() && self.ahead.load(Ordering::SeqCst) & (1 << i) != 0 && self.by_rows[i].get().is_none()
     }
 
     /// The pipeline of row block i (an index into ROW_BLOCKS), compiled if it is not yet.
@@ -83,10 +108,20 @@ impl RowBlockPipelines {
         self.built(0)
     }
 
-    /// Compiles every row block not yet compiled.
+    /// A bind group for all of them, without compiling any.
+    pub fn bind(&self, gpu: &Gpu, buffers: &[wgpu::BufferBinding]) -> wgpu::BindGroup {
+        match &self.family {
+            Some(f) => gpu.bind_ranges(&f.label, &f.layout, buffers),
+            None => gpu.bind_ranges(&self.any().label, &self.any().layout, buffers),
+        }
+    }
+
+    /// Compiles every row block built ahead of need that is not yet compiled.
     pub fn build_all(&self) {
         for i in 0..self.by_rows.len() {
-            self.built(i);
+            if self.awaited(i) {
+                self.built(i);
+            }
         }
     }
 }
@@ -126,7 +161,8 @@ pub fn source(body: &str) -> String {
 /// controller's cost calibration, are redone when the kernels change.
 pub fn kernels_fingerprint() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
-    for text in ALL.iter().map(|(_, t)| *t).chain([COMMON, LANES_SUBGROUP, LANES_PLAIN, MATMUL_IO, ATTENTION_IO]) {
+    let parts = [COMMON, LANES_SUBGROUP, LANES_PLAIN, MATMUL_IO, MATMUL_X_STORAGE, MATMUL_X_UNIFORM, ATTENTION_IO];
+    for text in ALL.iter().map(|(_, t)| *t).chain(parts) {
         for b in text.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
@@ -169,14 +205,36 @@ pub fn attention_source(subgroups: bool, group: usize, head_dim: usize) -> Strin
     source_with_lanes(&format!("{shape}{ATTENTION_IO}\n{ATTENTION}"), subgroups)
 }
 
-/// matmul.wgsl for a device with or without subgroups.
-pub fn matmul_source(subgroups: bool) -> String {
-    source_with_lanes(&format!("{MATMUL_IO}\n{MATMUL}"), subgroups)
+/// A matmul's x (binding 2) as a storage buffer: any number of rows.
+pub const MATMUL_X_STORAGE: &str = "@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;";
+/// x as a uniform buffer of UNIFORM_X_BYTES, for passes whose rows of x all lie within it.
+/// lavapipe's gallivm loads a storage buffer at addresses that differ between lanes one lane at
+/// a time, each behind two branches (the lane's mask, the bounds check), but gathers from a
+/// uniform buffer without a branch (clamping the address); every matmul reads its x per row and
+/// per 32-block, so the loads of x are what each row of a pass costs on top of the weights'
+/// (576 x 3072 Q4, per extra row: 0.266 -> 0.219 ms; 1536 x 576: 0.111 -> 0.081).
+pub const MATMUL_X_UNIFORM: &str = "@group(0) @binding(2) var<uniform> x: array<vec4<f32>, 4096>;";
+/// Bytes of x a uniform binding holds: 4096 vec4s, the 64 KiB every wgpu device allows
+/// (`Limits::max_uniform_buffer_binding_size`'s default, which `Gpu::new` asks for). naga clamps
+/// an index past the array's end, so a pass may take the uniform variant only when the highest
+/// row it reads ends within this (`uniform_x_fits`).
+pub const UNIFORM_X_BYTES: u64 = 65536;
+
+/// Whether a matmul over inputs of `k` values may read x through a uniform binding for a pass
+/// that reads rows of x below `top`.
+pub fn uniform_x_fits(k: usize, top: usize) -> bool {
+    (top * k * 4) as u64 <= UNIFORM_X_BYTES
 }
 
-/// matmul_split.wgsl.
+/// matmul.wgsl for a device with or without subgroups, x in a storage or uniform buffer.
+pub fn matmul_source(subgroups: bool, uniform_x: bool) -> String {
+    let x = if uniform_x { MATMUL_X_UNIFORM } else { MATMUL_X_STORAGE };
+    source_with_lanes(&format!("{MATMUL_IO}\n{x}\n{MATMUL}"), subgroups)
+}
+
+/// matmul_split.wgsl (x always in a storage buffer).
 pub fn matmul_split_source() -> String {
-    source(&format!("{MATMUL_IO}\n{MATMUL_SPLIT}"))
+    source(&format!("{MATMUL_IO}\n{MATMUL_X_STORAGE}\n{MATMUL_SPLIT}"))
 }
 
 /// attention_split.wgsl for one head size (`head_dim`, a multiple of 4, sizes its arrays).
@@ -255,6 +313,8 @@ pub struct MatmulKind {
     /// Lanes per column group: 1 for matmul.wgsl, else matmul_split.wgsl's S
     /// (`matmul_split_lanes`).
     pub split: u32,
+    /// x read through a uniform binding (MATMUL_X_UNIFORM; matmul.wgsl only).
+    pub uniform_x: bool,
 }
 
 /// Lanes matmul_split.wgsl gives each column group, for `k` inputs: 16, 32 from K = 4096 (the
@@ -276,6 +336,12 @@ pub fn matmul_workgroup(invocations: usize) -> u32 {
 pub const MATMUL_BINDS: [Bind; 13] = {
     use Bind::*;
     [Uniform, Uniform, Read, Read, Read, Read, Read, ReadWrite, Read, Read, Read, ReadWrite, ReadWrite]
+};
+/// The same with x (binding 2) uniform (`MatmulKind::uniform_x`).
+pub const MATMUL_BINDS_UNIFORM_X: [Bind; 13] = {
+    let mut b = MATMUL_BINDS;
+    b[2] = Bind::Uniform;
+    b
 };
 /// accept.wgsl's bindings: pass, params, logits, parents, tokens, result, each row's best logit.
 pub const ACCEPT_BINDS: [Bind; 7] =
@@ -332,7 +398,7 @@ const MAX_ROWS: usize = ROW_BLOCKS[ROW_BLOCKS.len() - 1];
 fn ready_rows(row_blocks: &RowBlockMap) -> usize {
     let all = row_blocks.lock().unwrap();
     (0..ROW_BLOCKS.len())
-        .find(|&i| all.values().any(|p| p.by_rows.get(i).is_some_and(|b| b.get().is_none())))
+        .find(|&i| all.values().any(|p| p.awaited(i)))
         .map_or(MAX_ROWS, |i| if i == 0 { 0 } else { ROW_BLOCKS[i - 1] })
 }
 
@@ -377,7 +443,7 @@ impl Kernels {
             loop {
                 let all: Vec<_> = row_blocks.lock().unwrap().values().cloned().collect();
                 for i in 0..ROW_BLOCKS.len() {
-                    for p in all.iter().filter(|p| i < p.by_rows.len()) {
+                    for p in all.iter().filter(|p| p.awaited(i)) {
                         p.built(i);
                     }
                 }
@@ -408,11 +474,14 @@ impl Kernels {
         c.entry(key).or_insert_with(|| std::sync::Arc::new(make())).clone()
     }
 
-    pub fn matmul(&self, gpu: &Gpu, k: MatmulKind) -> std::sync::Arc<RowBlockPipelines> {
-        self.get_row_blocks(format!("matmul {k:?}"), || {
+    /// The pipelines of a matmul kind, with row blocks `ahead` (a mask of ROW_BLOCKS) added to
+    /// those it builds ahead of need.
+    pub fn matmul(&self, gpu: &Gpu, k: MatmulKind, ahead: u32) -> std::sync::Arc<RowBlockPipelines> {
+        assert!(!(k.uniform_x && k.split > 1), "matmul_split.wgsl reads x from storage");
+        let p = self.get_row_blocks(format!("matmul {k:?}"), || {
             // matmul.wgsl takes its workgroup size, matmul_split.wgsl its lanes per column group
             let (source, (name, value)) = match k.split {
-                1 => (matmul_source(gpu.subgroups), ("WG", k.workgroup)),
+                1 => (matmul_source(gpu.subgroups, k.uniform_x), ("WG", k.workgroup)),
                 s => (matmul_split_source(), ("S", s)),
             };
             let consts = |_| {
@@ -425,8 +494,11 @@ impl Kernels {
                     (name, value as f64),
                 ]
             };
-            RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", &MATMUL_BINDS, consts)
-        })
+            let binds = if k.uniform_x { &MATMUL_BINDS_UNIFORM_X } else { &MATMUL_BINDS };
+            RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", binds, consts, 0)
+        });
+        p.build_ahead(ahead);
+        p
     }
 
     /// `broken` builds the deliberately wrong rule that the statistical tests must catch.
@@ -494,7 +566,7 @@ impl Kernels {
         self.get_row_blocks(format!("attention {group} {head_dim}"), || {
             let source = attention_source(gpu.subgroups, group, head_dim);
             let chunks = move |r: usize| vec![("CHUNKS", attention_chunks(r, group, head_dim) as f64)];
-            RowBlockPipelines::new(gpu, "attention", &source, "main", &ATTN_BINDS, chunks)
+            RowBlockPipelines::new(gpu, "attention", &source, "main", &ATTN_BINDS, chunks, ALL_ROW_BLOCKS)
         })
     }
 }
@@ -661,12 +733,18 @@ mod tests {
             } else if name == "matmul_split" {
                 sources.push((name.to_string(), super::matmul_split_source(), core));
             } else if name == "matmul" {
-                sources.push((
-                    "matmul (subgroups)".to_string(),
-                    super::matmul_source(true),
-                    core | naga::valid::Capabilities::SUBGROUP,
-                ));
-                sources.push(("matmul".to_string(), super::matmul_source(false), core));
+                for uniform_x in [false, true] {
+                    sources.push((
+                        format!("matmul (subgroups, uniform x {uniform_x})"),
+                        super::matmul_source(true, uniform_x),
+                        core | naga::valid::Capabilities::SUBGROUP,
+                    ));
+                    sources.push((
+                        format!("matmul (uniform x {uniform_x})"),
+                        super::matmul_source(false, uniform_x),
+                        core,
+                    ));
+                }
             } else if super::WITH_LANES.contains(&name) {
                 sources.push((
                     format!("{name} (subgroups)"),

@@ -73,6 +73,9 @@ pub struct Gpu {
     pub mappable: bool,
     /// How the matmul and attention kernels share out their work.
     pub plan: KernelPlan,
+    /// The serial matmul reads x through a uniform binding in passes whose rows of x fit one
+    /// (`kernels::MATMUL_X_UNIFORM`): on unless `AUGUR_UNIFORM_X=0` (for measuring it).
+    pub uniform_x: bool,
     /// The kernels' pipelines, made on first use and shared by every model on this device.
     pub kernels: kernels::Kernels,
 }
@@ -159,6 +162,11 @@ impl Gpu {
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) & !255;
+        let uniform_x = match std::env::var("AUGUR_UNIFORM_X").ok().filter(|v| !v.is_empty()).as_deref() {
+            None | Some("1") => plan == KernelPlan::Serial,
+            Some("0") => false,
+            Some(other) => return Err(Error::msg(format!("AUGUR_UNIFORM_X={other}: use 0 or 1, or unset it"))),
+        };
         Ok(Gpu {
             device,
             queue,
@@ -168,6 +176,7 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             mappable: features.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
             plan,
+            uniform_x,
             kernels: kernels::Kernels::default(),
         })
     }
@@ -280,6 +289,20 @@ impl Gpu {
         })
     }
 
+    /// A zeroed buffer of at least `bytes` bytes that matmuls read as x: bound as storage, or
+    /// its first `kernels::UNIFORM_X_BYTES` as a uniform buffer (so it holds at least that many).
+    pub fn activations(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(kernels::UNIFORM_X_BYTES).div_ceil(16) * 16,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, data: &T) -> wgpu::Buffer {
         self.buffer_init(label, bytemuck::bytes_of(data), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)
     }
@@ -358,16 +381,26 @@ impl Gpu {
     }
 
     pub fn bind(&self, p: &Pipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let whole: Vec<_> = buffers.iter().map(|b| b.as_entire_buffer_binding()).collect();
+        self.bind_ranges(&p.label, &p.layout, &whole)
+    }
+
+    /// A bind group of `layout` with a range of a buffer for each binding.
+    pub fn bind_ranges(
+        &self,
+        label: &str,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[wgpu::BufferBinding],
+    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(b.clone()),
+            })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&p.label),
-            layout: &p.layout,
-            entries: &entries,
-        })
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(label), layout, entries: &entries })
     }
 
     /// Copies `bytes` bytes of `buf` back to the host (tests and set-up; not for the hot path).
@@ -416,9 +449,9 @@ pub struct Pipeline {
 pub struct PipelineFamily {
     device: wgpu::Device,
     module: wgpu::ShaderModule,
-    layout: wgpu::BindGroupLayout,
+    pub layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
-    label: String,
+    pub label: String,
     entry: String,
 }
 

@@ -165,13 +165,44 @@ impl GpuMatrix {
     }
 }
 
-/// One matmul call site: pipeline, bind groups and dispatch width per part.
-struct MatmulSite {
+/// One way to run a matmul call site: pipelines, and bind group and dispatch width per part.
+struct SiteVariant {
     /// One pipeline per row block (see matmul.wgsl); a row's arithmetic is the same in all of
     /// them, so the same whatever M is.
     pipelines: Arc<RowBlockPipelines>,
     groups: Vec<(wgpu::BindGroup, u32)>,
+}
+
+/// One matmul call site: x bound as storage, and on the serial plan also as uniform
+/// (`MatmulKind::uniform_x`); the two do the same arithmetic, so give the same bits.
+struct MatmulSite {
+    storage: SiteVariant,
+    uniform: Option<SiteVariant>,
+    /// Inputs per row of x.
+    k: usize,
     _params: Vec<wgpu::Buffer>,
+}
+
+impl MatmulSite {
+    /// The variant for a pass that reads rows of x below `top`: uniform where they fit in
+    /// `uniform_bytes` of it (at most UNIFORM_X_BYTES: its array's length in the shader).
+    fn variant(&self, top: usize, uniform_bytes: u64) -> &SiteVariant {
+        match &self.uniform {
+            Some(u) if uniform_x_fits(self.k, top) && (top * self.k * 4) as u64 <= uniform_bytes => u,
+            _ => &self.storage,
+        }
+    }
+
+    /// Records the site's dispatches over rows 0..rows into `cp`, outside a planned pass.
+    fn record(&self, cp: &mut wgpu::ComputePass, rows: usize) {
+        let v = self.variant(rows, UNIFORM_X_BYTES);
+        let (pipeline, r) = v.pipelines.for_rows(rows);
+        cp.set_pipeline(&pipeline.pipeline);
+        for (b, gx) in &v.groups {
+            cp.set_bind_group(0, b, &[]);
+            cp.dispatch_workgroups(*gx, ceil(rows, r), 1);
+        }
+    }
 }
 
 struct Dispatch {
@@ -212,6 +243,8 @@ struct SiteCtx<'a> {
     dummy: &'a wgpu::Buffer,
     dummy_rw: &'a wgpu::Buffer,
     eps: f32,
+    /// The most rows a pass holds.
+    max_rows: usize,
 }
 
 /// Where the QKV matmul puts its keys and values (`Epilogue::Qkv`): one layer's KV cache, with
@@ -258,10 +291,24 @@ impl SiteCtx<'_> {
             head_dim: kv.map_or(0, |t| t.head_dim as u32),
             workgroup,
             split,
+            uniform_x: false,
         };
-        let pipelines = self.gpu.kernels.matmul(g, kind);
+        // the passes of up to `fit` rows read x through a uniform binding where there is one,
+        // so each variant builds ahead (Kernels::build_row_blocks) only the row blocks its
+        // passes take: the uniform one those up to `fit` rows, the storage one those above, and
+        // its largest for passes of more rows than a block (prefill, long trees)
+        let fit = if g.uniform_x { (1..=self.max_rows).take_while(|&t| uniform_x_fits(m.k, t)).count() } else { 0 };
+        let blocks = |rows: &dyn Fn(usize) -> bool| {
+            ROW_BLOCKS.iter().enumerate().filter(|&(_, &r)| rows(r)).fold(0, |mask, (i, _)| mask | 1 << i)
+        };
+        let largest = *ROW_BLOCKS.last().unwrap();
+        let storage_ahead = blocks(&|r| r > fit || (r == largest && self.max_rows > fit));
+        let storage_pipelines = self.gpu.kernels.matmul(g, kind, storage_ahead);
+        let uniform_pipelines =
+            (fit > 0).then(|| g.kernels.matmul(g, MatmulKind { uniform_x: true, ..kind }, blocks(&|r| r <= fit)));
         let bias_b = bias.map(|v| g.storage("bias", v));
-        let mut groups = Vec::new();
+        let mut storage = SiteVariant { pipelines: storage_pipelines, groups: Vec::new() };
+        let mut uniform = uniform_pipelines.map(|pipelines| SiteVariant { pipelines, groups: Vec::new() });
         let mut params = Vec::new();
         for part in &m.parts {
             let prm = MatParams {
@@ -275,30 +322,34 @@ impl SiteCtx<'_> {
                 kv_dim: kv.map_or(0, |t| t.kv_dim as u32),
             };
             let pb = g.uniform("matmul params", &prm);
-            let bind = g.bind(
-                pipelines.any(),
-                &[
-                    self.pass_buf,
-                    &pb,
-                    x,
-                    &part.w,
-                    &part.scale,
-                    &part.offset,
-                    bias_b.as_ref().unwrap_or(self.dummy),
-                    y,
-                    norm.unwrap_or(self.dummy),
-                    kv.map_or(self.dummy, |t| t.positions),
-                    kv.map_or(self.dummy, |t| t.rope_table),
-                    kv.map_or(self.dummy_rw, |t| t.k_cache),
-                    kv.map_or(self.dummy_rw, |t| t.v_cache),
-                ],
-            );
+            let buffers = [
+                self.pass_buf,
+                &pb,
+                x,
+                &part.w,
+                &part.scale,
+                &part.offset,
+                bias_b.as_ref().unwrap_or(self.dummy),
+                y,
+                norm.unwrap_or(self.dummy),
+                kv.map_or(self.dummy, |t| t.positions),
+                kv.map_or(self.dummy, |t| t.rope_table),
+                kv.map_or(self.dummy_rw, |t| t.k_cache),
+                kv.map_or(self.dummy_rw, |t| t.v_cache),
+            ];
             // a workgroup takes workgroup / split column groups
-            groups.push((bind, ceil(part.n / cols_per_out, (workgroup / split) as usize)));
+            let width = ceil(part.n / cols_per_out, (workgroup / split) as usize);
+            let mut ranges: Vec<_> = buffers.iter().map(|b| b.as_entire_buffer_binding()).collect();
+            storage.groups.push((storage.pipelines.bind(g, &ranges), width));
+            if let Some(u) = uniform.as_mut() {
+                let size = std::num::NonZeroU64::new(UNIFORM_X_BYTES);
+                ranges[2] = wgpu::BufferBinding { buffer: x, offset: 0, size };
+                u.groups.push((u.pipelines.bind(g, &ranges), width));
+            }
             params.push(pb);
         }
         params.extend(bias_b);
-        MatmulSite { pipelines, groups, _params: params }
+        MatmulSite { storage, uniform, k: m.k, _params: params }
     }
 }
 
@@ -383,6 +434,9 @@ pub struct GpuModel {
     pub output: GpuMatrix,
     pub out_gamma: wgpu::Buffer,
     _keep: Vec<wgpu::Buffer>,
+    /// Matmuls read x through a uniform binding when the rows they read fit in this many bytes
+    /// of it (UNIFORM_X_BYTES; 0 when the device does not, or a test takes the storage path).
+    uniform_x_bytes: u64,
     /// Passes encoded so far: every pass writes KV slots, so whoever keeps track of what the
     /// cache holds (the engine, between turns of a chat) can tell whether anyone else ran one.
     passes: std::sync::atomic::AtomicU64,
@@ -432,10 +486,10 @@ impl GpuModel {
         let masks = g.storage_zeroed("masks", (max_batch * 8) as u64);
         let parents = g.storage_zeroed("parents", (max_batch * 4) as u64);
         let result = g.storage_zeroed("accept result", (RESULT_LEN * 4) as u64);
-        let x = g.storage_zeroed("x", (max_batch * d) as u64 * f4);
+        let x = g.activations("x", (max_batch * d) as u64 * f4);
         let qkv = g.storage_zeroed("qkv", (max_batch * qkv_w) as u64 * f4);
-        let att = g.storage_zeroed("att", (max_batch * qd) as u64 * f4);
-        let hidden = g.storage_zeroed("hidden", (max_batch * c.ffn_dim) as u64 * f4);
+        let att = g.activations("att", (max_batch * qd) as u64 * f4);
+        let hidden = g.activations("hidden", (max_batch * c.ffn_dim) as u64 * f4);
         let logits = g.storage_zeroed("logits", (max_batch * c.vocab) as u64 * f4);
         let rope = g
             .storage("rope table", &rope_table(&c, max_ctx).iter().flat_map(|cs| [cs[0], cs[1]]).collect::<Vec<f32>>());
@@ -443,7 +497,14 @@ impl GpuModel {
         let dummy_rw = g.storage("dummy", &[0f32; 4]);
         let mut keep = Vec::new();
 
-        let sites = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: c.rms_eps };
+        let sites = SiteCtx {
+            gpu: g,
+            pass_buf: &pass_buf,
+            dummy: &dummy,
+            dummy_rw: &dummy_rw,
+            eps: c.rms_eps,
+            max_rows: max_batch,
+        };
 
         // embedding (also the tied LM head)
         let embed_m = GpuMatrix::upload_wide(g, &w.embed, "embed");
@@ -584,6 +645,7 @@ impl GpuModel {
         let topk =
             Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
         keep.extend([topk_prm, attn_prm, compact_prm, x.clone(), qkv, att, hidden, rope, dummy, dummy_rw, part_states]);
+        let gpu_uniform_x = gpu.uniform_x;
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -610,6 +672,7 @@ impl GpuModel {
             output: out_m,
             out_gamma,
             _keep: keep,
+            uniform_x_bytes: if gpu_uniform_x { UNIFORM_X_BYTES } else { 0 },
             passes: Default::default(),
         })
     }
@@ -624,6 +687,13 @@ impl GpuModel {
             &[&self.pass_buf, &self.accept_params, &self.logits, &self.parents, &self.tokens, &self.result, &self.best],
         );
         self.accept = Dispatch { pipeline: p, bind };
+    }
+
+    /// Test-only: matmuls read x through a uniform binding only in passes whose rows of x fit
+    /// in `bytes` of it (0: never), so that tests can take both paths and the switch between.
+    #[doc(hidden)]
+    pub fn limit_uniform_x(&mut self, bytes: u64) {
+        self.uniform_x_bytes = bytes.min(if self.gpu.uniform_x { UNIFORM_X_BYTES } else { 0 });
     }
 
     /// Passes encoded so far (see `passes`).
@@ -733,9 +803,11 @@ impl GpuModel {
         let one = |plan: &mut Vec<Planned<'a>>, label: &'static str, d: &'a Dispatch, size: [u32; 3]| {
             plan.push(Planned { label, pipeline: &d.pipeline, bind: &d.bind, size })
         };
-        let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: usize| {
-            let (pipeline, r) = s.pipelines.for_rows(rows);
-            for (b, gx) in &s.groups {
+        // `top`: the rows of x read lie below it (rows, or for the LM head lm_row0 + lm_rows)
+        let mm = |plan: &mut Vec<Planned<'a>>, label: &'static str, s: &'a MatmulSite, rows: usize, top: usize| {
+            let v = s.variant(top, self.uniform_x_bytes);
+            let (pipeline, r) = v.pipelines.for_rows(rows);
+            for (b, gx) in &v.groups {
                 plan.push(Planned { label, pipeline, bind: b, size: [*gx, ceil(rows, r), 1] });
             }
         };
@@ -743,7 +815,7 @@ impl GpuModel {
             one(&mut plan, "embed", e, [ceil(c.dim / 4, 64), m as u32, 1]);
         }
         for l in &self.layers {
-            mm(&mut plan, "matmul qkv+rope", &l.qkv, rows);
+            mm(&mut plan, "matmul qkv+rope", &l.qkv, rows, rows);
             let (pipeline, r) = l.attention.pipelines.for_rows(rows);
             let size = attention_grid(self.gpu.plan, c.n_heads, c.n_kv_heads, c.head_dim, rows, r);
             plan.push(Planned { label: "attention", pipeline, bind: &l.attention.bind, size });
@@ -752,13 +824,13 @@ impl GpuModel {
             {
                 one(&mut plan, "attention", d, [c.n_heads as u32, rows as u32, 1]);
             }
-            mm(&mut plan, "matmul attn_out", &l.attn_out, rows);
-            mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows);
-            mm(&mut plan, "matmul down", &l.down, rows);
+            mm(&mut plan, "matmul attn_out", &l.attn_out, rows, rows);
+            mm(&mut plan, "matmul gate_up+swiglu", &l.gate_up, rows, rows);
+            mm(&mut plan, "matmul down", &l.down, rows, rows);
         }
         let lm_rows = spec.logits_rows.len();
         if lm_rows > 0 {
-            mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows);
+            mm(&mut plan, "matmul lm_head", &self.lm_head, lm_rows, spec.logits_rows.end);
         }
         if spec.accept.is_some() {
             if lm_rows > 1 {
@@ -819,12 +891,13 @@ impl GpuModel {
         let g = &*self.gpu;
         let c = &self.cfg;
         let pass_buf = g.uniform("lm rig pass", &PassUniform::default());
-        let x = g.storage_zeroed("lm rig x", (rows * c.dim * 4) as u64);
+        let x = g.activations("lm rig x", (rows * c.dim * 4) as u64);
         let logits = g.storage_zeroed("lm rig logits", (rows * c.vocab * 4) as u64);
         let candidates = g.storage_zeroed("lm rig candidates", (rows * CANDIDATES * 8) as u64);
         let dummy = g.storage("dummy", &[0f32; 4]);
         let dummy_rw = g.storage("dummy", &[0f32; 4]);
-        let ctx = SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: c.rms_eps };
+        let ctx =
+            SiteCtx { gpu: g, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: c.rms_eps, max_rows: rows };
         let site =
             ctx.matmul(&self.output, &x, Some(&self.out_gamma), &logits, None, Epilogue::Store, None, true, c.vocab);
         let topk_p = self.gpu.kernels.topk(g);
@@ -853,12 +926,7 @@ impl LmHeadRig {
         self.gpu.queue.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
         let mut cp =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("lm rig"), timestamp_writes: None });
-        let (pipeline, r) = self.site.pipelines.for_rows(rows);
-        cp.set_pipeline(&pipeline.pipeline);
-        for (b, gx) in &self.site.groups {
-            cp.set_bind_group(0, b, &[]);
-            cp.dispatch_workgroups(*gx, ceil(rows, r), 1);
-        }
+        self.site.record(&mut cp, rows);
         cp.set_pipeline(&self.topk.pipeline.pipeline);
         cp.set_bind_group(0, &self.topk.bind, &[]);
         cp.dispatch_workgroups(rows as u32, 1, 1);
@@ -878,21 +946,15 @@ pub fn bench_matmul_with(gpu: &Gpu, m: &Matrix, rows: usize, reps: usize, norm: 
     let pass_buf = gpu.uniform("pass", &pass);
     let dummy = gpu.storage("dummy", &[0f32; 4]);
     let dummy_rw = gpu.storage("dummy", &[0f32; 4]);
-    let ctx = SiteCtx { gpu, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: 1e-5 };
+    let ctx = SiteCtx { gpu, pass_buf: &pass_buf, dummy: &dummy, dummy_rw: &dummy_rw, eps: 1e-5, max_rows: rows };
     let gm = GpuMatrix::upload(gpu, m, "bench");
     let x: Vec<f32> = (0..rows * m.k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-    let xb = gpu.storage("x", &x);
+    let xb = gpu.activations("x", (x.len() * 4) as u64);
+    gpu.queue.write_buffer(&xb, 0, bytemuck::cast_slice(&x));
     let yb = gpu.storage_zeroed("y", (rows * m.n * 4) as u64);
     let gamma = gpu.storage("norm weight", &vec![1.5f32; m.k]);
     let site = ctx.matmul(&gm, &xb, norm.then_some(&gamma), &yb, None, ep, None, false, m.n);
-    let (pipeline, r) = site.pipelines.for_rows(rows);
-    time_dispatches(gpu, reps, |cp| {
-        cp.set_pipeline(&pipeline.pipeline);
-        for (b, gx) in &site.groups {
-            cp.set_bind_group(0, b, &[]);
-            cp.dispatch_workgroups(*gx, ceil(rows, r), 1);
-        }
-    })
+    time_dispatches(gpu, reps, |cp| site.record(cp, rows))
 }
 
 /// Milliseconds per call of `dispatch`, recorded `reps` times into one compute pass of one

@@ -116,7 +116,19 @@ pub fn tiny_model_shaped(
     q8: bool,
     rope: RopeStyle,
     bias: bool,
+    heads: (usize, usize, usize),
+) -> (Config, Weights) {
+    tiny_model_wide(seed, q8, rope, bias, heads, 96)
+}
+
+/// The same with `ffn_dim` hidden values in the feed-forward layer (the down projection's K).
+pub fn tiny_model_wide(
+    seed: u64,
+    q8: bool,
+    rope: RopeStyle,
+    bias: bool,
     (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    ffn_dim: usize,
 ) -> (Config, Weights) {
     let cfg = Config {
         arch: "tiny".into(),
@@ -125,7 +137,7 @@ pub fn tiny_model_shaped(
         n_heads,
         n_kv_heads,
         head_dim,
-        ffn_dim: 96,
+        ffn_dim,
         vocab: 320,
         rms_eps: 1e-5,
         rope_base: 10000.0,
