@@ -31,7 +31,8 @@ pub fn row_block(rows: usize) -> usize {
 /// the first time a pass of its size needs it, or by `build_all` (`Kernels::build_row_blocks`):
 /// on lavapipe a matmul's nine take ~1 s to compile, and plain decoding needs two of them (one
 /// row, and a prompt's), so a model that only decodes plainly starts ~4x sooner. Speculative
-/// decoding builds them all before its first round, so that no round compiles one.
+/// decoding builds the ones its passes take (`ahead`) before its first round, so that no round
+/// compiles one.
 pub struct RowBlockPipelines {
     family: Option<PipelineFamily>,
     consts: Vec<Vec<(&'static str, f64)>>,
