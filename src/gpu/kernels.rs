@@ -111,10 +111,11 @@ impl RowBlockPipelines {
 
     /// A bind group for all of them, without compiling any.
     pub fn bind(&self, gpu: &Gpu, buffers: &[wgpu::BufferBinding]) -> wgpu::BindGroup {
-        match &self.family {
-            Some(f) => gpu.bind_ranges(&f.label, &f.layout, buffers),
-            None => gpu.bind_ranges(&self.any().label, &self.any().layout, buffers),
-        }
+        let (label, layout) = match &self.family {
+            Some(f) => (&f.label, &f.layout),
+            None => (&self.any().label, &self.any().layout),
+        };
+        gpu.bind_ranges(label, layout, buffers)
     }
 
     /// Compiles every row block built ahead of need that is not yet compiled.

@@ -297,7 +297,7 @@ impl SiteCtx<'_> {
         // so each variant builds ahead (Kernels::build_row_blocks) only the row blocks its
         // passes take: the uniform one those up to `fit` rows, the storage one those above, and
         // its largest for passes of more rows than a block (prefill, long trees)
-        let fit = if g.uniform_x { (1..=self.max_rows).take_while(|&t| uniform_x_fits(m.k, t)).count() } else { 0 };
+        let fit = if g.uniform_x { (UNIFORM_X_BYTES as usize / (4 * m.k)).min(self.max_rows) } else { 0 };
         let blocks = |rows: &dyn Fn(usize) -> bool| {
             ROW_BLOCKS.iter().enumerate().filter(|&(_, &r)| rows(r)).fold(0, |mask, (i, _)| mask | 1 << i)
         };
