@@ -116,13 +116,23 @@ fn add_products(s_in: BlockSums, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3
     return s;
 }
 
-// Q4 values k8*8 .. k8*8+7 of 4-column group g (x's vec4s 2j and 2j+1 of block b) added into
-// the sums of rows row0..row0+rows-1. For blocks of up to 3 rows q4_block calls it with j = 0..3
-// written out, so that j is a constant in every copy: Mesa leaves a loop over j rolled once a
-// block holds 2 rows or more, and the shuffles that hand x round then take j as a variable
-// (the matmul alone at 576 x 3072, best of 4: 2 rows 0.307 -> 0.266 ms, 3 rows 0.366 -> 0.315).
-// From 4 rows on the loop stays: written out, the spills of so many live rows cost more
-// (8 rows 0.770 -> 0.879 ms).
+// The steps of a 32-block's walk for blocks of 2 rows or more: `n`, written so that the compiler
+// cannot see it is a constant (p.k / 32 >= 1 always), which keeps the loop rolled. Mesa unrolls a
+// loop of 4 steps by itself at 2 rows, and the unrolled walk spills its live rows: on the AMD
+// EPYC (Zen 3, AVX2) of sessions 20-23 the 2-row variant of the SwiGLU matmul held 601 spill stores
+// unrolled and 201 rolled, and a whole SmolLM2 pass of 2 rows took 1.14-1.25x a 1-row pass rolled
+// against 1.24-1.39x unrolled (BENCHMARKS.md, session 23).
+fn rolled_steps(n: u32) -> u32 {
+    return min(n, n * (p.k / 32u));
+}
+
+// Q4 values k8*8 .. k8*8+7 of 4-column group g (x's vec4s 2j and 2j+1 of block b) added into the
+// sums of rows row0..row0+rows-1. For one-row blocks q4_block calls it with j = 0..3 written out;
+// from 2 rows on, in a rolled loop over j (rolled_steps). (Written out up to 3 rows was faster on
+// the Intel host of the sessions before 20, the matmul alone at 576 x 3072, best of 4: 2 rows
+// 0.307 -> 0.266 ms, 3 rows 0.366 -> 0.315; on the AMD host of sessions 20-23 whole SmolLM2
+// passes of 3 rows took 1.32-1.40x a 1-row pass rolled against 1.65-1.73x written out. One row
+// written out or rolled measured the same there.)
 fn q4_quad(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
     var s = s_in;
     let k8 = b * 4u + j;
@@ -144,13 +154,13 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows
     var acc = acc_in;
     let xl = x_slices(b, row0, rows, l);
     var s = BlockSums();
-    if (R <= 3u) {
+    if (R <= 1u) {
         s = q4_quad(0u, b, g, row0, rows, xl, s);
         s = q4_quad(1u, b, g, row0, rows, xl, s);
         s = q4_quad(2u, b, g, row0, rows, xl, s);
         s = q4_quad(3u, b, g, row0, rows, xl, s);
     } else {
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < rolled_steps(4u); j++) {
             s = q4_quad(j, b, g, row0, rows, xl, s);
         }
     }
@@ -180,18 +190,18 @@ fn q8x16_step(h: u32, j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, pa
     return part;
 }
 
-// Q8x16: 16-block h (0 or 1) of 32-block b, scaled and added into acc (written out for small
-// row blocks as q4_quad is).
+// Q8x16: 16-block h (0 or 1) of 32-block b, scaled and added into acc (written out for one-row
+// blocks as q4_quad is).
 fn q8x16_half(h: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, acc_in: Rows) -> Rows {
     var acc = acc_in;
     var part = Rows();
-    if (R <= 3u) {
+    if (R <= 1u) {
         part = q8x16_step(h, 0u, b, g, row0, rows, xl, part);
         part = q8x16_step(h, 1u, b, g, row0, rows, xl, part);
         part = q8x16_step(h, 2u, b, g, row0, rows, xl, part);
         part = q8x16_step(h, 3u, b, g, row0, rows, xl, part);
     } else {
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < rolled_steps(4u); j++) {
             part = q8x16_step(h, j, b, g, row0, rows, xl, part);
         }
     }
@@ -249,10 +259,10 @@ fn x_at(slice: vec4<f32>, j: u32, r: u32, kq: u32) -> vec4<f32> {
 }
 
 // Q8 and F16: values kq*4 .. kq*4+3 of 4-column group g (x's vec4 j of block b) added into the
-// sums of rows row0..row0+rows-1 (written out for blocks of 1 and 2 rows as q4_quad is; a
-// block's 8 steps hold more live values than Q4's 4, and at 3 rows the written-out steps spilled:
-// the LM head at 576 x 49152, best of 9, 3 rows 6.21 -> 5.54 ms rolled, Q8 2048 x 2048 0.98 ->
-// 0.85).
+// sums of rows row0..row0+rows-1 (written out for one-row blocks as q4_quad is; a block's 8
+// steps hold more live values than Q4's 4: at 3 rows the written-out steps spilled on every
+// host (the LM head at 576 x 49152, best of 9, 3 rows 6.21 -> 5.54 ms rolled, Q8 2048 x 2048 0.98
+// -> 0.85); at 2 rows, whole passes on the AMD host of session 23 were no slower rolled).
 fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
     var s = s_in;
     let k4 = p.k / 4u;
@@ -283,7 +293,7 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
     var acc = acc_in;
     let xl = x_slices(b, row0, rows, l);
     var s = BlockSums();
-    if (R <= 2u) {
+    if (R <= 1u) {
         s = wide_step(0u, b, g, row0, rows, xl, s);
         s = wide_step(1u, b, g, row0, rows, xl, s);
         s = wide_step(2u, b, g, row0, rows, xl, s);
@@ -293,7 +303,7 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
         s = wide_step(6u, b, g, row0, rows, xl, s);
         s = wide_step(7u, b, g, row0, rows, xl, s);
     } else {
-        for (var j = 0u; j < 8u; j++) {
+        for (var j = 0u; j < rolled_steps(8u); j++) {
             s = wide_step(j, b, g, row0, rows, xl, s);
         }
     }
