@@ -116,23 +116,16 @@ fn add_products(s_in: BlockSums, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3
     return s;
 }
 
-// The steps of a 32-block's walk for blocks of 2 rows or more: `n`, written so that the compiler
-// cannot see it is a constant (p.k / 32 >= 1 always), which keeps the loop rolled. Mesa unrolls a
-// loop of 4 steps by itself at 2 rows, and the unrolled walk spills its live rows: on the AMD
-// EPYC (Zen 3, AVX2) of sessions 20-23 the 2-row variant of the SwiGLU matmul held 601 spill stores
-// unrolled and 201 rolled, and a whole SmolLM2 pass of 2 rows took 1.14-1.25x a 1-row pass rolled
-// against 1.24-1.39x unrolled (BENCHMARKS.md, session 23).
-fn rolled_steps(n: u32) -> u32 {
-    return min(n, n * (p.k / 32u));
-}
-
 // Q4 values k8*8 .. k8*8+7 of 4-column group g (x's vec4s 2j and 2j+1 of block b) added into the
 // sums of rows row0..row0+rows-1. For one-row blocks q4_block calls it with j = 0..3 written out;
-// from 2 rows on, in a rolled loop over j (rolled_steps). (Written out up to 3 rows was faster on
-// the Intel host of the sessions before 20, the matmul alone at 576 x 3072, best of 4: 2 rows
-// 0.307 -> 0.266 ms, 3 rows 0.366 -> 0.315; on the AMD host of sessions 20-23 whole SmolLM2
-// passes of 3 rows took 1.32-1.40x a 1-row pass rolled against 1.65-1.73x written out. One row
-// written out or rolled measured the same there.)
+// from 2 rows on, in a loop over j (which Mesa unrolls by itself at 2 rows). Written out up to 3
+// rows was faster on the Intel host of the sessions before 20 (the matmul alone at 576 x 3072,
+// best of 4: 2 rows 0.307 -> 0.266 ms, 3 rows 0.366 -> 0.315); on the AMD EPYC (Zen 3, AVX2) of
+// sessions 20-23 the written-out 3-row walk spilled, and whole SmolLM2 passes of 3 rows took
+// 1.32-1.41x a 1-row pass in the loop against 1.65-1.73x written out. (Keeping the 2-row loop
+// rolled too, behind a trip count the compiler cannot see, made 2-row passes cheaper, 1.14-1.25x
+// against 1.24-1.39x, but the rewrite benchmark slower, 1.75x-1.76x against 1.80x-1.81x: not
+// kept; BENCHMARKS.md, session 23.)
 fn q4_quad(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
     var s = s_in;
     let k8 = b * 4u + j;
@@ -160,7 +153,7 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows
         s = q4_quad(2u, b, g, row0, rows, xl, s);
         s = q4_quad(3u, b, g, row0, rows, xl, s);
     } else {
-        for (var j = 0u; j < rolled_steps(4u); j++) {
+        for (var j = 0u; j < 4u; j++) {
             s = q4_quad(j, b, g, row0, rows, xl, s);
         }
     }
@@ -201,7 +194,7 @@ fn q8x16_half(h: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, acc_in: Ro
         part = q8x16_step(h, 2u, b, g, row0, rows, xl, part);
         part = q8x16_step(h, 3u, b, g, row0, rows, xl, part);
     } else {
-        for (var j = 0u; j < rolled_steps(4u); j++) {
+        for (var j = 0u; j < 4u; j++) {
             part = q8x16_step(h, j, b, g, row0, rows, xl, part);
         }
     }
@@ -303,7 +296,7 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
         s = wide_step(6u, b, g, row0, rows, xl, s);
         s = wide_step(7u, b, g, row0, rows, xl, s);
     } else {
-        for (var j = 0u; j < rolled_steps(8u); j++) {
+        for (var j = 0u; j < 8u; j++) {
             s = wide_step(j, b, g, row0, rows, xl, s);
         }
     }
