@@ -255,7 +255,7 @@ fn x_at(slice: vec4<f32>, j: u32, r: u32, kq: u32) -> vec4<f32> {
 // sums of rows row0..row0+rows-1 (written out for one-row blocks as q4_quad is; a block's 8
 // steps hold more live values than Q4's 4: at 3 rows the written-out steps spilled on every
 // host (the LM head at 576 x 49152, best of 9, 3 rows 6.21 -> 5.54 ms rolled, Q8 2048 x 2048 0.98
-// -> 0.85); at 2 rows, whole passes on the AMD host of session 23 were no slower rolled).
+// -> 0.85); at 2 rows, whole passes on the AMD host of session 23 were no slower with the loop).
 fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
     var s = s_in;
     let k4 = p.k / 4u;
