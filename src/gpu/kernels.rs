@@ -24,13 +24,31 @@ pub const ROW_BLOCKS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// The row block (index into ROW_BLOCKS) for a pass of `rows` rows.
 pub fn row_block(rows: usize) -> usize {
-    ROW_BLOCKS.iter().position(|&r| r >= rows).unwrap_or(ROW_BLOCKS.len() - 1)
+    row_block_of(ALL_ROW_BLOCKS, rows)
 }
+
+/// The row block for a pass of `rows` rows among those a kernel has (`blocks`, a mask): the
+/// smallest that holds them, else the largest.
+fn row_block_of(blocks: u32, rows: usize) -> usize {
+    let has = |i: usize| blocks & (1 << i) != 0;
+    (0..ROW_BLOCKS.len())
+        .find(|&i| has(i) && ROW_BLOCKS[i] >= rows)
+        .unwrap_or_else(|| (0..ROW_BLOCKS.len()).rev().find(|&i| has(i)).expect("a row block"))
+}
+
+/// The row blocks matmul.wgsl has: all but 2, whose passes take the 3-row block. At 2 rows Mesa
+/// unrolls the walk through a 32-block and the code spills, so that on lavapipe a 2-row pass
+/// cost as much as a 3-row one (`matmul_curve 576 3072 Q4 10 norm,swiglu`, median of 6: M2 0.84
+/// ms, M3 0.80; Q8 1.20 and 0.94); in the 3-row block the walk stays a loop, and a row's
+/// arithmetic is the same whatever the block (batch invariance). Whole SmolLM2 passes of 2 rows
+/// (`augur bench`, context 150): 1.10-1.15x a 1-row pass against 1.21-1.26x (BENCHMARKS.md,
+/// session 24).
+pub const MATMUL_ROW_BLOCKS: u32 = ALL_ROW_BLOCKS & !(1 << 1);
 
 /// One kernel's pipelines, one per row block, sharing one bind group layout. Each is compiled
 /// the first time a pass of its size needs it, or by `build_all` (`Kernels::build_row_blocks`):
-/// on lavapipe a matmul's nine take ~1 s to compile, and plain decoding needs two of them (one
-/// row, and a prompt's), so a model that only decodes plainly starts ~4x sooner. Speculative
+/// on lavapipe a matmul's row blocks take ~1 s to compile, and plain decoding needs two of them
+/// (one row, and a prompt's), so a model that only decodes plainly starts ~4x sooner. Speculative
 /// decoding builds the ones its passes take (`ahead`) before its first round, so that no round
 /// compiles one.
 pub struct RowBlockPipelines {
@@ -40,8 +58,10 @@ pub struct RowBlockPipelines {
     /// The row blocks built ahead of need (bit i: ROW_BLOCKS[i]) by `Kernels::build_row_blocks`
     /// and its background twin, and that `Kernels::ready_rows` waits for; the others are compiled
     /// when a pass first takes them. A matmul's two variants (x as storage or uniform,
-    /// `MatmulKind::uniform_x`) each serve only some pass sizes, so neither builds all nine.
+    /// `MatmulKind::uniform_x`) each serve only some pass sizes, so neither builds them all.
     ahead: AtomicU32,
+    /// The row blocks it has (a mask of ROW_BLOCKS; the others are never built).
+    blocks: u32,
 }
 
 /// Every row block (an `ahead` mask).
@@ -65,7 +85,14 @@ impl RowBlockPipelines {
             by_rows: consts.iter().map(|_| OnceLock::new()).collect(),
             consts,
             ahead: AtomicU32::new(ahead),
+            blocks: ALL_ROW_BLOCKS,
         }
+    }
+
+    /// The same with only the row blocks in `blocks` (a mask of ROW_BLOCKS): passes take the
+    /// smallest of them that holds their rows.
+    fn with_blocks(self, blocks: u32) -> Self {
+        RowBlockPipelines { ahead: AtomicU32::new(self.ahead.load(Ordering::SeqCst) & blocks), blocks, ..self }
     }
 
     /// One pipeline that takes one row per workgroup, whatever the pass (attention_split.wgsl).
@@ -76,12 +103,13 @@ impl RowBlockPipelines {
             consts: vec![],
             by_rows: vec![OnceLock::from(pipeline)],
             ahead: AtomicU32::new(ALL_ROW_BLOCKS),
+            blocks: ALL_ROW_BLOCKS,
         }
     }
 
     /// Adds row blocks (an `ahead` mask) to those built ahead of need.
     pub fn build_ahead(&self, blocks: u32) {
-        self.ahead.fetch_or(blocks, Ordering::SeqCst);
+        self.ahead.fetch_or(blocks & self.blocks, Ordering::SeqCst);
     }
 
     /// Whether row block i is built ahead of need (and not yet built).
@@ -100,7 +128,7 @@ impl RowBlockPipelines {
         if self.by_rows.len() == 1 {
             return (self.built(0), 1);
         }
-        let i = row_block(rows);
+        let i = row_block_of(self.blocks, rows);
         (self.built(i), ROW_BLOCKS[i])
     }
 
@@ -399,9 +427,9 @@ const MAX_ROWS: usize = ROW_BLOCKS[ROW_BLOCKS.len() - 1];
 /// See `Kernels::ready_rows`.
 fn ready_rows(row_blocks: &RowBlockMap) -> usize {
     let all = row_blocks.lock().unwrap();
-    (0..ROW_BLOCKS.len())
-        .find(|&i| all.values().any(|p| p.awaited(i)))
-        .map_or(MAX_ROWS, |i| if i == 0 { 0 } else { ROW_BLOCKS[i - 1] })
+    // the first pass size some kernel would wait for (a kernel's row block for a size is the
+    // smallest of those it has: matmul.wgsl's 2-row passes wait for its 3-row block)
+    (1..=MAX_ROWS).find(|&m| all.values().any(|p| p.awaited(row_block_of(p.blocks, m)))).map_or(MAX_ROWS, |m| m - 1)
 }
 
 /// Pipelines, made on first use and kept for the life of the device (`Gpu::kernels`).
@@ -497,7 +525,8 @@ impl Kernels {
                 ]
             };
             let binds = if k.uniform_x { &MATMUL_BINDS_UNIFORM_X } else { &MATMUL_BINDS };
-            RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", binds, consts, 0)
+            let blocks = if k.split == 1 { MATMUL_ROW_BLOCKS } else { ALL_ROW_BLOCKS };
+            RowBlockPipelines::new(gpu, &format!("matmul {k:?}"), &source, "main", binds, consts, 0).with_blocks(blocks)
         });
         p.build_ahead(ahead);
         p
@@ -767,6 +796,14 @@ mod tests {
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
+    }
+
+    /// matmul.wgsl's passes of 2 rows take the 3-row block; every other size its own.
+    #[test]
+    fn matmul_passes_of_two_rows_take_the_three_row_block() {
+        let r = |m| super::ROW_BLOCKS[super::row_block_of(super::MATMUL_ROW_BLOCKS, m)];
+        assert_eq!((r(1), r(2), r(3), r(4), r(9), r(30)), (1, 3, 3, 4, 9, 9));
+        assert_eq!(super::row_block_of(1 << 1, 9), 1, "past the largest block a kernel has, that one");
     }
 
     /// Every pass size gets the smallest row block that holds it (blocks of the largest beyond),
