@@ -118,14 +118,13 @@ fn add_products(s_in: BlockSums, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3
 
 // Q4 values k8*8 .. k8*8+7 of 4-column group g (x's vec4s 2j and 2j+1 of block b) added into the
 // sums of rows row0..row0+rows-1. For one-row blocks q4_block calls it with j = 0..3 written out;
-// from 2 rows on, in a loop over j (which Mesa unrolls by itself at 2 rows). Written out up to 3
-// rows was faster on the Intel host of the sessions before 20 (the matmul alone at 576 x 3072,
-// best of 4: 2 rows 0.307 -> 0.266 ms, 3 rows 0.366 -> 0.315); on the AMD EPYC (Zen 3, AVX2) of
-// sessions 20-23 the written-out 3-row walk spilled, and whole SmolLM2 passes of 3 rows took
-// 1.32-1.41x a 1-row pass in the loop against 1.65-1.73x written out. (Keeping the 2-row loop
-// rolled too, behind a trip count the compiler cannot see, made 2-row passes cheaper, 1.14-1.25x
-// against 1.24-1.39x, but the rewrite benchmark slower, 1.75x-1.76x against 1.80x-1.81x: not
-// kept; BENCHMARKS.md, session 23.)
+// from 3 rows on, in a loop over j (there is no 2-row block: Mesa unrolled the loop at 2 rows
+// and spilled, so 2-row passes take the 3-row block; MATMUL_ROW_BLOCKS in src/gpu/kernels.rs).
+// Written out up to 3 rows was faster on the Intel host of the sessions before 20 (the matmul
+// alone at 576 x 3072, best of 4: 2 rows 0.307 -> 0.266 ms, 3 rows 0.366 -> 0.315); on the AMD
+// EPYC (Zen 3, AVX2) of sessions 20-23 the written-out 3-row walk spilled, and whole SmolLM2
+// passes of 3 rows took 1.32-1.41x a 1-row pass in the loop against 1.65-1.73x written out
+// (BENCHMARKS.md, sessions 23-24).
 fn q4_quad(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
     var s = s_in;
     let k8 = b * 4u + j;
@@ -255,7 +254,7 @@ fn x_at(slice: vec4<f32>, j: u32, r: u32, kq: u32) -> vec4<f32> {
 // sums of rows row0..row0+rows-1 (written out for one-row blocks as q4_quad is; a block's 8
 // steps hold more live values than Q4's 4: at 3 rows the written-out steps spilled on every
 // host (the LM head at 576 x 49152, best of 9, 3 rows 6.21 -> 5.54 ms rolled, Q8 2048 x 2048 0.98
-// -> 0.85); at 2 rows, whole passes on the AMD host of session 23 were no slower with the loop).
+// -> 0.85)).
 fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
     var s = s_in;
     let k4 = p.k / 4u;

@@ -92,7 +92,7 @@ impl RowBlockPipelines {
     /// The same with only the row blocks in `blocks` (a mask of ROW_BLOCKS): passes take the
     /// smallest of them that holds their rows.
     fn with_blocks(self, blocks: u32) -> Self {
-        RowBlockPipelines { ahead: AtomicU32::new(self.ahead.load(Ordering::SeqCst) & blocks), blocks, ..self }
+        RowBlockPipelines { blocks, ..self }
     }
 
     /// One pipeline that takes one row per workgroup, whatever the pass (attention_split.wgsl).
@@ -109,12 +109,13 @@ impl RowBlockPipelines {
 
     /// Adds row blocks (an `ahead` mask) to those built ahead of need.
     pub fn build_ahead(&self, blocks: u32) {
-        self.ahead.fetch_or(blocks & self.blocks, Ordering::SeqCst);
+        self.ahead.fetch_or(blocks, Ordering::SeqCst);
     }
 
-    /// Whether row block i is built ahead of need (and not yet built).
+    /// Whether row block i is one it has, built ahead of need (and not yet built).
     fn awaited(&self, i: usize) -> bool {
-        i < self.by_rows.len() && self.ahead.load(Ordering::SeqCst) & (1 << i) != 0 && self.by_rows[i].get().is_none()
+        let ahead = self.ahead.load(Ordering::SeqCst) & self.blocks;
+        i < self.by_rows.len() && ahead & (1 << i) != 0 && self.by_rows[i].get().is_none()
     }
 
     /// The pipeline of row block i (an index into ROW_BLOCKS), compiled if it is not yet.
