@@ -503,7 +503,9 @@ impl Engine {
             }
             sampling.draw += 1;
             if let Some(d) = drafter {
-                let (new, accepted) = self.speculative_round(d, &context, n_past, sampling, params, &mut spec_stats)?;
+                let wanted = params.max_tokens - tokens.len();
+                let (new, accepted) =
+                    self.speculative_round(d, &context, n_past, wanted, sampling, params, &mut spec_stats)?;
                 pending = new;
                 n_past += 1 + accepted;
             } else {
@@ -541,12 +543,16 @@ impl Engine {
     /// One speculation round: draft a tree after `context`, verify it with the target in one
     /// tree-masked pass, accept greedily and compact the KV cache on the GPU, all in one
     /// submission; read back only the accepted ids. Returns the new tokens (accepted drafts and
-    /// the bonus token) and how many drafts were accepted.
+    /// the bonus token) and how many drafts were accepted. The tree holds no more than the
+    /// `wanted - 1` drafts that, with the bonus token, finish the request: rows past them would be
+    /// verified only to be thrown away.
+    #[allow(clippy::too_many_arguments)]
     fn speculative_round(
         &mut self,
         drafter: Drafter,
         context: &[u32],
         n_past: usize,
+        wanted: usize,
         sampling: Sampling,
         params: &GenerateParams,
         stats: &mut SpecStats,
@@ -556,8 +562,9 @@ impl Engine {
             c.cost.at_context(n_past); // a row's attention spans the context: dearer when it is long
         }
         let room = self.model.max_ctx - n_past - 1; // slots left after the root's
-        let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room);
-        let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1);
+        let useful = wanted.saturating_sub(1);
+        let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room).min(useful);
+        let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1).min(useful);
         let (tree, plan) = if params.speculate == SpecMode::Auto {
             // only trees whose pass is compiled (see generate)
             let budget = budget.min(self.model.gpu.kernels.ready_rows().saturating_sub(1));

@@ -159,6 +159,38 @@ fn speculation_handles_budget_extremes_and_a_full_context() {
     }
 }
 
+/// A round drafts no more than the request can still take: near `max_tokens` the tree shrinks to
+/// the drafts that, with the bonus token, finish it, so no verified row is thrown away. Every
+/// token a round commits (the first comes from the prompt's pass) is then one the request keeps.
+#[test]
+fn speculation_drafts_no_further_than_max_tokens() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 256, ..Default::default() }).unwrap();
+    let c = CancelToken::default();
+    let ids = e.encode_prompt("Repeat after me: the quick brown fox jumps over the lazy dog.", true).unwrap();
+    let plain = GenerateParams { max_tokens: 12, stop_at_eos: false, speculate: SpecMode::Off, ..Default::default() };
+    let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap().tokens;
+    let mut accepted = 0;
+    for n in [2, 4, 7, 12] {
+        let p = GenerateParams {
+            max_tokens: n,
+            speculate: SpecMode::Suffix,
+            tree_budget: 8,
+            max_depth: 8,
+            ..plain.clone()
+        };
+        let got = e.generate_tokens(&ids, &p, &c, |_| true).unwrap();
+        assert_eq!(got.tokens, want[..n], "max_tokens {n}");
+        let s = got.spec.unwrap();
+        assert_eq!(1 + s.rounds + s.accepted, n, "max_tokens {n}: rounds committed tokens past the end ({s:?})");
+        if n == 2 {
+            assert_eq!(s.drafted, 0, "the last token's round drafted");
+        }
+        accepted += s.accepted;
+    }
+    assert!(accepted > 5, "only {accepted} drafts accepted: the test must exercise acceptance near the end");
+}
+
 /// With its cost calibration kept from an earlier run, `auto` starts decoding before its row
 /// blocks are compiled (a thread compiles them) and plans only trees whose passes are: the
 /// output is still plain decoding's.
