@@ -22,13 +22,8 @@ pub const LANES_PLAIN: &str = include_str!("../../shaders/lanes_plain.wgsl");
 /// 0.338 at M=8). Larger blocks (MAX_R 16) made every rolled-loop variant slower on lavapipe.
 pub const ROW_BLOCKS: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
-/// The row block (index into ROW_BLOCKS) for a pass of `rows` rows.
-pub fn row_block(rows: usize) -> usize {
-    row_block_of(ALL_ROW_BLOCKS, rows)
-}
-
-/// The row block for a pass of `rows` rows among those a kernel has (`blocks`, a mask): the
-/// smallest that holds them, else the largest.
+/// The row block (index into ROW_BLOCKS) for a pass of `rows` rows among those a kernel has
+/// (`blocks`, a mask): the smallest that holds them, else the largest.
 fn row_block_of(blocks: u32, rows: usize) -> usize {
     let has = |i: usize| blocks & (1 << i) != 0;
     (0..ROW_BLOCKS.len())
@@ -818,7 +813,7 @@ mod tests {
             assert!(body.contains(&format!("const MAX_R: u32 = {max}u;")), "{name}.wgsl's MAX_R must be {max}");
         }
         for m in 1..=40 {
-            let r = super::ROW_BLOCKS[super::row_block(m)];
+            let r = super::ROW_BLOCKS[super::row_block_of(super::ALL_ROW_BLOCKS, m)];
             let fits: Vec<usize> = super::ROW_BLOCKS.iter().copied().filter(|&b| b >= m.min(max)).collect();
             assert_eq!(r, fits[0], "M={m}");
         }
