@@ -334,6 +334,13 @@ impl Engine {
         &self.model.gpu
     }
 
+    /// The next generation computes its whole prompt, whatever the KV cache still holds from
+    /// the last one (`augur bench` times prefill this way: the same prompt run after run would
+    /// otherwise prefill only its last token).
+    pub fn forget_cached_prompt(&mut self) {
+        self.kv_prefix = None;
+    }
+
     /// Tokenises a prompt (applying the chat template when asked).
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
         let text = if chat { self.tokenizer.chat_prompt(prompt) } else { prompt.to_string() };

@@ -238,6 +238,12 @@ fn chat_turns_reuse_the_cache_and_answer_as_a_fresh_engine_would() {
     assert_eq!(s2.stats.cached_prompt_tokens, ids2.len() - 1);
     assert_eq!(s2.tokens, b2.tokens);
 
+    // told to forget it (what `augur bench` does before timing a prefill), it computes it all
+    e.forget_cached_prompt();
+    let f2 = e.generate_tokens(&ids2, &params(SpecMode::Off), &c, |_| true).unwrap();
+    assert_eq!(f2.stats.cached_prompt_tokens, 0);
+    assert_eq!(f2.tokens, b2.tokens);
+
     // another pass on the model overwrites slots: nothing is reused after it
     e.model.set_tokens(&ids1[..4]);
     e.model.run(&PassSpec { m: 4, n_past: 0, tree: None, logits_rows: 0..1, accept: None, compact: false }).unwrap();

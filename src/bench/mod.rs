@@ -43,6 +43,8 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     engine.generate_tokens(&prompt, &params, &CancelToken::default(), |_| true)?; // warm-up (shader compilation)
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for _ in 0..runs {
+        // the whole prompt each run: the last run's KV entries would otherwise be reused
+        engine.forget_cached_prompt();
         let out = engine.generate_tokens(&prompt, &params, &CancelToken::default(), |_| true)?;
         pre.push(out.stats.prefill_tok_s());
         dec.push(out.stats.decode_tok_s());
