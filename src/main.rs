@@ -262,7 +262,11 @@ impl ModelArgs {
                 ms_per_pass: self.simulate_ms_per_pass.max(0.0),
                 ms_per_row: self.simulate_ms_per_row.max(0.0),
             },
-            gpu: GpuOptions { no_optional_features: self.no_gpu_features, adapter: self.adapter.clone(), plan: None },
+            gpu: GpuOptions {
+                no_optional_features: self.no_gpu_features,
+                adapter: self.adapter.clone(),
+                ..Default::default()
+            },
             ..Default::default()
         };
         Ok((path, opts))

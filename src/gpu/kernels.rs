@@ -254,8 +254,13 @@ pub fn uniform_x_fits(k: usize, top: usize) -> bool {
 
 /// matmul.wgsl for a device with or without subgroups, x in a storage or uniform buffer.
 pub fn matmul_source(subgroups: bool, uniform_x: bool) -> String {
+    matmul_source_of(MATMUL, subgroups, uniform_x)
+}
+
+/// The same with `matmul` in place of matmul.wgsl's text (`GpuOptions::matmul_wgsl`).
+fn matmul_source_of(matmul: &str, subgroups: bool, uniform_x: bool) -> String {
     let x = if uniform_x { MATMUL_X_UNIFORM } else { MATMUL_X_STORAGE };
-    source_with_lanes(&format!("{MATMUL_IO}\n{x}\n{MATMUL}"), subgroups)
+    source_with_lanes(&format!("{MATMUL_IO}\n{x}\n{matmul}"), subgroups)
 }
 
 /// matmul_split.wgsl (x always in a storage buffer).
@@ -507,7 +512,10 @@ impl Kernels {
         let p = self.get_row_blocks(format!("matmul {k:?}"), || {
             // matmul.wgsl takes its workgroup size, matmul_split.wgsl its lanes per column group
             let (source, (name, value)) = match k.split {
-                1 => (matmul_source(gpu.subgroups, k.uniform_x), ("WG", k.workgroup)),
+                1 => {
+                    let text = gpu.matmul_wgsl.as_deref().unwrap_or(MATMUL);
+                    (matmul_source_of(text, gpu.subgroups, k.uniform_x), ("WG", k.workgroup))
+                }
                 s => (matmul_split_source(), ("S", s)),
             };
             let consts = |_| {

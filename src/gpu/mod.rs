@@ -27,6 +27,9 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Force a kernel plan (None: `AUGUR_KERNELS`, else by device type).
     pub plan: Option<KernelPlan>,
+    /// WGSL that replaces shaders/matmul.wgsl on this device: for timing a kernel variant side
+    /// by side with the built-in one in one process (examples/matmul_ab.rs).
+    pub matmul_wgsl: Option<String>,
 }
 
 /// How the matmul and attention kernels share out their work.
@@ -76,6 +79,8 @@ pub struct Gpu {
     /// The serial matmul reads x through a uniform binding in passes whose rows of x fit one
     /// (`kernels::MATMUL_X_UNIFORM`): on unless `AUGUR_UNIFORM_X=0` (for measuring it).
     pub uniform_x: bool,
+    /// `GpuOptions::matmul_wgsl`.
+    pub matmul_wgsl: Option<String>,
     /// The kernels' pipelines, made on first use and shared by every model on this device.
     pub kernels: kernels::Kernels,
 }
@@ -177,6 +182,7 @@ impl Gpu {
             mappable: features.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
             plan,
             uniform_x,
+            matmul_wgsl: opts.matmul_wgsl.clone(),
             kernels: kernels::Kernels::default(),
         })
     }
@@ -186,6 +192,9 @@ impl Gpu {
         static FULL: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
         static BARE: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
         static SPLIT: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+        if opts.matmul_wgsl.is_some() {
+            return Gpu::new(opts).map(Arc::new);
+        }
         let cell = match (opts.adapter.is_some(), opts.no_optional_features, opts.plan) {
             (false, false, None) => &FULL,
             (false, true, None) => &BARE,
