@@ -12,6 +12,8 @@
 //   FORMAT 3 (Q8x16): w as Q8; scale[g * K/16 + k/16] per 16 values, no offset (Q6_K exactly).
 //   FORMAT 4 (Q8, no offset): Q8 whose offsets are all zero (Q5_0, Q8_0): one load fewer per
 //                   32-block, and no running sum of x.
+//   FORMAT 5 (Q4, f16 scales): Q4 whose scales and offsets are all f16 values, each column's
+//                   pair packed into one word of scale (matmul_io.wgsl q4_scale_offset).
 // Each invocation computes 4 adjacent columns for up to R rows, reading each weight once for all
 // of them. No barriers and no shared memory: on lavapipe simple kernels win (DESIGN.md).
 // Every lane needs the same x values: where the device has subgroups, each 8 lanes load a block's
@@ -156,10 +158,9 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows
             s = q4_quad(j, b, g, row0, rows, xl, s);
         }
     }
-    let sc = scale[g * (p.k / 32u) + b];
-    let o = offset[g * (p.k / 32u) + b];
+    let so = q4_scale_offset(g * (p.k / 32u) + b);
     for (var r = 0u; r < R; r++) {
-        acc[r] += sc * s.part[r] + o * s.xs[r];
+        acc[r] += so.s * s.part[r] + so.o * s.xs[r];
     }
     return acc;
 }
@@ -197,7 +198,7 @@ fn q8x16_half(h: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, acc_in: Ro
             part = q8x16_step(h, j, b, g, row0, rows, xl, part);
         }
     }
-    let s = scale[g * (p.k / 16u) + 2u * b + h];
+    let s = scale_at(g * (p.k / 16u) + 2u * b + h);
     for (var r = 0u; r < R; r++) {
         acc[r] += s * part[r];
     }
@@ -300,13 +301,13 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
         }
     }
     if (FORMAT == 0u) {
-        let sc = scale[g * (p.k / 32u) + b];
+        let sc = scale_at(g * (p.k / 32u) + b);
         let o = offset[g * (p.k / 32u) + b];
         for (var r = 0u; r < R; r++) {
             acc[r] += sc * s.part[r] + o * s.xs[r];
         }
     } else if (FORMAT == 4u) {
-        let sc = scale[g * (p.k / 32u) + b];
+        let sc = scale_at(g * (p.k / 32u) + b);
         for (var r = 0u; r < R; r++) {
             acc[r] += sc * s.part[r];
         }
@@ -322,7 +323,7 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
 fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
     var acc = Rows();
     for (var b = 0u; b < p.k / 32u; b++) {
-        if (FORMAT == 2u) {
+        if (is_q4()) {
             acc = q4_block(b, g, row0, rows, l, acc);
         } else if (FORMAT == 3u) {
             acc = q8x16_block(b, g, row0, rows, l, acc);

@@ -34,7 +34,9 @@ struct MatParams {
 // (src/gpu/kernels.rs): in a storage buffer, or on the serial plan for passes whose rows fit it,
 // in a uniform buffer, which lavapipe reads per lane far more cheaply (MATMUL_X_UNIFORM says why).
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> scale: array<vec4<f32>>;
+// scale holds f32 bits, or for FORMAT 5 a packed f16 pair per column (read as integers, so that
+// no packed pair passes through a float register: scale_at, q4_scale_offset)
+@group(0) @binding(4) var<storage, read> scale: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read> offset: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;
@@ -59,6 +61,39 @@ fn call_rows() -> vec2<u32> {
         return vec2<u32>(pass_.lm_row0, pass_.lm_rows);
     }
     return vec2<u32>(0u, pass_.m);
+}
+
+// Scales i of the 4 columns of a group (f32 formats).
+fn scale_at(i: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(scale[i]);
+}
+
+// A Q4 32-block's scales and offsets, number i of the `scale` (and `offset`) arrays. FORMAT 5 is
+// Q4 whose scales and offsets are all f16 values (Q4_0, Q4_1 and Q5_0's are; Q4_K's products of
+// an f16 and a 6-bit scale are not): each column's pair packed into one word of `scale`, so a
+// block costs one load of them instead of two. On lavapipe every per-lane load is a bounds-checked
+// scalar load per component, and the separate offset load took 7-9% of a Q4 matmul at every row
+// count (examples/matmul_ab, session 26).
+struct ScaleOffset {
+    s: vec4<f32>,
+    o: vec4<f32>,
+};
+
+fn q4_scale_offset(i: u32) -> ScaleOffset {
+    if (FORMAT == 5u) {
+        let raw = scale[i];
+        let c0 = unpack2x16float(raw.x);
+        let c1 = unpack2x16float(raw.y);
+        let c2 = unpack2x16float(raw.z);
+        let c3 = unpack2x16float(raw.w);
+        return ScaleOffset(vec4<f32>(c0.x, c1.x, c2.x, c3.x), vec4<f32>(c0.y, c1.y, c2.y, c3.y));
+    }
+    return ScaleOffset(scale_at(i), offset[i]);
+}
+
+// Q4 words: FORMAT 2 and 5 (they differ only in how the scales are kept).
+fn is_q4() -> bool {
+    return FORMAT == 2u || FORMAT == 5u;
 }
 
 // The low four 4-bit values of v, as floats. (Converted from i32: x86 has no unsigned

@@ -82,7 +82,7 @@ fn hsum(v: vec4<f32>) -> f32 {
 
 // Steps down K for this format.
 fn steps() -> u32 {
-    if (FORMAT == 2u) {
+    if (is_q4()) {
         return p.k / 8u;
     }
     return p.k / 4u;
@@ -92,7 +92,7 @@ fn steps() -> u32 {
 fn step(st: u32, g: u32, row0: u32, rows: u32, acc_in: Rows) -> Rows {
     var acc = acc_in;
     let k4 = p.k / 4u;
-    if (FORMAT == 2u) {
+    if (is_q4()) {
         // Q4: word st holds values 8st..8st+7 of each column (value i in bits 4i..4i+3)
         let q = w[g * (p.k / 8u) + st];
         let lo = q;
@@ -105,14 +105,13 @@ fn step(st: u32, g: u32, row0: u32, rows: u32, acc_in: Rows) -> Rows {
         let b1 = nibbles(vec4<u32>(hi.y));
         let b2 = nibbles(vec4<u32>(hi.z));
         let b3 = nibbles(vec4<u32>(hi.w));
-        let sc = scale[g * (p.k / 32u) + st / 4u];
-        let o = offset[g * (p.k / 32u) + st / 4u];
+        let so = q4_scale_offset(g * (p.k / 32u) + st / 4u);
         for (var r = 0u; r < R; r++) {
             if (r < rows) {
                 let xa = x_in(row0, r, 2u * st);
                 let xb = x_in(row0, r, 2u * st + 1u);
                 let d = cols_dot(a0, a1, a2, a3, xa) + cols_dot(b0, b1, b2, b3, xb);
-                acc[r] += sc * d + o * (hsum(xa) + hsum(xb));
+                acc[r] += so.s * d + so.o * (hsum(xa) + hsum(xb));
             }
         }
         return acc;
@@ -140,12 +139,12 @@ fn step(st: u32, g: u32, row0: u32, rows: u32, acc_in: Rows) -> Rows {
     var sc = vec4<f32>(1.0);
     var o = vec4<f32>(0.0);
     if (FORMAT == 0u) {
-        sc = scale[g * (p.k / 32u) + st / 8u];
+        sc = scale_at(g * (p.k / 32u) + st / 8u);
         o = offset[g * (p.k / 32u) + st / 8u];
     } else if (FORMAT == 4u) {
-        sc = scale[g * (p.k / 32u) + st / 8u];
+        sc = scale_at(g * (p.k / 32u) + st / 8u);
     } else if (FORMAT == 3u) {
-        sc = scale[g * (p.k / 16u) + st / 4u];
+        sc = scale_at(g * (p.k / 16u) + st / 4u);
     }
     for (var r = 0u; r < R; r++) {
         if (r < rows) {

@@ -116,8 +116,9 @@ fn forward_is_batch_invariant() {
 }
 
 fn forward_is_batch_invariant_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
-    for heads in [(4, 2, 16), (4, 2, 128), (16, 1, 16)] {
-        let (cfg, w) = tiny_model_shaped(7, true, RopeStyle::Interleaved, true, heads);
+    // odd seeds: gate/up Q4 with f16 scales, even: with f32 scales
+    for (seed, heads) in [(7, (4, 2, 16)), (8, (4, 2, 128)), (7, (16, 1, 16))] {
+        let (cfg, w) = tiny_model_shaped(seed, true, RopeStyle::Interleaved, true, heads);
         let gm = GpuModel::new(gpu.clone(), &cfg, &w, 64, 16).unwrap();
         let prompt: Vec<u32> = (0..11).map(|i| (i * 29 + 3) % 320).collect();
         let alone: Vec<Vec<f32>> = prompt
@@ -193,7 +194,7 @@ fn matmul_x_uniform_or_storage_gives_the_same_bits() {
     if !gpu.uniform_x {
         eprintln!("note: this device runs the split kernels, which read x from storage only");
     }
-    for (seed, q8) in [(31, true), (32, false), (33, false)] {
+    for (seed, q8) in [(31, true), (30, true), (32, false), (33, false)] {
         let (cfg, w) = tiny_model(seed, q8, RopeStyle::Neox, seed % 2 == 1);
         let prompt = [5u32, 17, 300, 42, 9, 250, 77];
         let logits = |limit: u64| {
@@ -651,4 +652,27 @@ fn row_blocks_compile_when_first_used() {
     gpu.kernels.matmul(&gpu, MatmulKind { epilogue: Epilogue::Add, ..kind }, ALL_ROW_BLOCKS);
     assert_eq!(gpu.kernels.ready_rows(), 0);
     all_built();
+}
+
+/// Q4 weights go up with their scales and offsets as f16 pairs (one load a block) only when every
+/// one of them is an f16 value, so that no weight changes; the tiny models above take both.
+#[test]
+fn q4_scales_that_are_f16_values_go_up_as_pairs() {
+    use augur::gpu::kernels::Format;
+    use augur::model::gpu::GpuMatrix;
+    let mut rng = Rng(3);
+    assert_eq!(GpuMatrix::best_format(&random_matrix_of(&mut rng, 64, 32, Kind::Q4Half)), Format::Q4Half);
+    assert_eq!(GpuMatrix::best_format(&random_matrix_of(&mut rng, 64, 32, Kind::Q4)), Format::Q4);
+    // one scale that is not an f16 value keeps the whole matrix's in f32
+    let mut m = random_matrix_of(&mut rng, 64, 32, Kind::Q4Half);
+    if let augur::model::weights::MatData::Q8 { scale, .. } = &mut m.data {
+        scale[5] = 0.1;
+    }
+    assert_eq!(GpuMatrix::best_format(&m), Format::Q4);
+    assert_eq!(GpuMatrix::best_format(&random_matrix_of(&mut rng, 64, 32, Kind::Q8)), Format::Q8);
+    for seed in [7, 8] {
+        let (_, w) = tiny_model(seed, true, RopeStyle::Neox, false);
+        let want = if seed % 2 == 1 { Format::Q4Half } else { Format::Q4 };
+        assert_eq!(GpuMatrix::best_format(&w.layers[0].gate_up), want, "seed {seed}");
+    }
 }

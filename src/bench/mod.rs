@@ -167,7 +167,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
 }
 
 /// The weight formats the matmul benchmarks cover.
-pub const BENCH_FORMATS: [&str; 4] = ["Q4", "Q8", "Q8Sym", "F16"];
+pub const BENCH_FORMATS: [&str; 5] = ["Q4", "Q4Half", "Q8", "Q8Sym", "F16"];
 
 /// A random k x n matrix that GpuMatrix::best_format uploads as `format` (one of BENCH_FORMATS),
 /// for timing the matmul kernel alone; the same values for the same arguments.
@@ -183,16 +183,19 @@ pub fn bench_matrix(k: usize, n: usize, format: &str) -> crate::model::weights::
     // value range and offset: what each GPU format is chosen for
     let (lo, hi, offset) = match format {
         "Q4" => (0i32, 16i32, 0.001f32),
+        // f16 values (0.01 and 0.001 are not): Q4 with its scales in f16 pairs
+        "Q4Half" => (0, 16, 0.0009765625),
         "Q8" => (-127, 128, 0.001),
         "Q8Sym" | "F16" => (-127, 128, 0.0),
         other => panic!("unknown bench format {other}"),
     };
+    let scale = if format == "Q4Half" { 0.009765625 } else { 0.01 };
     let data = if format == "F16" {
         MatData::F16((0..k * n).map(|_| half::f16::from_f32((rnd() % 100) as f32 / 1000.0)).collect())
     } else {
         MatData::Q8 {
             q: (0..k * n).map(|_| (lo + (rnd() % (hi - lo) as u64) as i32) as i8).collect(),
-            scale: vec![0.01; k * n / 32],
+            scale: vec![scale; k * n / 32],
             offset: vec![offset; k * n / 32],
         }
     };

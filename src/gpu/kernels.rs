@@ -317,6 +317,16 @@ pub enum Format {
     Q8x16 = 3,
     /// Q8 with every offset zero (Q5_0, Q8_0). Matmul only, like Q4.
     Q8Sym = 4,
+    /// Q4 whose scales and offsets are all f16 values (Q4_0, Q4_1), each column's pair in one
+    /// word of the scale buffer: one load a block fewer. Matmul only, like Q4.
+    Q4Half = 5,
+}
+
+impl Format {
+    /// Formats only the matmul reads (the embedding, head and replay kernels take the others).
+    pub fn matmul_only(self) -> bool {
+        matches!(self, Format::Q4 | Format::Q4Half | Format::Q8Sym)
+    }
 }
 
 /// What a matmul does with its result.
@@ -560,7 +570,7 @@ impl Kernels {
 
     /// One entry point of head.wgsl (the draft head and its trainer).
     pub fn head(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
-        assert!(!matches!(f, Format::Q4 | Format::Q8Sym), "the LM head is uploaded wide (GpuMatrix::upload_wide)");
+        assert!(!f.matmul_only(), "the LM head is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("head {entry} {f:?}"), || {
             gpu.pipeline(entry, &source(HEAD), entry, &HEAD_BINDS, &[("FORMAT", f as u32 as f64)])
         })
@@ -568,14 +578,14 @@ impl Kernels {
 
     /// One entry point of replay.wgsl (the draft head's training data).
     pub fn replay(&self, gpu: &Gpu, entry: &str, f: Format) -> std::sync::Arc<Pipeline> {
-        assert!(!matches!(f, Format::Q4 | Format::Q8Sym), "the embedding is uploaded wide (GpuMatrix::upload_wide)");
+        assert!(!f.matmul_only(), "the embedding is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("replay {entry} {f:?}"), || {
             gpu.pipeline(entry, &source(REPLAY), entry, &REPLAY_BINDS, &[("FORMAT", f as u32 as f64)])
         })
     }
 
     pub fn embed(&self, gpu: &Gpu, f: Format) -> std::sync::Arc<Pipeline> {
-        assert!(!matches!(f, Format::Q4 | Format::Q8Sym), "the embedding is uploaded wide (GpuMatrix::upload_wide)");
+        assert!(!f.matmul_only(), "the embedding is uploaded wide (GpuMatrix::upload_wide)");
         self.get(gpu, format!("embed {f:?}"), || {
             gpu.pipeline("embed", &source(EMBED), "main", &EMBED_BINDS, &[("FORMAT", f as u32 as f64)])
         })

@@ -76,7 +76,8 @@ pub struct GpuMatrix {
 impl GpuMatrix {
     /// Lays a matrix out column-group-major (see matmul.wgsl) and uploads it, split by columns so that no
     /// binding exceeds the device limit. 8-bit matrices whose values all fit in 4 bits (those
-    /// from Q4_0, Q4_1 and Q4_K) go up as Q4.
+    /// from Q4_0, Q4_1 and Q4_K) go up as Q4, with their scales and offsets as f16 pairs where
+    /// every one is an f16 value (Q4_0 and Q4_1's are; `Format::Q4Half`).
     pub fn upload(gpu: &Gpu, m: &Matrix, label: &str) -> GpuMatrix {
         Self::upload_as(gpu, m, label, Self::best_format(m))
     }
@@ -85,7 +86,7 @@ impl GpuMatrix {
     /// kernels read as well as the matmul (the embedding and the LM head).
     pub fn upload_wide(gpu: &Gpu, m: &Matrix, label: &str) -> GpuMatrix {
         let f = match Self::best_format(m) {
-            Format::Q4 | Format::Q8Sym => Format::Q8,
+            f if f.matmul_only() => Format::Q8,
             f => f,
         };
         Self::upload_as(gpu, m, label, f)
@@ -94,7 +95,10 @@ impl GpuMatrix {
     /// The format with the fewest loads per weight that holds `m` exactly.
     pub fn best_format(m: &Matrix) -> Format {
         match &m.data {
-            MatData::Q8 { q, .. } if q.iter().all(|&v| (0..16).contains(&v)) => Format::Q4,
+            MatData::Q8 { q, scale, offset } if q.iter().all(|&v| (0..16).contains(&v)) => {
+                let half = |v: &f32| v.is_finite() && half::f16::from_f32(*v).to_f32() == *v;
+                if scale.iter().all(half) && offset.iter().all(half) { Format::Q4Half } else { Format::Q4 }
+            }
             MatData::Q8 { offset, .. } if offset.iter().all(|&o| o == 0.0) => Format::Q8Sym,
             MatData::Q8 { .. } => Format::Q8,
             MatData::Q8x16 { .. } => Format::Q8x16,
@@ -105,7 +109,7 @@ impl GpuMatrix {
     fn upload_as(gpu: &Gpu, m: &Matrix, label: &str, format: Format) -> GpuMatrix {
         let (k, n) = (m.k, m.n);
         let bytes_per_col = match format {
-            Format::Q4 => k as u64 / 2,
+            Format::Q4 | Format::Q4Half => k as u64 / 2,
             Format::Q8 | Format::Q8x16 | Format::Q8Sym => k as u64,
             Format::F16 => 2 * k as u64,
         };
@@ -125,6 +129,15 @@ impl GpuMatrix {
             };
             let none = || gpu.storage(label, &[0u32; 4]);
             let (w, scale, offset) = match &m.data {
+                MatData::Q8 { q, scale, offset } if format == Format::Q4Half => {
+                    // each column's (scale, offset) as an f16 pair in one word (matmul_io.wgsl)
+                    let per_col = k / 32;
+                    let pairs = upload_col_major(gpu, label, cols.clone(), per_col, |c, b| {
+                        let h = |v: f32| half::f16::from_f32(v).to_bits() as u32;
+                        h(scale[c * per_col + b]) | h(offset[c * per_col + b]) << 16
+                    });
+                    (words(q, 8, 4), pairs, none())
+                }
                 MatData::Q8 { q, scale, offset } => {
                     let (per, bits) = if format == Format::Q4 { (8, 4) } else { (4, 8) };
                     let o = if format == Format::Q8Sym { none() } else { blocks(offset, 32) };

@@ -71,6 +71,8 @@ pub fn random_matrix(rng: &mut Rng, k: usize, n: usize, q8: bool) -> Matrix {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     Q4,
+    /// Q4 whose scales and offsets are f16 values (uploaded as `Format::Q4Half`).
+    Q4Half,
     Q8,
     /// Q8 with zero offsets.
     Q8Sym,
@@ -80,13 +82,20 @@ pub enum Kind {
 
 pub fn random_matrix_of(rng: &mut Rng, k: usize, n: usize, kind: Kind) -> Matrix {
     let data = match kind {
-        Kind::Q4 | Kind::Q8 | Kind::Q8Sym => MatData::Q8 {
-            q: (0..k * n)
-                .map(|_| if kind == Kind::Q4 { (rng.next() % 16) as i8 } else { (rng.next() % 31) as i8 - 15 })
-                .collect(),
-            scale: (0..k * n / 32).map(|_| 0.02 + 0.01 * rng.f()).collect(),
-            offset: (0..k * n / 32).map(|_| if kind == Kind::Q8Sym { 0.0 } else { 0.02 * rng.f() }).collect(),
-        },
+        Kind::Q4 | Kind::Q4Half | Kind::Q8 | Kind::Q8Sym => {
+            let q4 = matches!(kind, Kind::Q4 | Kind::Q4Half);
+            // Q4Half: rounded to f16 (the f32 values of the others almost never are f16 values)
+            let round = |v: f32| if kind == Kind::Q4Half { f16::from_f32(v).to_f32() } else { v };
+            MatData::Q8 {
+                q: (0..k * n)
+                    .map(|_| if q4 { (rng.next() % 16) as i8 } else { (rng.next() % 31) as i8 - 15 })
+                    .collect(),
+                scale: (0..k * n / 32).map(|_| round(0.02 + 0.01 * rng.f())).collect(),
+                offset: (0..k * n / 32)
+                    .map(|_| if kind == Kind::Q8Sym { 0.0 } else { round(0.02 * rng.f()) })
+                    .collect(),
+            }
+        }
         Kind::Q8x16 => MatData::Q8x16 {
             q: (0..k * n).map(|_| (rng.next() % 64) as i8 - 32).collect(),
             scale: (0..k * n / 16).map(|_| 0.01 * rng.f()).collect(),
@@ -97,8 +106,8 @@ pub fn random_matrix_of(rng: &mut Rng, k: usize, n: usize, kind: Kind) -> Matrix
 }
 
 /// A small random transformer (2 layers, GQA) in either set of weight formats and RoPE style.
-/// With `q8`: QKV Q8, attention output and gate/up Q4, down Q8x16, the LM head F16 and the
-/// embedding Q8 (odd seeds) or Q8x16 (even). Without: F16 but for down and the LM head (Q8 for
+/// With `q8`: QKV Q8, attention output Q4, gate/up Q4 with f16 scales (odd seeds) or f32 (even),
+/// down Q8x16, the LM head F16 and the embedding Q8 (odd seeds) or Q8x16 (even). Without: F16 but for down and the LM head (Q8 for
 /// odd seeds, Q8 with zero offsets for even).
 pub fn tiny_model(seed: u64, q8: bool, rope: RopeStyle, bias: bool) -> (Config, Weights) {
     tiny_model_with_heads(seed, q8, rope, bias, 16)
@@ -155,7 +164,16 @@ pub fn tiny_model_wide(
             qkv_bias: bias.then(|| rng.vec(qkv, 0.1)),
             attn_out: random_matrix_of(&mut rng, cfg.q_dim(), d, if q8 { Kind::Q4 } else { Kind::F16 }),
             ffn_norm: (0..d).map(|_| 1.0 + 0.2 * rng.f()).collect(),
-            gate_up: random_matrix_of(&mut rng, d, 2 * cfg.ffn_dim, if q8 { Kind::Q4 } else { Kind::F16 }),
+            gate_up: random_matrix_of(
+                &mut rng,
+                d,
+                2 * cfg.ffn_dim,
+                match (q8, seed % 2) {
+                    (true, 1) => Kind::Q4Half,
+                    (true, _) => Kind::Q4,
+                    (false, _) => Kind::F16,
+                },
+            ),
             down: random_matrix_of(
                 &mut rng,
                 cfg.ffn_dim,
