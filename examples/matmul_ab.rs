@@ -7,6 +7,9 @@
 //!
 //!     cargo run --release --example matmul_ab -- variant.wgsl 576 3072 Q4 10 8 norm,swiglu
 //!     # FILE K N FORMAT REPS ROUNDS [norm,swiglu], as matmul_curve
+//!
+//! With `format=F` in place of FILE the variant is the built-in kernel on a matrix of format F
+//! (`format=Q4Half` against Q4: what the f16 scale pairs save).
 use augur::bench::{BENCH_FORMATS, bench_matrix};
 use augur::gpu::kernels::Epilogue;
 use augur::gpu::{Gpu, GpuOptions};
@@ -20,7 +23,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
     let file = arg(1, "");
-    let variant = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading the variant '{file}': {e}"));
+    let other_format = file.strip_prefix("format=").map(str::to_string);
+    let variant = match &other_format {
+        Some(_) => None,
+        None => Some(std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading the variant '{file}': {e}"))),
+    };
     let (k, n): (usize, usize) = (arg(2, "576").parse().expect("K"), arg(3, "1536").parse().expect("N"));
     let fmt = arg(4, "Q4");
     let (reps, rounds): (usize, usize) = (arg(5, "10").parse().expect("REPS"), arg(6, "8").parse().expect("ROUNDS"));
@@ -30,20 +37,24 @@ fn main() {
     assert!(k % 32 == 0 && n % 8 == 0, "K must be a multiple of 32 and N of 8");
     assert!(BENCH_FORMATS.contains(&fmt.as_str()), "FORMAT is one of {BENCH_FORMATS:?}");
     let built_in = Gpu::new(&GpuOptions::default()).expect("a GPU adapter");
-    let other = Gpu::new(&GpuOptions { matmul_wgsl: Some(variant), ..Default::default() }).expect("a GPU adapter");
+    let other = match variant {
+        Some(v) => Gpu::new(&GpuOptions { matmul_wgsl: Some(v), ..Default::default() }).expect("a GPU adapter"),
+        None => Gpu::new(&GpuOptions::default()).expect("a GPU adapter"),
+    };
     let m = bench_matrix(k, n, &fmt);
+    let m_other = bench_matrix(k, n, other_format.as_deref().unwrap_or(&fmt));
     // (built-in, variant) ms per round and row count
     let mut t = vec![(Vec::new(), Vec::new()); 9];
     for round in 0..rounds {
         for rows in 1..=9usize {
             // which goes first alternates, so that neither always follows the other
-            let time = |g: &Gpu| augur::model::gpu::bench_matmul_with(g, &m, rows, reps, norm, ep);
+            let time = |g: &Gpu, m| augur::model::gpu::bench_matmul_with(g, m, rows, reps, norm, ep);
             let (a, b) = if round % 2 == 0 {
-                let a = time(&built_in);
-                (a, time(&other))
+                let a = time(&built_in, &m);
+                (a, time(&other, &m_other))
             } else {
-                let b = time(&other);
-                (time(&built_in), b)
+                let b = time(&other, &m_other);
+                (time(&built_in, &m), b)
             };
             t[rows - 1].0.push(a);
             t[rows - 1].1.push(b);

@@ -72,8 +72,8 @@ fn scale_at(i: u32) -> vec4<f32> {
 // Q4 whose scales and offsets are all f16 values (Q4_0, Q4_1 and Q5_0's are; Q4_K's products of
 // an f16 and a 6-bit scale are not): each column's pair packed into one word of `scale`, so a
 // block costs one load of them instead of two. On lavapipe every per-lane load is a bounds-checked
-// scalar load per component, and the separate offset load took 7-9% of a Q4 matmul at every row
-// count (examples/matmul_ab, session 26).
+// scalar load per component: the matmul took 11% less at one row, 5-9% at 2-7 rows and 2-5% at
+// 8-9 (examples/matmul_ab format=Q4Half, session 26).
 struct ScaleOffset {
     s: vec4<f32>,
     o: vec4<f32>,
