@@ -28,8 +28,11 @@ pub struct GpuOptions {
     /// Force a kernel plan (None: `AUGUR_KERNELS`, else by device type).
     pub plan: Option<KernelPlan>,
     /// WGSL that replaces shaders/matmul.wgsl on this device: for timing a kernel variant side
-    /// by side with the built-in one in one process (examples/matmul_ab.rs).
+    /// by side with the built-in one in one process (examples/matmul_ab.rs). Compiled as the
+    /// built-in kernels are, without loop counters (`Gpu::loop_bounds`): its loops must end.
     pub matmul_wgsl: Option<String>,
+    /// Compile kernels with naga's loop counters (`Gpu::loop_bounds`); None: `AUGUR_LOOP_BOUNDS`.
+    pub loop_bounds: Option<bool>,
 }
 
 /// How the matmul and attention kernels share out their work.
@@ -79,6 +82,12 @@ pub struct Gpu {
     /// The serial matmul reads x through a uniform binding in passes whose rows of x fit one
     /// (`kernels::MATMUL_X_UNIFORM`): on unless `AUGUR_UNIFORM_X=0` (for measuring it).
     pub uniform_x: bool,
+    /// naga gives every loop of a kernel a 64-bit iteration counter that breaks out after 2^64
+    /// turns (wgpu's `force_loop_bounding`, a guard for untrusted shaders). augur's kernels are
+    /// its own and every loop in them ends on a count the host sets, so they are compiled
+    /// without the counters (lavapipe runs each counter lane by lane, as a second exit of
+    /// every loop): on unless `AUGUR_LOOP_BOUNDS=1` puts them back (for measuring it).
+    pub loop_bounds: bool,
     /// `GpuOptions::matmul_wgsl`.
     pub matmul_wgsl: Option<String>,
     /// The kernels' pipelines, made on first use and shared by every model on this device.
@@ -172,7 +181,16 @@ impl Gpu {
             Some("0") => false,
             Some(other) => return Err(Error::msg(format!("AUGUR_UNIFORM_X={other}: use 0 or 1, or unset it"))),
         };
+        let loop_bounds = match (opts.loop_bounds, std::env::var("AUGUR_LOOP_BOUNDS").ok().filter(|v| !v.is_empty())) {
+            (Some(on), _) => on,
+            (None, None) => false,
+            (None, Some(v)) if v == "0" || v == "1" => v == "1",
+            (None, Some(other)) => {
+                return Err(Error::msg(format!("AUGUR_LOOP_BOUNDS={other}: use 0 or 1, or unset it")));
+            }
+        };
         Ok(Gpu {
+            loop_bounds,
             device,
             queue,
             info,
@@ -192,7 +210,7 @@ impl Gpu {
         static FULL: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
         static BARE: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
         static SPLIT: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
-        if opts.matmul_wgsl.is_some() {
+        if opts.matmul_wgsl.is_some() || opts.loop_bounds.is_some() {
             return Gpu::new(opts).map(Arc::new);
         }
         let cell = match (opts.adapter.is_some(), opts.no_optional_features, opts.plan) {
@@ -346,10 +364,18 @@ impl Gpu {
     /// A shader module and its bind group layout, from which pipelines with different override
     /// constants are made when they are wanted (`PipelineFamily::pipeline`).
     pub fn family(&self, label: &str, source: &str, entry: &str, binds: &[Bind]) -> PipelineFamily {
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) };
+        let module = if self.loop_bounds {
+            self.device.create_shader_module(desc)
+        } else {
+            // bounds checks stay (wgpu's or the driver's); only the loop counters go (`loop_bounds`)
+            let checks =
+                wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+            // SAFETY: every loop in augur's kernels (shaders/*.wgsl) runs to a bound set by the
+            // host or a constant, so none runs forever; `GpuOptions::matmul_wgsl` says the same
+            // of a variant matmul.
+            unsafe { self.device.create_shader_module_trusted(desc, checks) }
+        };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
             .iter()
             .enumerate()

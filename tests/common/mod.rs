@@ -18,7 +18,7 @@ pub fn setup_env() {
 
 pub fn gpu() -> Arc<Gpu> {
     setup_env();
-    Gpu::shared(&GpuOptions::default()).expect("a GPU adapter (run scripts/setup-lavapipe.sh)")
+    Gpu::shared(&GpuOptions::default()).expect("a GPU adapter (run scripts/setup-gpu.sh)")
 }
 
 pub fn gpu_without_features() -> Arc<Gpu> {
