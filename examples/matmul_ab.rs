@@ -9,7 +9,8 @@
 //!     # FILE K N FORMAT REPS ROUNDS [norm,swiglu], as matmul_curve
 //!
 //! With `format=F` in place of FILE the variant is the built-in kernel on a matrix of format F
-//! (`format=Q4Half` against Q4: what the f16 scale pairs save).
+//! (`format=Q4Half` against Q4: what the f16 scale pairs save). With `counters` in place of FILE
+//! the variant is the built-in kernel compiled with naga's loop counters (`Gpu::loop_bounds`).
 use augur::bench::{BENCH_FORMATS, bench_matrix};
 use augur::gpu::kernels::Epilogue;
 use augur::gpu::{Gpu, GpuOptions};
@@ -24,8 +25,10 @@ fn main() {
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
     let file = arg(1, "");
     let other_format = file.strip_prefix("format=").map(str::to_string);
+    let counters = file == "counters";
     let variant = match &other_format {
         Some(_) => None,
+        None if counters => None,
         None => Some(std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading the variant '{file}': {e}"))),
     };
     let (k, n): (usize, usize) = (arg(2, "576").parse().expect("K"), arg(3, "1536").parse().expect("N"));
@@ -36,10 +39,10 @@ fn main() {
     let ep = if opts.contains("swiglu") { Epilogue::SwiGlu } else { Epilogue::Store };
     assert!(k % 32 == 0 && n % 8 == 0, "K must be a multiple of 32 and N of 8");
     assert!(BENCH_FORMATS.contains(&fmt.as_str()), "FORMAT is one of {BENCH_FORMATS:?}");
-    let built_in = Gpu::new(&GpuOptions::default()).expect("a GPU adapter");
+    let built_in = Gpu::new(&GpuOptions { loop_bounds: Some(false), ..Default::default() }).expect("a GPU adapter");
     let other = match variant {
         Some(v) => Gpu::new(&GpuOptions { matmul_wgsl: Some(v), ..Default::default() }).expect("a GPU adapter"),
-        None => Gpu::new(&GpuOptions::default()).expect("a GPU adapter"),
+        None => Gpu::new(&GpuOptions { loop_bounds: Some(counters), ..Default::default() }).expect("a GPU adapter"),
     };
     let m = bench_matrix(k, n, &fmt);
     let m_other = bench_matrix(k, n, other_format.as_deref().unwrap_or(&fmt));
