@@ -39,11 +39,11 @@ fn main() {
     let ep = if opts.contains("swiglu") { Epilogue::SwiGlu } else { Epilogue::Store };
     assert!(k % 32 == 0 && n % 8 == 0, "K must be a multiple of 32 and N of 8");
     assert!(BENCH_FORMATS.contains(&fmt.as_str()), "FORMAT is one of {BENCH_FORMATS:?}");
-    let built_in = Gpu::new(&GpuOptions { loop_bounds: Some(false), ..Default::default() }).expect("a GPU adapter");
-    let other = match variant {
-        Some(v) => Gpu::new(&GpuOptions { matmul_wgsl: Some(v), ..Default::default() }).expect("a GPU adapter"),
-        None => Gpu::new(&GpuOptions { loop_bounds: Some(counters), ..Default::default() }).expect("a GPU adapter"),
-    };
+    // both devices alike but for the variant (`counters`: the built-in device has none)
+    let base = GpuOptions { loop_bounds: counters.then_some(false), ..Default::default() };
+    let built_in = Gpu::new(&base).expect("a GPU adapter");
+    let other = Gpu::new(&GpuOptions { matmul_wgsl: variant, loop_bounds: counters.then_some(true), ..base.clone() })
+        .expect("a GPU adapter");
     let m = bench_matrix(k, n, &fmt);
     let m_other = bench_matrix(k, n, other_format.as_deref().unwrap_or(&fmt));
     // (built-in, variant) ms per round and row count

@@ -94,6 +94,16 @@ pub struct Gpu {
     pub kernels: kernels::Kernels,
 }
 
+/// A measuring switch from the environment: `0` or `1`, None when unset or empty.
+fn env_switch(name: &str) -> Result<Option<bool>> {
+    match std::env::var(name).ok().filter(|v| !v.is_empty()).as_deref() {
+        None => Ok(None),
+        Some("0") => Ok(Some(false)),
+        Some("1") => Ok(Some(true)),
+        Some(other) => Err(Error::msg(format!("{name}={other}: use 0 or 1, or unset it"))),
+    }
+}
+
 /// How a kernel binds one buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bind {
@@ -176,18 +186,10 @@ impl Gpu {
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) & !255;
-        let uniform_x = match std::env::var("AUGUR_UNIFORM_X").ok().filter(|v| !v.is_empty()).as_deref() {
-            None | Some("1") => plan == KernelPlan::Serial,
-            Some("0") => false,
-            Some(other) => return Err(Error::msg(format!("AUGUR_UNIFORM_X={other}: use 0 or 1, or unset it"))),
-        };
-        let loop_bounds = match (opts.loop_bounds, std::env::var("AUGUR_LOOP_BOUNDS").ok().filter(|v| !v.is_empty())) {
-            (Some(on), _) => on,
-            (None, None) => false,
-            (None, Some(v)) if v == "0" || v == "1" => v == "1",
-            (None, Some(other)) => {
-                return Err(Error::msg(format!("AUGUR_LOOP_BOUNDS={other}: use 0 or 1, or unset it")));
-            }
+        let uniform_x = env_switch("AUGUR_UNIFORM_X")?.unwrap_or(true) && plan == KernelPlan::Serial;
+        let loop_bounds = match opts.loop_bounds {
+            Some(on) => on,
+            None => env_switch("AUGUR_LOOP_BOUNDS")?.unwrap_or(false),
         };
         Ok(Gpu {
             loop_bounds,
