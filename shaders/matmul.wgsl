@@ -97,25 +97,18 @@ fn row_inv(r: u32, l: Lane) -> f32 {
     return inv_rms(total);
 }
 
-// Running sums over one 32-block: per row, the sum of weights times x and the sum of x.
-struct BlockSums {
-    part: Rows,
-    xs: array<f32, MAX_R>,
-};
-
 // Columns c0..c3 (4 values along k each) times x's vec4 kq (number j of its block) of every
-// row, added into the rows' sums.
-fn add_products(s_in: BlockSums, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, xl: Rows, j: u32,
-                row0: u32, rows: u32, kq: u32) -> BlockSums {
-    var s = s_in;
+// row, added into the rows' running sums over the 32-block.
+fn add_products(part_in: Rows, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, xl: Rows, j: u32,
+                row0: u32, rows: u32, kq: u32) -> Rows {
+    var part = part_in;
     for (var r = 0u; r < R; r++) {
         if (r < rows) {
             let xv = x_at(xl[r], j, r, kq);
-            s.part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
-            s.xs[r] += (xv.x + xv.y) + (xv.z + xv.w);
+            part[r] += vec4<f32>(dot(c0, xv), dot(c1, xv), dot(c2, xv), dot(c3, xv));
         }
     }
-    return s;
+    return part;
 }
 
 // Q4 values k8*8 .. k8*8+7 of 4-column group g (x's vec4s 2j and 2j+1 of block b) added into the
@@ -127,7 +120,7 @@ fn add_products(s_in: BlockSums, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3
 // EPYC (Zen 3, AVX2) of sessions 20-23 the written-out 3-row walk spilled, and whole SmolLM2
 // passes of 3 rows took 1.32-1.41x a 1-row pass in the loop against 1.65-1.73x written out
 // (BENCHMARKS.md, sessions 23-24).
-fn q4_quad(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
+fn q4_quad(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: Rows) -> Rows {
     var s = s_in;
     let k8 = b * 4u + j;
     let q = w[g * (p.k / 8u) + k8];
@@ -147,7 +140,7 @@ fn q4_quad(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSu
 fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows {
     var acc = acc_in;
     let xl = x_slices(b, row0, rows, l);
-    var s = BlockSums();
+    var s = Rows();
     if (R <= 1u) {
         s = q4_quad(0u, b, g, row0, rows, xl, s);
         s = q4_quad(1u, b, g, row0, rows, xl, s);
@@ -158,9 +151,10 @@ fn q4_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows
             s = q4_quad(j, b, g, row0, rows, xl, s);
         }
     }
+    let xs = block_x_sums(xl, b, rows);
     let so = q4_scale_offset(g * (p.k / 32u) + b);
     for (var r = 0u; r < R; r++) {
-        acc[r] += so.s * s.part[r] + so.o * s.xs[r];
+        acc[r] += so.s * s[r] + so.o * xs[r];
     }
     return acc;
 }
@@ -251,12 +245,40 @@ fn x_at(slice: vec4<f32>, j: u32, r: u32, kq: u32) -> vec4<f32> {
     return x_raw(r, kq);
 }
 
+// Per row, the sum of x over 32-block b (what Q4's and Q8's offsets multiply): the block's 8
+// vec4s in order, each summed in pairs, added to 0 one after the other. Once per block and row:
+// summed in every column step as well, it took 7 of the ~55 instructions a row and step takes
+// on lavapipe (4 adds, and the load, blend and store of a loop-carried sum), for a value every
+// column group shares. With subgroups each lane sums its own vec4 and the 8 sums are handed round.
+fn block_x_sums(xl: Rows, b: u32, rows: u32) -> array<f32, MAX_R> {
+    var xs = array<f32, MAX_R>();
+    for (var r = 0u; r < R; r++) {
+        if (r < rows) {
+            var t = 0.0;
+            if (SUBGROUPS) {
+                let v = xl[r];
+                let h = (v.x + v.y) + (v.z + v.w);
+                for (var j = 0u; j < 8u; j++) {
+                    t += from_lane_f32(h, j);
+                }
+            } else {
+                for (var j = 0u; j < 8u; j++) {
+                    let v = x_at(xl[r], j, r, b * 8u + j);
+                    t += (v.x + v.y) + (v.z + v.w);
+                }
+            }
+            xs[r] = t;
+        }
+    }
+    return xs;
+}
+
 // Q8 and F16: values kq*4 .. kq*4+3 of 4-column group g (x's vec4 j of block b) added into the
 // sums of rows row0..row0+rows-1 (written out for one-row blocks as q4_quad is; a block's 8
 // steps hold more live values than Q4's 4: at 3 rows the written-out steps spilled on every
 // host (the LM head at 576 x 49152, best of 9, 3 rows 6.21 -> 5.54 ms rolled, Q8 2048 x 2048 0.98
 // -> 0.85)).
-fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: BlockSums) -> BlockSums {
+fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: Rows) -> Rows {
     var s = s_in;
     let k4 = p.k / 4u;
     let kq = b * 8u + j;
@@ -285,7 +307,7 @@ fn wide_step(j: u32, b: u32, g: u32, row0: u32, rows: u32, xl: Rows, s_in: Block
 fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Rows {
     var acc = acc_in;
     let xl = x_slices(b, row0, rows, l);
-    var s = BlockSums();
+    var s = Rows();
     if (R <= 1u) {
         s = wide_step(0u, b, g, row0, rows, xl, s);
         s = wide_step(1u, b, g, row0, rows, xl, s);
@@ -301,19 +323,20 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
         }
     }
     if (FORMAT == 0u) {
+        let xs = block_x_sums(xl, b, rows);
         let sc = scale_at(g * (p.k / 32u) + b);
         let o = offset[g * (p.k / 32u) + b];
         for (var r = 0u; r < R; r++) {
-            acc[r] += sc * s.part[r] + o * s.xs[r];
+            acc[r] += sc * s[r] + o * xs[r];
         }
     } else if (FORMAT == 4u) {
         let sc = scale_at(g * (p.k / 32u) + b);
         for (var r = 0u; r < R; r++) {
-            acc[r] += sc * s.part[r];
+            acc[r] += sc * s[r];
         }
     } else {
         for (var r = 0u; r < R; r++) {
-            acc[r] += s.part[r];
+            acc[r] += s[r];
         }
     }
     return acc;
