@@ -17,24 +17,8 @@
 use augur::engine::{CancelToken, Engine, EngineOptions, GenerateParams};
 use augur::spec::cost::SimulatedDevice;
 use augur::spec::suffix::SuffixSpeculator;
-use augur::spec::{SpecMode, Speculator, TokenTree};
+use augur::spec::{SpecMode, Speculator};
 use std::collections::BTreeMap;
-
-/// Drafted nodes of `tree` on the path the target's output `out` takes from the root.
-fn accepted(tree: &TokenTree, out: &[u32]) -> usize {
-    let mut parent = None;
-    let mut n = 0;
-    while n < out.len() {
-        match tree.nodes.iter().position(|x| x.parent == parent && x.token == out[n]) {
-            Some(i) => {
-                parent = Some(i);
-                n += 1;
-            }
-            None => break,
-        }
-    }
-    n
-}
 
 /// Milliseconds and tokens of one way of running a category.
 #[derive(Default)]
@@ -97,7 +81,7 @@ fn run() -> augur::Result<()> {
         while t < out.len() {
             let useful = out.len() - t - 1; // the round's bonus token is never drafted
             let tree = suffix.propose(&context, useful.min(8), useful.min(8));
-            let k = accepted(&tree, &out[t..]);
+            let k = tree.accepted_along(&out[t..]);
             cost.at_context(context.len() - 1);
             let step = cost.verify_ms(1);
             tally.plain_ms += step * (k + 1) as f64;

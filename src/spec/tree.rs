@@ -92,6 +92,21 @@ impl TokenTree {
         p
     }
 
+    /// How many nodes the continuation `tokens` follows from the root: what greedy verification
+    /// accepts when the target's output is known in advance (`examples/spec_ceiling`).
+    pub fn accepted_along(&self, tokens: &[u32]) -> usize {
+        let mut parent = None;
+        let mut n = 0;
+        while let Some(&t) = tokens.get(n) {
+            match self.nodes.iter().position(|x| x.parent == parent && x.token == t) {
+                Some(i) => parent = Some(i),
+                None => break,
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// The verification pass's rows: row 0 is the root (the last committed token, at position
     /// `n_past`), row i + 1 is node i at position n_past + depth. Each row sees the committed
     /// cache, its ancestors and itself.
@@ -137,5 +152,20 @@ mod tests {
         assert_eq!(t.path(c), [a, c]);
         assert_eq!(b, 1);
         assert_eq!(TokenTree::chain(&[1, 2, 3], Drafter::Suffix).depth(), 3);
+    }
+
+    #[test]
+    fn accepted_along_follows_the_matching_branch() {
+        let mut t = TokenTree::default();
+        let a = t.push(None, 10, 1.0, Drafter::Suffix);
+        let b = t.push(None, 11, 1.0, Drafter::Suffix);
+        t.push(Some(a), 12, 1.0, Drafter::Suffix);
+        t.push(Some(b), 13, 1.0, Drafter::Suffix);
+        t.push(Some(b), 12, 1.0, Drafter::Suffix);
+        assert_eq!(t.accepted_along(&[11, 12, 99]), 2, "the second root child, then its second child");
+        assert_eq!(t.accepted_along(&[10, 13]), 1, "13 hangs from the other branch");
+        assert_eq!(t.accepted_along(&[12]), 0);
+        assert_eq!(t.accepted_along(&[]), 0);
+        assert_eq!(TokenTree::chain(&[1, 2, 3], Drafter::Suffix).accepted_along(&[1, 2, 3, 4]), 3);
     }
 }
