@@ -25,7 +25,7 @@ fn main() -> augur::Result<()> {
         opts.batch = batch;
     }
     engine.attach_head(None, opts)?;
-    let questions = args.get(3).cloned().unwrap_or_else(|| "../shared/data/spec_bench/question.jsonl".into());
+    let questions = args.get(3).cloned().unwrap_or_else(|| augur::bench::SPEC_BENCH_QUESTIONS.into());
     let items = augur::bench::spec_bench_workload(questions.as_ref(), usize::MAX)?;
     let prompts: Vec<&str> = items.iter().filter(|i| i.category == category).map(|i| i.prompt.as_str()).collect();
     if prompts.is_empty() {

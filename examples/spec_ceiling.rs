@@ -46,15 +46,11 @@ fn run() -> augur::Result<()> {
     let per_category: usize = arg(3, "17").parse().map_err(|_| augur::Error::msg("PER_CATEGORY is a number"))?;
     let max_tokens: usize = arg(4, "64").parse().map_err(|_| augur::Error::msg("MAX_TOKENS is a number"))?;
     let path = augur::pull::resolve_model(&model, true)?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    let cost_path = augur::pull::augur_home().join("cost").join(format!("{stem}.json"));
+    let cost_path = augur::pull::state_path(&path, "cost", "json");
     let mut engine = Engine::load(&path, &EngineOptions::default())?;
     let items = match workload.as_str() {
         "rewrite" => augur::bench::fixed_rewrite_workload(per_category)?,
-        "spec-bench" => augur::bench::spec_bench_workload(
-            std::path::Path::new("../shared/data/spec_bench/question.jsonl"),
-            per_category,
-        )?,
+        "spec-bench" => augur::bench::spec_bench_workload(augur::bench::SPEC_BENCH_QUESTIONS.as_ref(), per_category)?,
         other => return Err(augur::Error::msg(format!("unknown workload '{other}'; use rewrite or spec-bench"))),
     };
     let mut cost = augur::spec::cost::calibrated(

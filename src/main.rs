@@ -88,7 +88,7 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
         /// Questions file (jsonl with `category` and `turns` or `prompt`)
-        #[arg(long, default_value = "../shared/data/spec_bench/question.jsonl")]
+        #[arg(long, default_value = augur::bench::SPEC_BENCH_QUESTIONS)]
         questions: std::path::PathBuf,
         /// A phase of the stream: comma-separated categories (repeat the flag for each phase)
         #[arg(long = "phase", default_values_t = ["qa".to_string(), "math_reasoning".to_string()])]
@@ -253,11 +253,10 @@ impl ModelArgs {
 
     fn engine_options(&self) -> Result<(std::path::PathBuf, EngineOptions)> {
         let path = pull::resolve_model(&self.model, true)?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
         let opts = EngineOptions {
             max_ctx: self.ctx,
-            suffix_store: Some(pull::augur_home().join("suffix").join(format!("{stem}.bin"))),
-            cost_cache: Some(pull::augur_home().join("cost").join(format!("{stem}.json"))),
+            suffix_store: Some(pull::state_path(&path, "suffix", "bin")),
+            cost_cache: Some(pull::state_path(&path, "cost", "json")),
             simulate: augur::spec::cost::SimulatedDevice {
                 ms_per_pass: self.simulate_ms_per_pass.max(0.0),
                 ms_per_row: self.simulate_ms_per_row.max(0.0),
@@ -566,7 +565,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(Error::msg("--turns must be at least 1 (or left out for all turns)"));
             }
             let n = per_category.max(1);
-            let spec_bench_file = questions.as_deref().unwrap_or("../shared/data/spec_bench/question.jsonl".as_ref());
+            let spec_bench_file = questions.as_deref().unwrap_or(augur::bench::SPEC_BENCH_QUESTIONS.as_ref());
             let items = match (workload.as_str(), sources) {
                 ("rewrite", Some(dir)) => bench::rewrite_workload(&dir, n)?,
                 ("rewrite", None) => match &questions {

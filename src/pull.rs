@@ -53,6 +53,14 @@ pub fn augur_home() -> PathBuf {
     PathBuf::from(home).join(".cache").join("augur")
 }
 
+/// A model's learned state of one kind under $AUGUR_HOME, keyed by the model file's stem:
+/// `state_path(model, "cost", "json")` is the cost calibration `--speculate auto` keeps,
+/// `state_path(model, "suffix", "bin")` the suffix store.
+pub fn state_path(model: &Path, kind: &str, ext: &str) -> PathBuf {
+    let stem = model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().to_string());
+    augur_home().join(kind).join(format!("{stem}.{ext}"))
+}
+
 pub fn cached_path(e: &CatalogEntry) -> PathBuf {
     augur_home().join("models").join(&e.file)
 }

@@ -166,6 +166,9 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     Ok(())
 }
 
+/// Spec-Bench's questions, where the project's shared data puts them (relative to the checkout).
+pub const SPEC_BENCH_QUESTIONS: &str = "../shared/data/spec_bench/question.jsonl";
+
 /// The weight formats the matmul benchmarks cover.
 pub const BENCH_FORMATS: [&str; 5] = ["Q4", "Q4Half", "Q8", "Q8Sym", "F16"];
 
