@@ -492,6 +492,10 @@ impl Engine {
         let mut pending = vec![next];
         let finish = 'generation: loop {
             for t in pending.drain(..) {
+                // (max_tokens 0: prefill only, the token it sampled is not given out)
+                if tokens.len() >= params.max_tokens {
+                    break 'generation "length";
+                }
                 if params.stop_at_eos && self.tokenizer.stop_tokens.contains(&t) {
                     break 'generation "stop";
                 }

@@ -252,6 +252,9 @@ impl ModelArgs {
     }
 
     fn engine_options(&self) -> Result<(std::path::PathBuf, EngineOptions)> {
+        if self.ctx == 0 {
+            return Err(Error::msg("--ctx must be at least 1 (the KV cache's size in tokens)"));
+        }
         let path = pull::resolve_model(&self.model, true)?;
         let opts = EngineOptions {
             max_ctx: self.ctx,
@@ -564,7 +567,10 @@ fn run(cli: Cli) -> Result<()> {
             if turns == Some(0) {
                 return Err(Error::msg("--turns must be at least 1 (or left out for all turns)"));
             }
-            let n = per_category.max(1);
+            if per_category == 0 {
+                return Err(Error::msg("--per-category must be at least 1"));
+            }
+            let n = per_category;
             let spec_bench_file = questions.as_deref().unwrap_or(augur::bench::SPEC_BENCH_QUESTIONS.as_ref());
             let items = match (workload.as_str(), sources) {
                 ("rewrite", Some(dir)) => bench::rewrite_workload(&dir, n)?,

@@ -199,6 +199,16 @@ fn cli_errors_are_one_line_with_non_zero_exit() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // sizes of zero are refused before any model is looked for
+    for (args, flag) in [
+        (vec!["generate", "no-such-model", "hi", "--ctx", "0"], "--ctx"),
+        (vec!["bench-spec", "no-such-model", "--per-category", "0"], "--per-category"),
+    ] {
+        let (code, _, err) = augur(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.starts_with(&format!("augur: error: {flag} must be")), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
     // a file that is not GGUF
     let dir = std::env::temp_dir().join(format!("augur-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -193,10 +193,20 @@ fn engine_rejects_bad_requests() {
     assert!(err.contains("top-p"), "{err}");
     // generation that reaches the end of the context stops cleanly
     let out = e
-        .generate_tokens(&[1, 2, 3], &GenerateParams { max_tokens: 100, stop_at_eos: false, ..p }, &c, |_| true)
+        .generate_tokens(&[1, 2, 3], &GenerateParams { max_tokens: 100, stop_at_eos: false, ..p.clone() }, &c, |_| true)
         .unwrap();
     assert_eq!(out.stats.finish_reason, "length");
     assert!(out.tokens.len() <= 14);
+    // a request for no tokens prefills and gives none back (it once gave the prefill's sample)
+    let mut seen = 0;
+    let out = e
+        .generate_tokens(&[1, 2, 3], &GenerateParams { max_tokens: 0, ..p }, &c, |_| {
+            seen += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!((out.tokens.len(), seen), (0, 0));
+    assert_eq!(out.stats.finish_reason, "length");
 }
 
 /// A chat's next turn prefills only what follows the last answer (its KV entries are still in the
