@@ -58,8 +58,7 @@ fn tiny_model_matches_cpu_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
             let e = rel_l2(row, &want);
             assert!(e < 1e-4, "seed {seed} prefill row {i}: rel L2 {e}");
         }
-        let mut n_past = prompt.len();
-        for t in [11u32, 12, 13] {
+        for (n_past, t) in (prompt.len()..).zip([11u32, 12, 13]) {
             gm.set_tokens(&[t]);
             let got = gpu_logits(
                 &gm,
@@ -68,7 +67,6 @@ fn tiny_model_matches_cpu_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
             let want = cpu.step(t);
             let e = rel_l2(&got, &want);
             assert!(e < 1e-4, "seed {seed} decode at {n_past}: rel L2 {e}");
-            n_past += 1;
         }
     }
 }

@@ -47,10 +47,9 @@ impl Speculator for RandomTrees {
                 if t.len() >= budget {
                     return t;
                 }
-                let tok = if w == 0 && right.is_some() && self.rng.next() % 10 < 8 {
-                    right.unwrap()
-                } else {
-                    (self.rng.next() % 49152) as u32
+                let tok = match right.filter(|_| w == 0 && self.rng.next() % 10 < 8) {
+                    Some(r) => r,
+                    None => (self.rng.next() % 49152) as u32,
                 };
                 let i = t.push(parent, tok, 1.0, Drafter::Draft);
                 if Some(tok) == right {

@@ -170,12 +170,14 @@ impl Gpu {
             features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
         }
         let alimits = adapter.limits();
-        let mut limits = wgpu::Limits::default();
         // Ask for what the adapter has: the defaults cap buffers at 256 MiB.
-        limits.max_buffer_size = alimits.max_buffer_size;
-        limits.max_storage_buffer_binding_size = alimits.max_storage_buffer_binding_size;
-        limits.max_storage_buffers_per_shader_stage = alimits.max_storage_buffers_per_shader_stage.min(16);
-        limits.max_compute_workgroups_per_dimension = alimits.max_compute_workgroups_per_dimension;
+        let limits = wgpu::Limits {
+            max_buffer_size: alimits.max_buffer_size,
+            max_storage_buffer_binding_size: alimits.max_storage_buffer_binding_size,
+            max_storage_buffers_per_shader_stage: alimits.max_storage_buffers_per_shader_stage.min(16),
+            max_compute_workgroups_per_dimension: alimits.max_compute_workgroups_per_dimension,
+            ..Default::default()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("augur"),
             required_features: features,
