@@ -1,4 +1,4 @@
-// y = W x for M rows of x, with W in one of augur's layouts (GpuMatrix::upload in src/model/gpu.rs):
+// y = W x for M rows of x, with W in one of augur's layouts (GpuMatrix::upload in src/model/gpu/matrix.rs):
 // groups of 4 columns (g = n/4) one after the other, each running down K, so that every
 // invocation streams its weights from consecutive addresses (on lavapipe each lane loads on its
 // own; weights too big for the cache came 8-14% faster per token this way than K-major):

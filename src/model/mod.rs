@@ -1,5 +1,5 @@
 //! Models: file formats, configuration, weights, tokenizer, and the forward pass (CPU reference
-//! in `cpu.rs`, GPU in `gpu.rs`).
+//! in `cpu.rs`, GPU in `gpu/`).
 
 pub mod config;
 pub mod cpu;
