@@ -342,17 +342,15 @@ fn wide_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc_in: Rows) -> Ro
     return acc;
 }
 
-// One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1.
+// One 4-column group g (columns 4g..4g+3 of this part) for rows row0..row0+rows-1, a 32-block
+// at a time by the walk of the kernel's weight format: `format_block`, which the host writes
+// after this file to call q4_block, q8x16_block or wide_block (src/gpu/kernels.rs
+// format_block_wgsl). With the three behind branches on FORMAT, lavapipe took ~130 ms to compile
+// each of a model's ~50 matmul pipelines, two thirds of it on the two walks it then dropped.
 fn group_dot(g: u32, row0: u32, rows: u32, l: Lane) -> Rows {
     var acc = Rows();
     for (var b = 0u; b < p.k / 32u; b++) {
-        if (is_q4()) {
-            acc = q4_block(b, g, row0, rows, l, acc);
-        } else if (FORMAT == 3u) {
-            acc = q8x16_block(b, g, row0, rows, l, acc);
-        } else {
-            acc = wide_block(b, g, row0, rows, l, acc);
-        }
+        acc = format_block(b, g, row0, rows, l, acc);
     }
     return acc;
 }

@@ -252,15 +252,32 @@ pub fn uniform_x_fits(k: usize, top: usize) -> bool {
     (top * k * 4) as u64 <= UNIFORM_X_BYTES
 }
 
-/// matmul.wgsl for a device with or without subgroups, x in a storage or uniform buffer.
-pub fn matmul_source(subgroups: bool, uniform_x: bool) -> String {
-    matmul_source_of(MATMUL, subgroups, uniform_x)
+/// matmul.wgsl for weights in `format` on a device with or without subgroups, x in a storage or
+/// uniform buffer.
+pub fn matmul_source(format: Format, subgroups: bool, uniform_x: bool) -> String {
+    matmul_source_of(MATMUL, format, subgroups, uniform_x)
 }
 
 /// The same with `matmul` in place of matmul.wgsl's text (`GpuOptions::matmul_wgsl`).
-fn matmul_source_of(matmul: &str, subgroups: bool, uniform_x: bool) -> String {
+fn matmul_source_of(matmul: &str, format: Format, subgroups: bool, uniform_x: bool) -> String {
     let x = if uniform_x { MATMUL_X_UNIFORM } else { MATMUL_X_STORAGE };
-    source_with_lanes(&format!("{MATMUL_IO}\n{x}\n{matmul}"), subgroups)
+    let walk = format_block_wgsl(format);
+    source_with_lanes(&format!("{MATMUL_IO}\n{x}\n{matmul}\n{walk}"), subgroups)
+}
+
+/// matmul.wgsl's `format_block`: the 32-block walk of `format`'s weights, and only that one, so
+/// that the driver compiles no other (matmul.wgsl group_dot says why). The walks still branch on
+/// the FORMAT constant within them (Q4 on f16 scales or not, Q8 or F16).
+fn format_block_wgsl(format: Format) -> String {
+    let walk = match format {
+        Format::Q4 | Format::Q4Half => "q4_block",
+        Format::Q8x16 => "q8x16_block",
+        Format::Q8 | Format::F16 | Format::Q8Sym => "wide_block",
+    };
+    format!(
+        "fn format_block(b: u32, g: u32, row0: u32, rows: u32, l: Lane, acc: Rows) -> Rows {{\n    \
+         return {walk}(b, g, row0, rows, l, acc);\n}}\n"
+    )
 }
 
 /// matmul_split.wgsl (x always in a storage buffer).
@@ -323,6 +340,8 @@ pub enum Format {
 }
 
 impl Format {
+    pub const ALL: [Format; 6] = [Format::Q8, Format::F16, Format::Q4, Format::Q8x16, Format::Q8Sym, Format::Q4Half];
+
     /// Formats only the matmul reads (the embedding, head and replay kernels take the others).
     pub fn matmul_only(self) -> bool {
         matches!(self, Format::Q4 | Format::Q4Half | Format::Q8Sym)
@@ -524,7 +543,7 @@ impl Kernels {
             let (source, (name, value)) = match k.split {
                 1 => {
                     let text = gpu.matmul_wgsl.as_deref().unwrap_or(MATMUL);
-                    (matmul_source_of(text, gpu.subgroups, k.uniform_x), ("WG", k.workgroup))
+                    (matmul_source_of(text, k.format, gpu.subgroups, k.uniform_x), ("WG", k.workgroup))
                 }
                 s => (matmul_split_source(), ("S", s)),
             };
@@ -778,15 +797,15 @@ mod tests {
             } else if name == "matmul_split" {
                 sources.push((name.to_string(), super::matmul_split_source(), core));
             } else if name == "matmul" {
-                for uniform_x in [false, true] {
+                for (uniform_x, format) in [false, true].into_iter().flat_map(|u| super::Format::ALL.map(|f| (u, f))) {
                     sources.push((
-                        format!("matmul (subgroups, uniform x {uniform_x})"),
-                        super::matmul_source(true, uniform_x),
+                        format!("matmul {format:?} (subgroups, uniform x {uniform_x})"),
+                        super::matmul_source(format, true, uniform_x),
                         core | naga::valid::Capabilities::SUBGROUP,
                     ));
                     sources.push((
-                        format!("matmul (uniform x {uniform_x})"),
-                        super::matmul_source(false, uniform_x),
+                        format!("matmul {format:?} (uniform x {uniform_x})"),
+                        super::matmul_source(format, false, uniform_x),
                         core,
                     ));
                 }
