@@ -588,6 +588,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (mut engine, _) = model.engine_with(&spec)?;
             let mut plain = model.plain_twin(&engine)?;
+            // with a draft model, auto is also run without it: what the draft model adds
+            let mut without = match (&spec.draft, spec.speculate) {
+                (Some(_), augur::spec::SpecMode::Auto) => Some(model.plain_twin(&engine)?),
+                _ => None,
+            };
             let run = bench::SpecRun {
                 max_tokens: max_tokens.max(2),
                 mode: spec.speculate,
@@ -595,7 +600,7 @@ fn run(cli: Cli) -> Result<()> {
                 depth: spec.max_depth,
                 max_turns: turns.unwrap_or(usize::MAX),
             };
-            bench::spec_run(&mut engine, &mut plain, &items, &history, &run)?;
+            bench::spec_run(&mut engine, &mut plain, without.as_mut(), &items, &history, &run)?;
         }
         Cmd::BenchAdapt {
             model,

@@ -462,9 +462,15 @@ fn turn_prompt(engine: &Engine, conversation: &[ChatMessage]) -> Result<Vec<u32>
 /// install would; or, with `history`, from those conversations first, answered by the
 /// speculative engine alone and not measured, as the store of a user who asked them earlier
 /// would (the controller then starts afresh, as in a new process).
+///
+/// `without`: the target loaded a third time with the suffix index alone, run with `mode` in the
+/// same lockstep when `engine` also has a draft model: what attaching the draft model gains or
+/// costs `auto` (on a device where drafting with a model does not pay, `auto` must not lose by
+/// having one).
 pub fn spec_run(
     engine: &mut Engine,
     plain: &mut Engine,
+    mut without: Option<&mut Engine>,
     items: &[WorkItem],
     history: &[WorkItem],
     run: &SpecRun,
@@ -489,22 +495,33 @@ pub fn spec_run(
     plain.suffix = None; // plain runs teach the store nothing
     warm_up(engine)?;
     warm_up(plain)?;
+    if let Some(w) = without.as_deref_mut() {
+        w.suffix = Some(Box::new(crate::spec::suffix::SuffixSpeculator::in_memory()));
+        w.draft = None;
+        w.head = None;
+        warm_up(w)?;
+    }
+    // per category: the arm without the draft model against plain decoding
+    let mut cats_without: Vec<(String, CatTotals)> = Vec::new();
     let (spec_params, off_params) =
         (GenerateParams { speculate: mode, ..base.clone() }, GenerateParams { speculate: SpecMode::Off, ..base });
     if !history.is_empty() {
         let t = std::time::Instant::now();
         let mut answered = 0;
-        for it in history {
-            let mut conversation = Vec::new();
-            for ask in std::iter::once(&it.prompt).chain(&it.follow_ups).take(max_turns.max(1)) {
-                conversation.push(ChatMessage::user(ask));
-                let ids = turn_prompt(engine, &conversation)?;
-                let out = engine.generate_tokens(&ids, &spec_params, &CancelToken::default(), |_| true)?;
-                answered += out.tokens.len();
-                conversation.push(ChatMessage::assistant(&out.text));
+        // (the arm without the draft model answers them too: its store must hold the same)
+        for e in std::iter::once(&mut *engine).chain(without.as_deref_mut()) {
+            for it in history {
+                let mut conversation = Vec::new();
+                for ask in std::iter::once(&it.prompt).chain(&it.follow_ups).take(max_turns.max(1)) {
+                    conversation.push(ChatMessage::user(ask));
+                    let ids = turn_prompt(e, &conversation)?;
+                    let out = e.generate_tokens(&ids, &spec_params, &CancelToken::default(), |_| true)?;
+                    answered += out.tokens.len();
+                    conversation.push(ChatMessage::assistant(&out.text));
+                }
             }
+            e.controller = None;
         }
-        engine.controller = None;
         println!(
             "history: {} conversations ({answered} tokens) answered first, unmeasured, in {:.0} s",
             history.len(),
@@ -523,23 +540,24 @@ pub fn spec_run(
             let ids = turn_prompt(engine, &conversation)?;
             // which arm starts alternates every run, which thread runs which arm every other
             // run: either order or seat alone tilts a comparison by 1-2% on this machine
-            let seat = (n / 2) % 2;
-            let arms = vec![(&mut *engine, &spec_params), (&mut *plain, &off_params)];
-            let outs = lockstep::side_by_side(arms, &ids, (n + seat) % 2, seat)?;
+            let mut arms = vec![(&mut *engine, &spec_params), (&mut *plain, &off_params)];
+            if let Some(w) = without.as_deref_mut() {
+                arms.push((w, &spec_params));
+            }
+            let k = arms.len();
+            let seat = (n / k) % k;
+            let mut outs = lockstep::side_by_side(arms, &ids, (n + seat) % k, seat)?.into_iter();
             n += 1;
-            let [spec, off]: [crate::engine::Output; 2] =
-                outs.try_into().unwrap_or_else(|_| unreachable!("side_by_side returns one output per arm"));
+            let (Some(spec), Some(off)) = (outs.next(), outs.next()) else {
+                unreachable!("side_by_side returns one output per arm")
+            };
+            if let Some(w) = outs.next() {
+                tally(&mut cats_without, &it.category).add(&w, &off);
+            }
             // the next turn follows the plain answer (the speculative one is the same when the
             // run is lossless, which the identical column checks)
             conversation.push(ChatMessage::assistant(&off.text));
-            let i = match cats.iter().position(|(k, _)| *k == it.category) {
-                Some(i) => i,
-                None => {
-                    cats.push((it.category.clone(), CatTotals::default()));
-                    cats.len() - 1
-                }
-            };
-            cats[i].1.add(&spec, &off);
+            tally(&mut cats, &it.category).add(&spec, &off);
             if turn_totals.len() <= turn {
                 turn_totals.push(CatTotals::default());
             }
@@ -589,7 +607,38 @@ pub fn spec_run(
     for (k, r) in &drafted_rounds {
         println!("rounds in which the controller had {k} draft: {r} of {all_rounds}");
     }
+    if !cats_without.is_empty() {
+        println!("\nThe same {mode:?} without the draft model (suffix index alone), in the same lockstep:\n{header}\n{rule}");
+        let mut gains = Vec::new();
+        for ((cat, t), (_, with)) in cats_without.iter().zip(&cats) {
+            t.print_row(cat);
+            if t.spec_tokens > 0 && with.spec_tokens > 0 {
+                gains.push(format!("{cat} {:.2}x", with.spec_rate() / t.spec_rate()));
+            }
+        }
+        let sum = |c: &[(String, CatTotals)]| {
+            c.iter().fold((0, 0.0), |(n, ms), (_, t)| (n + t.spec_tokens, ms + t.spec_ms))
+        };
+        let ((wn, wms), (on, oms)) = (sum(&cats), sum(&cats_without));
+        println!(
+            "\nwith the draft model over without it: {:.2}x over all tokens; by category: {}",
+            (wn as f64 / wms.max(1e-9)) / (on as f64 / oms.max(1e-9)),
+            gains.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// The totals of `category`, added at the end when it is new.
+fn tally<'a>(cats: &'a mut Vec<(String, CatTotals)>, category: &str) -> &'a mut CatTotals {
+    let i = match cats.iter().position(|(k, _)| k == category) {
+        Some(i) => i,
+        None => {
+            cats.push((category.to_string(), CatTotals::default()));
+            cats.len() - 1
+        }
+    };
+    &mut cats[i].1
 }
 
 #[cfg(test)]
