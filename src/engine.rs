@@ -198,6 +198,9 @@ pub struct Engine {
     /// `AUGUR_TRACE` set: one line per speculative round on stderr (what was drafted, by whom,
     /// what was accepted, what it cost), for seeing where a round's time goes.
     trace: bool,
+    /// The draft model sits this request out: the controller would not let it draft in the
+    /// first round, so it fed no prompt (feeding it later would cost what drafting saves).
+    draft_sits_out: bool,
 }
 
 impl Engine {
@@ -248,6 +251,7 @@ impl Engine {
             last_head_save: Instant::now(),
             kv_prefix: None,
             trace: std::env::var_os("AUGUR_TRACE").is_some(),
+            draft_sits_out: false,
         })
     }
 
@@ -474,7 +478,9 @@ impl Engine {
         if let Some(s) = self.suffix.as_mut() {
             s.begin(prompt);
         }
-        if let (Some(s), true) = (self.draft.as_mut(), drafter == Some(Drafter::Draft) || auto) {
+        let may_draft = self.controller.as_ref().is_some_and(|c| c.may_draft(Drafter::Draft));
+        self.draft_sits_out = auto && !may_draft;
+        if let (Some(s), true) = (self.draft.as_mut(), drafter == Some(Drafter::Draft) || auto && may_draft) {
             s.begin(prompt);
         }
         if let Some(h) = self.head.as_mut() {
@@ -660,8 +666,13 @@ impl Engine {
         }
         if self.trace {
             let by = |d: Drafter| tree.nodes.iter().filter(|n| n.drafter == d).count();
+            // each expensive speculator that drafted: its drafting + catch-up, and what the
+            // controller now believes it nets per round
             let drafted_ms = plan.as_ref().map_or(String::new(), |(_, d)| {
-                d.iter().map(|d| format!(" {}={:.0}+{:.0}ms", d.drafter.name(), d.ms, d.idle_ms)).collect::<String>()
+                let net = |x: Drafter| self.controller.as_ref().and_then(|c| c.net_ms(x)).unwrap_or(f64::NAN);
+                d.iter()
+                    .map(|d| format!(" {}={:.0}+{:.0}ms (nets {:.0}ms)", d.drafter.name(), d.ms, d.idle_ms, net(d.drafter)))
+                    .collect::<String>()
             });
             // the controller's estimate of each node's acceptance (its score for a fixed mode)
             let p: Vec<String> = tree.nodes.iter().map(|n| format!("{:.2}", n.score)).collect();
@@ -712,8 +723,9 @@ impl Engine {
             s.set_min_confidence(0.0);
             proposals.push((Drafter::Suffix, s.propose(context, budget, depth)));
         }
+        let draft = self.draft.as_deref_mut().filter(|_| !self.draft_sits_out);
         let expensive: [(Drafter, Option<&mut dyn Speculator>); 2] = [
-            (Drafter::Draft, self.draft.as_deref_mut().map(|s| s as &mut dyn Speculator)),
+            (Drafter::Draft, draft.map(|s| s as &mut dyn Speculator)),
             (Drafter::Head, self.head.as_mut().map(|h| h as &mut dyn Speculator)),
         ];
         for (d, s) in expensive {

@@ -21,12 +21,14 @@
 //! the pass. How deep it drafts (its lookahead) is searched the same way: one level deeper after
 //! a round whose deepest level paid for its pass and its rows, one level shallower after one
 //! whose deepest level did not. One that does not pay is looked at again, one level deep (one
-//! pass), at the start of each request, and within a request every `EXPLORE_EVERY` rounds, that
-//! interval doubling after each look that did not pay (up to `EXPLORE_MAX`). A look within a
-//! request also has to fit in `EXPLORE_SHARE` of the time decoded so far: a draft model that sat
-//! out must first feed every token committed meanwhile, and where each of those costs a tenth of
-//! a target step (lavapipe) no back-off makes that cheap, so there it is looked at again only
-//! when a request starts; where they cost little (a GPU), it is looked at within requests too.
+//! pass), at the start of a request, and within a request every `EXPLORE_EVERY` rounds, that
+//! interval doubling after each look that did not pay (up to `EXPLORE_MAX`). Every look has to
+//! fit in `EXPLORE_SHARE` of the time decoded so far (its drafting and its rows; a draft model
+//! skips the prompt of a request it will not look at). A look within a request also pays for
+//! catching up: a draft model that sat out must first feed every token committed meanwhile, and
+//! where each of those costs a tenth of a target step (lavapipe) no back-off makes that cheap,
+//! so there it is looked at again only when a request starts; where they cost little (a GPU),
+//! it is looked at within requests too.
 //! Until a look has measured that price, the drafter's own (a draft model times its prefill)
 //! stands in.
 //!
@@ -256,13 +258,24 @@ impl Controller {
     }
 
     /// A new request begins: its first round looks at every expensive speculator that is not
-    /// paying (the text may have changed; one level of drafting is all a look costs, a draft
-    /// model having fed the prompt during prefill).
+    /// paying (the text may have changed; a draft model feeds the prompt during prefill, so a
+    /// look costs its drafting and the rows of its nodes) if its last look's price fits in
+    /// `EXPLORE_SHARE` of the decoding so far. Without that share, a draft model that a device
+    /// makes too dear would cost every short request a look: on lavapipe a 0.5B model's look
+    /// at one level and its rows take 1-2 steps of a 1.5B target, 5-10% of a 24-token answer.
     pub fn begin_request(&mut self) {
         self.after_full = false;
+        let budget = EXPLORE_SHARE * self.total_ms - self.look_ms;
         for w in &mut self.worth {
-            w.look_due = w.net_ms.is_some_and(|n| n <= 0.0);
+            w.look_due = w.net_ms.is_some_and(|n| n <= 0.0) && w.look_ms <= budget;
         }
+    }
+
+    /// Whether an expensive speculator may draft in this request's first round (it pays, has
+    /// not been measured, or a look is due): a draft model that will not feeds no prompt.
+    pub fn may_draft(&self, d: Drafter) -> bool {
+        let w = &self.worth[idx(d)];
+        w.net_ms.is_none_or(|n| n > 0.0) || w.look_due
     }
 
     /// The lowest own score of a node worth drafting for `d`: below it, the calibrated chance
@@ -276,6 +289,12 @@ impl Controller {
             .map(|b| b as f32 / BINS as f32)
             .find(|&s| cal.p(level(0, false), s.max(0.01), true) >= price)
             .unwrap_or(1.0)
+    }
+
+    /// What an expensive speculator is believed to net per round it drafts, in milliseconds
+    /// (None until measured).
+    pub fn net_ms(&self, d: Drafter) -> Option<f64> {
+        self.worth[idx(d)].net_ms
     }
 
     /// Whether an expensive speculator is paying for its drafting (or has not been measured yet).
@@ -437,8 +456,9 @@ impl Controller {
                 w.explore_every = (w.explore_every * 2).min(EXPLORE_MAX);
             }
             if w.looking {
-                self.look_ms += ms + idle_ms;
-                w.look_ms = ms;
+                // a look's price: its drafting, feeding what it sat out, and its rows
+                self.look_ms += ms + idle_ms + rows_cost(own[i]);
+                w.look_ms = ms + rows_cost(own[i]);
                 w.idle_ms_per_token = Some(idle_ms / (w.since - committed).max(1) as f64);
             }
             w.since = committed;

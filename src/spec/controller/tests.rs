@@ -302,6 +302,37 @@ fn an_expensive_speculator_that_does_not_pay_is_looked_at_ever_less_often() {
 }
 
 #[test]
+fn looks_at_request_starts_keep_within_their_share_too() {
+    // requests of 20 rounds of 10 ms; a look at a request's start (no catch-up: the prompt was
+    // fed in prefill) drafts for 30 ms, more than a tenth of a request
+    let mut c = Controller::new(steep_cost());
+    let empty = Plan { tree: TokenTree::default(), sources: vec![], declined: vec![], proposed: 0, best_declined: 0.0 };
+    let (mut looked, mut spent, mut total) = (Vec::new(), 0.0, 0.0);
+    for request in 0..200 {
+        c.begin_request();
+        assert_eq!(c.may_draft(Drafter::Draft), request == 0 || c.worth[idx(Drafter::Draft)].look_due);
+        for round in 0..20 {
+            let drafted: Vec<Drafting> = c
+                .wants(Drafter::Draft, None)
+                .map(|_| {
+                    // (the first draft is the cold start, not a look)
+                    if (request, round) != (0, 0) {
+                        looked.push((request, round));
+                        spent += 30.0;
+                    }
+                    Drafting { drafter: Drafter::Draft, ms: 30.0, idle_ms: 0.0, deepest: Some((1, 30.0)) }
+                })
+                .into_iter()
+                .collect();
+            total += 10.0 + drafted.iter().map(|d| d.ms).sum::<f64>();
+            c.observe(&empty, &[], 1, 10.0, &drafted);
+        }
+    }
+    assert!(spent / total <= EXPLORE_SHARE, "looks took {:.1}% of the time", 100.0 * spent / total);
+    assert!(looked.len() >= 10, "it is still looked at now and then: {looked:?}");
+}
+
+#[test]
 fn looks_that_must_feed_every_skipped_token_keep_within_their_share() {
     // a look costs 5 ms plus what feeding each round it sat out costs
     for (idle_ms, min_looks) in [(0.05, 8), (1.0, 2)] {
