@@ -73,7 +73,8 @@ impl Calibration {
         ((accepted + RATIO_PRIOR) / (scores + RATIO_PRIOR)).clamp(0.1, 3.0)
     }
 
-    fn bin(score: f32) -> usize {
+    /// The bin a score falls in.
+    pub fn bin(score: f32) -> usize {
         ((score.clamp(0.0, 1.0) * BINS as f32) as usize).min(BINS - 1)
     }
 
@@ -89,7 +90,8 @@ impl Calibration {
     ///
     /// The controller explores with a tree's first level only: one verified node teaches a bin
     /// as much as a chain of them, and a cold chain of 8 one-token-match guesses, each lifted by
-    /// the bonus, cost 4-5 plain steps a round for nothing (session 6's qa trace).
+    /// the bonus, cost 4-5 plain steps a round for nothing (session 6's qa trace); and with one
+    /// first-level node per bin a round, for the same reason among siblings.
     pub fn p(&self, level: usize, score: f32, explore: bool) -> f64 {
         let b = Self::bin(score);
         let (n, a) = self.bins[LEVELS][b];

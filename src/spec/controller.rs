@@ -319,6 +319,10 @@ impl Controller {
             sources: Vec<Source>,
         }
         let mut merged: Vec<M> = Vec::new();
+        // bins whose optimism a first-level node already took this round, per speculator: one
+        // verified node teaches a bin, and a cold draft model's 3-4 siblings, each lifted to
+        // ~0.5, made a 1.5B target's first pass on lavapipe cost two steps
+        let mut explored = [[false; BINS]; 3];
         for (d, tree) in proposals {
             let cal = &self.calib[idx(*d)];
             let lv = level(tree.evidence, self.after_full);
@@ -329,7 +333,13 @@ impl Controller {
                 // accepted only if its parent is: the product along the path; only the first
                 // level explores
                 let sure = parent.map_or(1.0, |q| merged[q].sure) * cal.p(lv, score, false);
-                let p = if parent.is_none() { cal.p(lv, score, true) } else { sure };
+                let p = match parent {
+                    None => {
+                        let first = !std::mem::replace(&mut explored[idx(*d)][Calibration::bin(score)], true);
+                        cal.p(lv, score, first)
+                    }
+                    Some(_) => sure,
+                };
                 let src = Source { drafter: *d, index: i, score, level: lv };
                 let hit = merged.iter().position(|m| m.parent == parent && m.token == n.token);
                 map[i] = match hit {

@@ -59,6 +59,28 @@ fn a_cold_chain_of_guesses_is_explored_one_node_deep() {
 }
 
 #[test]
+fn cold_siblings_in_one_bin_are_explored_one_at_a_time() {
+    // a cold draft model's first level: a likely token and three long shots scored alike. The
+    // optimism lifts one long shot per bin, so a device where a row costs 0.3 of a step
+    // verifies two nodes, not four (a 5-row first pass of a 1.5B target on lavapipe cost two
+    // plain steps)
+    let lavapipe = || CostModel::from_curve(vec![(1, 10.0), (2, 13.0), (3, 16.0), (4, 19.0), (5, 22.0), (16, 60.0)]);
+    let mut fan = TokenTree::default();
+    for (t, s) in [(1, 0.9), (2, 0.04), (3, 0.03), (4, 0.02)] {
+        fan.push(None, t, s, Drafter::Draft);
+    }
+    let plan = Controller::new(lavapipe()).choose(&[(Drafter::Draft, fan)], 63);
+    let tokens: Vec<u32> = plan.tree.nodes.iter().map(|n| n.token).collect();
+    assert_eq!(tokens, [1, 2], "the likely token and the first long shot");
+    // long shots in different bins each get their look
+    let mut spread = TokenTree::default();
+    for (t, s) in [(1, 0.05), (2, 0.15), (3, 0.25)] {
+        spread.push(None, t, s, Drafter::Draft);
+    }
+    assert_eq!(Controller::new(flat_cost()).choose(&[(Drafter::Draft, spread)], 63).tree.len(), 3);
+}
+
+#[test]
 fn calibration_learns_that_a_confident_speculator_is_wrong() {
     let mut c = Controller::new(steep_cost());
     let prop = [(Drafter::Head, chain(&[0.9, 0.8], Drafter::Head))];
