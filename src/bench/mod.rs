@@ -221,10 +221,16 @@ pub fn matmul_table(gpu: &crate::gpu::Gpu) {
     }
 }
 
-/// Every pipeline compiled and a few plain tokens first, so that shader compilation lands in no
-/// measurement (the suffix store is held out: it learns nothing from it).
+/// Every pipeline compiled, a pass of every size run (the target's verifications and a draft
+/// model's levels: llvmpipe compiles a kernel's code at its first dispatch) and a few plain
+/// tokens first, so that shader compilation lands in no measurement (the suffix store is held
+/// out: it learns nothing from it).
 pub fn warm_up(engine: &mut Engine) -> Result<()> {
     engine.gpu().kernels.build_row_blocks();
+    crate::spec::cost::warm_up(&engine.model)?;
+    if let Some(d) = engine.draft.as_mut() {
+        d.warm_up()?;
+    }
     let warm = engine.encode_prompt("Hello", true)?;
     let saved = engine.suffix.take();
     let params =

@@ -186,21 +186,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Writes KV slots 0..16 and a few at the long context, and the pass buffers, so it runs
 /// before a request's prefill. `sim` simulates another device (see `EngineOptions::simulate`).
 pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
-    let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
     let time = |m: usize, n_past: usize| -> Result<f64> {
-        let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
-        let tree = super::TokenTree::chain(&tokens[1..], super::Drafter::Suffix);
-        let spec = PassSpec {
-            m,
-            n_past,
-            tree: Some(tree.rows(n_past)),
-            logits_rows: 0..m,
-            accept: Some(greedy),
-            compact: false,
-        };
-        model.set_tokens(&tokens);
         let t = Instant::now();
-        model.run(&spec)?;
+        verification_pass(model, m, n_past)?;
         sim.delay(m);
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
@@ -208,10 +196,7 @@ pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
     let rows = CONTEXT_ROWS.min(model.max_batch);
     let keys = CONTEXT_KEYS.min(model.max_ctx.saturating_sub(rows));
     let long = keys >= 64;
-    // warm-up: every pipeline compiled and every buffer touched
-    for &m in &sizes {
-        time(m, 0)?;
-    }
+    warm_up(model)?;
     if long {
         time(rows, keys)?;
     }
@@ -239,6 +224,28 @@ pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
 }
 
 /// The sizes of `CALIBRATION_ROWS` that a pass of `model` holds.
+/// A greedy verification pass of a chain of `m` rows after `n_past` cached tokens (writing
+/// those KV slots), waited for.
+fn verification_pass(model: &GpuModel, m: usize, n_past: usize) -> Result<()> {
+    let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
+    let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
+    let tree = super::TokenTree::chain(&tokens[1..], super::Drafter::Suffix);
+    let spec =
+        PassSpec { m, n_past, tree: Some(tree.rows(n_past)), logits_rows: 0..m, accept: Some(greedy), compact: false };
+    model.set_tokens(&tokens);
+    model.run(&spec)
+}
+
+/// A verification pass of every calibrated size once: every pipeline compiled, every buffer
+/// touched, and on a driver that compiles a kernel's code at its first dispatch (llvmpipe),
+/// that code compiled. Writes KV slots 0..16, so it runs before a request's prefill.
+pub fn warm_up(model: &GpuModel) -> Result<()> {
+    for m in calibration_sizes(model) {
+        verification_pass(model, m, 0)?;
+    }
+    Ok(())
+}
+
 fn calibration_sizes(model: &GpuModel) -> Vec<usize> {
     CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)).collect()
 }

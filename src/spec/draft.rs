@@ -200,6 +200,21 @@ impl Speculator for DraftModelSpeculator {
     }
 
     /// Prefills the draft model's cache with the prompt while the request is still in prefill.
+    fn warm_up(&mut self) -> Result<()> {
+        let sizes = crate::spec::cost::CALIBRATION_ROWS.into_iter().chain([self.model.max_batch]);
+        for m in sizes.filter(|&m| m <= self.model.max_batch.min(self.model.max_ctx)) {
+            let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
+            // a drafting level (tree rows, every row's candidates) and a catch-up chunk
+            let tree = TokenTree::chain(&tokens[1..], Drafter::Draft);
+            for (tree, logits_rows) in [(Some(tree.rows(0)), 0..m), (None, m - 1..m)] {
+                self.model.set_tokens(&tokens);
+                self.candidates(&PassSpec { m, n_past: 0, tree, logits_rows, accept: None, compact: false })?;
+            }
+        }
+        self.fed.clear();
+        Ok(())
+    }
+
     fn begin(&mut self, prompt: &[u32]) {
         let t = std::time::Instant::now();
         if prompt.is_empty() || self.catch_up(prompt).is_err() {

@@ -73,4 +73,11 @@ pub trait Speculator {
     fn deepest_level(&self) -> Option<(usize, f64)> {
         None
     }
+    /// Runs each kind and size of pass it will run once, so that a driver that compiles a
+    /// kernel's code at its first dispatch does so here and not in a timed round (lavapipe with
+    /// a cold shader cache took 2-4 s on a 0.5B draft model's first 2- and 3-row levels). For
+    /// benchmarks; what it leaves in its cache is dropped, and the next request feeds its prompt.
+    fn warm_up(&mut self) -> crate::error::Result<()> {
+        Ok(())
+    }
 }
