@@ -671,7 +671,9 @@ impl Engine {
             let drafted_ms = plan.as_ref().map_or(String::new(), |(_, d)| {
                 let net = |x: Drafter| self.controller.as_ref().and_then(|c| c.net_ms(x)).unwrap_or(f64::NAN);
                 d.iter()
-                    .map(|d| format!(" {}={:.0}+{:.0}ms (nets {:.0}ms)", d.drafter.name(), d.ms, d.idle_ms, net(d.drafter)))
+                    .map(|d| {
+                        format!(" {}={:.0}+{:.0}ms (nets {:.0}ms)", d.drafter.name(), d.ms, d.idle_ms, net(d.drafter))
+                    })
                     .collect::<String>()
             });
             // the controller's estimate of each node's acceptance (its score for a fixed mode)

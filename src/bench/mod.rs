@@ -614,7 +614,9 @@ pub fn spec_run(
         println!("rounds in which the controller had {k} draft: {r} of {all_rounds}");
     }
     if !cats_without.is_empty() {
-        println!("\nThe same {mode:?} without the draft model (suffix index alone), in the same lockstep:\n{header}\n{rule}");
+        println!(
+            "\nThe same {mode:?} without the draft model (suffix index alone), in the same lockstep:\n{header}\n{rule}"
+        );
         let mut gains = Vec::new();
         for ((cat, t), (_, with)) in cats_without.iter().zip(&cats) {
             t.print_row(cat);
@@ -622,9 +624,8 @@ pub fn spec_run(
                 gains.push(format!("{cat} {:.2}x", with.spec_rate() / t.spec_rate()));
             }
         }
-        let sum = |c: &[(String, CatTotals)]| {
-            c.iter().fold((0, 0.0), |(n, ms), (_, t)| (n + t.spec_tokens, ms + t.spec_ms))
-        };
+        let sum =
+            |c: &[(String, CatTotals)]| c.iter().fold((0, 0.0), |(n, ms), (_, t)| (n + t.spec_tokens, ms + t.spec_ms));
         let ((wn, wms), (on, oms)) = (sum(&cats), sum(&cats_without));
         println!(
             "\nwith the draft model over without it: {:.2}x over all tokens; by category: {}",
