@@ -223,7 +223,6 @@ pub fn calibrate(model: &GpuModel, sim: SimulatedDevice) -> Result<CostModel> {
     Ok(CostModel::from_calibration(curve).with_context_cost(per_row_key_ms))
 }
 
-/// The sizes of `CALIBRATION_ROWS` that a pass of `model` holds.
 /// A greedy verification pass of a chain of `m` rows after `n_past` cached tokens (writing
 /// those KV slots), waited for.
 fn verification_pass(model: &GpuModel, m: usize, n_past: usize) -> Result<()> {
@@ -246,7 +245,8 @@ pub fn warm_up(model: &GpuModel) -> Result<()> {
     Ok(())
 }
 
-fn calibration_sizes(model: &GpuModel) -> Vec<usize> {
+/// The sizes of `CALIBRATION_ROWS` that a pass of `model` holds.
+pub(crate) fn calibration_sizes(model: &GpuModel) -> Vec<usize> {
     CALIBRATION_ROWS.into_iter().filter(|&m| m <= model.max_batch.min(64).min(model.max_ctx)).collect()
 }
 

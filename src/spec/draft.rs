@@ -199,10 +199,10 @@ impl Speculator for DraftModelSpeculator {
         Drafter::Draft
     }
 
-    /// Prefills the draft model's cache with the prompt while the request is still in prefill.
     fn warm_up(&mut self) -> Result<()> {
-        let sizes = crate::spec::cost::CALIBRATION_ROWS.into_iter().chain([self.model.max_batch]);
-        for m in sizes.filter(|&m| m <= self.model.max_batch.min(self.model.max_ctx)) {
+        // the calibrated sizes, and a whole catch-up chunk
+        let whole = (self.model.max_batch <= self.model.max_ctx).then_some(self.model.max_batch);
+        for m in crate::spec::cost::calibration_sizes(&self.model).into_iter().chain(whole) {
             let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
             // a drafting level (tree rows, every row's candidates) and a catch-up chunk
             let tree = TokenTree::chain(&tokens[1..], Drafter::Draft);
@@ -215,6 +215,7 @@ impl Speculator for DraftModelSpeculator {
         Ok(())
     }
 
+    /// Prefills the draft model's cache with the prompt while the request is still in prefill.
     fn begin(&mut self, prompt: &[u32]) {
         let t = std::time::Instant::now();
         if prompt.is_empty() || self.catch_up(prompt).is_err() {
