@@ -736,6 +736,7 @@ impl Engine {
             {
                 let t = Instant::now();
                 s.set_min_confidence(c.min_score(d));
+                s.set_expand_confidence(c.min_expand_score(d, s.level_ms()));
                 let tree = s.propose(context, budget, depth.min(lookahead));
                 // feeding tokens committed while it sat out is the price of the look, not of
                 // drafting with it

@@ -30,7 +30,10 @@
 //! so there it is looked at again only when a request starts; where they cost little (a GPU),
 //! it is looked at within requests too.
 //! Until a look has measured that price, the drafter's own (a draft model times its prefill)
-//! stands in.
+//! stands in. Within a round, a drafter that drafts level by level in passes of its own expands
+//! only nodes likely enough to pay for the next level's pass and a row (`min_expand_score`).
+//! Drafting times are set against steps at the speed the machine runs now: each round's saved
+//! steps and added rows are priced by the cost curve's shape scaled to that round's own pass.
 //!
 //! It runs on the host, between the readback of one round and the submission of the next: the
 //! host builds every round's tree anyway (the suffix matches are found on the CPU), so a GPU
@@ -196,6 +199,9 @@ pub struct Controller {
     /// Time of every round (verification and drafting), and of the looks within them.
     total_ms: f64,
     look_ms: f64,
+    /// A plain step at the speed of the last rounds (each round's pass priced by the curve's
+    /// shape, exponentially weighted over ~2 rounds): what drafting times are set against.
+    step_now: Option<f64>,
     /// Whether the last round of this request verified a tree and had all of it accepted (its
     /// accepted path reached the tree's deepest level): what the next round is calibrated on.
     after_full: bool,
@@ -229,6 +235,7 @@ impl Controller {
             worth: Default::default(),
             total_ms: 0.0,
             look_ms: 0.0,
+            step_now: None,
             after_full: false,
             stats: ControllerStats::default(),
         }
@@ -284,10 +291,28 @@ impl Controller {
     /// row of its own pass for nothing (a child never outscores its parent).
     pub fn min_score(&self, d: Drafter) -> f32 {
         let price = self.cost.verify_ms(2) / self.cost.verify_ms(1) - 1.0;
+        self.lowest_score_worth(d, price, true)
+    }
+
+    /// The lowest own score of a node worth expanding into a further level for `d`, whose
+    /// levels cost `level_ms` each (`Speculator::level_ms`): its children can add at most its
+    /// own chance of acceptance in tokens, each worth a plain step, so below the price of the
+    /// pass (relative to a step) and of a row, the level cannot pay. On lavapipe a 0.5B draft
+    /// model's level costs 0.3-0.5 of a 1.5B step, and levels drafted past nodes at 0.5 were
+    /// spent on drafts that at best broke even; where levels are cheap (a GPU) this is
+    /// `min_score`. No optimism: the level is paid whatever the calibration learns from it.
+    pub fn min_expand_score(&self, d: Drafter, level_ms: Option<f64>) -> f32 {
+        let step = self.step_now.unwrap_or(self.cost.verify_ms(1));
+        let price = self.cost.verify_ms(2) / self.cost.verify_ms(1) - 1.0 + level_ms.unwrap_or(0.0) / step;
+        self.min_score(d).max(self.lowest_score_worth(d, price, false))
+    }
+
+    /// The lowest score (to a bin's width) whose calibrated acceptance covers `price`.
+    fn lowest_score_worth(&self, d: Drafter, price: f64, explore: bool) -> f32 {
         let cal = &self.calib[idx(d)];
         (0..BINS)
             .map(|b| b as f32 / BINS as f32)
-            .find(|&s| cal.p(level(0, false), s.max(0.01), true) >= price)
+            .find(|&s| cal.p(level(0, false), s.max(0.01), explore) >= price)
             .unwrap_or(1.0)
     }
 
@@ -407,6 +432,13 @@ impl Controller {
     /// the pass of `rows` rows took `verify_ms`, and the speculators in `drafted` drafted.
     pub fn observe(&mut self, plan: &Plan, accepted: &[bool], rows: usize, verify_ms: f64, drafted: &[Drafting]) {
         let t = std::time::Instant::now();
+        // passes priced at this round's speed: the curve's shape, scaled by what this pass took.
+        // Drafting times are this round's too; a step priced at the speed of rounds ago (the
+        // scale follows the machine over ~10 rounds) once valued a token at twice what it saved
+        // after the machine sped up, and made a draft model that lost look as if it paid
+        let now = verify_ms / self.cost.verify_ms(rows).max(1e-9);
+        let priced: Vec<f64> = (0..=rows).map(|m| self.cost.verify_ms(m.max(1)) * now).collect();
+        self.step_now = Some(self.step_now.map_or(priced[1], |s| s + 0.5 * (priced[1] - s)));
         self.cost.observe(rows, verify_ms);
         self.total_ms += verify_ms + drafted.iter().map(|d| d.ms + d.idle_ms).sum::<f64>();
         let committed = 1 + accepted.iter().filter(|&&a| a).count();
@@ -440,8 +472,8 @@ impl Controller {
         // each token it alone got accepted saves a plain step; against that, its drafting time
         // and the rows its own nodes added to the verification pass (on a device where rows are
         // dear, a draft model can be right most of the time and still not pay)
-        let step = self.cost.verify_ms(1);
-        let rows_cost = |own: usize| self.cost.verify_ms(rows) - self.cost.verify_ms(rows - own);
+        let step = priced[1];
+        let rows_cost = |own: usize| priced[rows] - priced[rows - own];
         for &Drafting { drafter: d, ms, idle_ms, deepest } in drafted {
             *self.stats.drafted_rounds.entry(d.name().into()).or_default() += 1;
             let i = idx(d);

@@ -9,7 +9,8 @@
 //! score is the product of the draft probabilities along its path, an estimate of the chance
 //! that the target accepts it; the tree sent for verification is the `budget` best-scoring nodes
 //! (a child never outscores its parent, so that set is a tree). Drafting stops deepening once
-//! no node of the new level is likely enough to be kept.
+//! no node of the new level is likely enough to be kept, or, under the controller, to pay for
+//! another level's pass (`Speculator::set_expand_confidence`).
 //!
 //! Drafts are fixed proposals (q one-hot in the acceptance rule), so verification stays lossless
 //! when sampling too.
@@ -34,6 +35,10 @@ pub struct DraftModelSpeculator {
     fed: Vec<u32>,
     width: usize,
     min_confidence: f32,
+    /// Least score of a node expanded into a further level (`Speculator::set_expand_confidence`),
+    /// and what a level's pass has taken, exponentially weighted.
+    expand_confidence: f32,
+    level_ms: Option<f64>,
     /// Deepest level of the last proposal: at most that many drafts and the bonus token can have
     /// been committed since, if it drafted in the round before.
     last_depth: usize,
@@ -84,6 +89,8 @@ impl DraftModelSpeculator {
             fed: Vec::new(),
             width: DEFAULT_WIDTH,
             min_confidence: 0.0,
+            expand_confidence: 0.0,
+            level_ms: None,
             last_depth: 0,
             idle_ms: 0.0,
             deepest: None,
@@ -153,7 +160,8 @@ impl DraftModelSpeculator {
         // visibility mask of each tree slot the draft model has written this round
         let mut masks: Vec<[u32; 2]> = Vec::new();
         for depth in 1..max_depth {
-            let level = cands.level(depth, budget, self.width, self.min_confidence);
+            let min = self.min_confidence.max(self.expand_confidence);
+            let level = cands.level(depth, budget, self.width, min);
             let used_slots = masks.len();
             if level.is_empty()
                 || used_slots + level.len() > 64
@@ -188,7 +196,9 @@ impl DraftModelSpeculator {
             for (&i, row) in level.iter().zip(self.candidates(&spec)?) {
                 cands.add(Some(i), row, 1.0);
             }
-            self.deepest = Some((depth + 1, t.elapsed().as_secs_f64() * 1e3));
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            self.deepest = Some((depth + 1, ms));
+            self.level_ms = Some(self.level_ms.map_or(ms, |l| l + 0.3 * (ms - l)));
         }
         Ok(cands.best_tree(budget, self.min_confidence, Drafter::Draft).0)
     }
@@ -258,6 +268,14 @@ impl Speculator for DraftModelSpeculator {
 
     fn deepest_level(&self) -> Option<(usize, f64)> {
         self.deepest
+    }
+
+    fn set_expand_confidence(&mut self, c: f32) {
+        self.expand_confidence = c;
+    }
+
+    fn level_ms(&self) -> Option<f64> {
+        self.level_ms
     }
 
     fn feed_ms_per_token(&self) -> Option<f64> {

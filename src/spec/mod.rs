@@ -55,6 +55,15 @@ pub trait Speculator {
     fn propose(&mut self, context: &[u32], budget: usize, max_depth: usize) -> TokenTree;
     /// Leave out drafts whose estimated acceptance is below `c` (0..1).
     fn set_min_confidence(&mut self, _c: f32) {}
+    /// A speculator that drafts level by level in passes of its own: expand a node into the
+    /// next level only if its estimated acceptance is at least `c`, the price of a level's
+    /// pass and a verification row (a level paid for by its top node alone, at best).
+    fn set_expand_confidence(&mut self, _c: f32) {}
+    /// What one of its drafting levels (a pass over the expanded nodes) costs, as measured over
+    /// its recent levels (None: it drafts in no passes, or has drafted no level past the first).
+    fn level_ms(&self) -> Option<f64> {
+        None
+    }
     /// The request ended with these tokens (prompt and output): learn from them.
     fn finish(&mut self, context: &[u32], prompt_len: usize);
     /// Of the last `propose`, the milliseconds spent feeding committed tokens that earlier rounds

@@ -251,6 +251,26 @@ fn a_draft_model_that_is_always_right_but_dear_to_verify_is_dropped() {
 }
 
 #[test]
+fn a_draft_model_is_priced_at_the_speed_of_its_round() {
+    // the same rounds as above, after the machine ran at half speed for a while and is back to
+    // full speed: the 3 steps saved are worth 30 ms now, not what steps took before
+    for (draft_ms, pays) in [(15.0, true), (25.0, false)] {
+        let mut c = Controller::new(steep_cost());
+        let empty = Plan { tree: TokenTree::default(), sources: vec![], declined: vec![], proposed: 0, best_declined: 0.0 };
+        for _ in 0..30 {
+            c.observe(&empty, &[], 1, 2.0 * steep_cost().verify_ms(1), &[]);
+        }
+        assert!(c.cost.verify_ms(1) > 18.0, "the cost model has followed the slow machine");
+        assert_eq!(c.wants(Drafter::Draft, None), Some(1));
+        let plan = c.choose(&[(Drafter::Draft, chain(&[0.95; 4], Drafter::Draft))], 63);
+        assert_eq!(plan.tree.len(), 3);
+        let drafting = Drafting { drafter: Drafter::Draft, ms: draft_ms, idle_ms: 0.0, deepest: None };
+        c.observe(&plan, &[true; 3], 4, steep_cost().verify_ms(4), &[drafting]);
+        assert_eq!(c.wants(Drafter::Draft, None).is_some(), pays, "drafting for {draft_ms} ms");
+    }
+}
+
+#[test]
 fn drafts_below_the_price_of_a_row_are_not_expanded() {
     let (flat, steep) = (Controller::new(flat_cost()), Controller::new(steep_cost()));
     assert_eq!(flat.min_score(Drafter::Draft), 0.0, "a row costs 5% of a step: everything");
@@ -267,6 +287,28 @@ fn drafts_below_the_price_of_a_row_are_not_expanded() {
     }
     let min = c.min_score(Drafter::Draft);
     assert!((0.55..0.75).contains(&min), "{min}");
+}
+
+#[test]
+fn levels_are_expanded_only_past_nodes_that_can_pay_for_their_pass() {
+    // a row costs 40% of a step on the steep device; a drafter taken at its word (its scores
+    // right as often as they say)
+    let mut c = Controller::new(steep_cost());
+    for b in 0..BINS {
+        let score = (b as f32 + 0.5) / BINS as f32;
+        for i in 0..100 {
+            c.calib[idx(Drafter::Draft)].observe(0, score, ((i * 37 % 100) as f32 + 0.5) / 100.0 < score);
+        }
+    }
+    let row_only = c.min_score(Drafter::Draft);
+    assert!((0.3..0.5).contains(&row_only), "{row_only}");
+    assert_eq!(c.min_expand_score(Drafter::Draft, None), row_only, "an unmeasured level: the row's price");
+    assert_eq!(c.min_expand_score(Drafter::Draft, Some(0.1)), row_only, "a level at 1% of a step");
+    // a level at 40% of a step: a node must be accepted 80% of the time to pay for its pass
+    // and a row
+    let dear = c.min_expand_score(Drafter::Draft, Some(4.0));
+    assert!((0.7..0.9).contains(&dear), "{dear}");
+    assert_eq!(c.min_expand_score(Drafter::Draft, Some(20.0)), 1.0, "levels dearer than a step: none");
 }
 
 #[test]
