@@ -126,6 +126,10 @@ pub struct HeadSpeculator {
     staging: wgpu::Buffer,
     pub opts: HeadOptions,
     min_confidence: f32,
+    /// `Speculator::set_expand_confidence`, and what a level's pass took (exponentially
+    /// weighted): each level runs the target's LM head over its rows.
+    expand_confidence: f32,
+    level_ms: Option<f64>,
     /// `Speculator::deepest_level` of the last proposal.
     deepest: Option<(usize, f64)>,
     /// prev_h holds the target's hidden state before the current root.
@@ -184,6 +188,8 @@ impl HeadSpeculator {
             staging,
             opts,
             min_confidence: 0.0,
+            expand_confidence: 0.0,
+            level_ms: None,
             deepest: None,
             have_prev: false,
             step: 0,
@@ -433,7 +439,8 @@ impl HeadSpeculator {
         cands.add(None, first, calib);
         let mut used = 1;
         for depth in 1..max_depth {
-            let level = cands.level(depth, budget, self.opts.width, self.min_confidence);
+            let min = self.min_confidence.max(self.expand_confidence);
+            let level = cands.level(depth, budget, self.opts.width, min);
             if level.is_empty() || used + level.len() > TREE_SLOTS {
                 break;
             }
@@ -452,7 +459,9 @@ impl HeadSpeculator {
             for (&i, row) in level.iter().zip(self.expand(&rows)?) {
                 cands.add(Some(i), row, 1.0);
             }
-            self.deepest = Some((depth + 1, t.elapsed().as_secs_f64() * 1e3));
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            self.deepest = Some((depth + 1, ms));
+            self.level_ms = Some(self.level_ms.map_or(ms, |l| l + 0.3 * (ms - l)));
         }
         let (tree, picked) = cands.best_tree(budget, self.min_confidence, Drafter::Head);
         // verify row 0 is the root, whose prediction sits in slot 0
@@ -486,6 +495,14 @@ impl Speculator for HeadSpeculator {
 
     fn set_min_confidence(&mut self, c: f32) {
         self.min_confidence = c;
+    }
+
+    fn set_expand_confidence(&mut self, c: f32) {
+        self.expand_confidence = c;
+    }
+
+    fn level_ms(&self) -> Option<f64> {
+        self.level_ms
     }
 
     fn finish(&mut self, _context: &[u32], _prompt_len: usize) {}
