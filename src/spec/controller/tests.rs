@@ -256,7 +256,8 @@ fn a_draft_model_is_priced_at_the_speed_of_its_round() {
     // full speed: the 3 steps saved are worth 30 ms now, not what steps took before
     for (draft_ms, pays) in [(15.0, true), (25.0, false)] {
         let mut c = Controller::new(steep_cost());
-        let empty = Plan { tree: TokenTree::default(), sources: vec![], declined: vec![], proposed: 0, best_declined: 0.0 };
+        let empty =
+            Plan { tree: TokenTree::default(), sources: vec![], declined: vec![], proposed: 0, best_declined: 0.0 };
         for _ in 0..30 {
             c.observe(&empty, &[], 1, 2.0 * steep_cost().verify_ms(1), &[]);
         }
