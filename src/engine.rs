@@ -731,7 +731,11 @@ impl Engine {
             (Drafter::Head, self.head.as_mut().map(|h| h as &mut dyn Speculator)),
         ];
         for (d, s) in expensive {
+            let covered = |s: &dyn Speculator| {
+                proposals.first().is_some_and(|(by, t)| *by == Drafter::Suffix && c.sits_out(d, t, depth, s.level_ms()))
+            };
             if let Some(s) = s
+                && !covered(&*s)
                 && let Some(lookahead) = c.wants(d, s.feed_ms_per_token())
             {
                 let t = Instant::now();

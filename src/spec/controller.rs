@@ -34,6 +34,8 @@
 //! only nodes likely enough to pay for the next level's pass and a row (`min_expand_score`).
 //! Drafting times are set against steps at the speed the machine runs now: each round's saved
 //! steps and added rows are priced by the cost curve's shape scaled to that round's own pass.
+//! One that pays sits out a round whose tokens the suffix index already proposes (`sits_out`),
+//! and starts every request one level deep, its first round's net replacing the last request's.
 //!
 //! It runs on the host, between the readback of one round and the submission of the next: the
 //! host builds every round's tree anyway (the suffix matches are found on the CPU), so a GPU
@@ -76,6 +78,9 @@ struct Worth {
     looking: bool,
     /// A new request began: look at it in its first round.
     look_due: bool,
+    /// A new request began while it paid: its first drafting round's net replaces what the
+    /// last request left (the text may have changed).
+    fresh: bool,
     /// Tokens committed since it last drafted (what it must feed first, if it keeps a cache).
     since: usize,
     /// What its last look cost: drafting, and feeding each token committed while it sat out
@@ -94,6 +99,7 @@ impl Default for Worth {
             asked: 0,
             looking: false,
             look_due: false,
+            fresh: false,
             since: 0,
             look_ms: 0.0,
             idle_ms_per_token: None,
@@ -275,7 +281,42 @@ impl Controller {
         let budget = EXPLORE_SHARE * self.total_ms - self.look_ms;
         for w in &mut self.worth {
             w.look_due = w.net_ms.is_some_and(|n| n <= 0.0) && w.look_ms <= budget;
+            // one that pays starts the request one level deep, and its first round's net
+            // replaces the last request's: a net earned in code carried into translation, at
+            // the depth code had reached, cost 3-4 rounds of deep drafting before it turned
+            if w.net_ms.is_some_and(|n| n > 0.0) {
+                w.depth = 1;
+                w.fresh = true;
+            }
         }
+    }
+
+    /// Whether an expensive speculator that pays sits this round out because the suffix
+    /// index's proposal already covers what it could add: at full acceptance of its own
+    /// drafts, each of its levels adds a token only where the suffix index's best node at that
+    /// depth would not be accepted (1 less that node's calibrated chance), and those tokens,
+    /// at a step each, would not pay for its levels (`level_ms` each, as measured). A paying
+    /// draft model otherwise drafts the very tokens the suffix index proposed for free: 479,
+    /// 279 and 198 ms in three rounds of a code rewrite (session 34).
+    pub fn sits_out(&self, d: Drafter, suffix: &TokenTree, max_depth: usize, level_ms: Option<f64>) -> bool {
+        let w = &self.worth[idx(d)];
+        let (Some(level_ms), true) = (level_ms, w.net_ms.is_some_and(|n| n > 0.0) && !w.look_due) else {
+            return false;
+        };
+        let depth = w.depth.min(max_depth);
+        let cal = &self.calib[idx(Drafter::Suffix)];
+        let lv = level(suffix.evidence, self.after_full);
+        let mut sure = vec![0.0; suffix.len()];
+        let mut best = vec![0.0f64; depth + 1];
+        for (i, n) in suffix.nodes.iter().enumerate() {
+            sure[i] = n.parent.map_or(1.0, |q| sure[q]) * cal.p(lv, conditional(suffix, i), false);
+            if n.depth <= depth {
+                best[n.depth] = best[n.depth].max(sure[i]);
+            }
+        }
+        let step = self.step_now.unwrap_or(self.cost.verify_ms(1));
+        let adds: f64 = best[1..].iter().map(|b| 1.0 - b).sum();
+        adds * step < depth as f64 * level_ms
     }
 
     /// Whether an expensive speculator may draft in this request's first round (it pays, has
@@ -481,9 +522,10 @@ impl Controller {
             let w = &mut self.worth[i];
             // a look replaces the estimate: it is the news about text the speculator sat out
             w.net_ms = Some(match w.net_ms {
-                Some(n) if !w.looking => n + 0.2 * (net - n),
+                Some(n) if !w.looking && !w.fresh => n + 0.2 * (net - n),
                 _ => net,
             });
+            w.fresh = false;
             // its deepest level: the pass that drafted it and the rows of its nodes there (a
             // drafter that stopped short by itself says nothing about going deeper)
             if let Some((reached, pass_ms)) = deepest

@@ -251,6 +251,30 @@ fn a_draft_model_that_is_always_right_but_dear_to_verify_is_dropped() {
 }
 
 #[test]
+fn a_paying_draft_model_sits_out_what_the_suffix_index_covers() {
+    // it pays (15 ms for 3 accepted tokens, as above), one level deep, its levels 4 ms each
+    let mut c = Controller::new(steep_cost());
+    c.wants(Drafter::Draft, None);
+    let plan = c.choose(&[(Drafter::Draft, chain(&[0.95; 4], Drafter::Draft))], 63);
+    let drafting = Drafting { drafter: Drafter::Draft, ms: 15.0, idle_ms: 0.0, deepest: None };
+    c.observe(&plan, &[true; 3], 4, steep_cost().verify_ms(4), &[drafting]);
+    assert!(c.pays(Drafter::Draft));
+    let sure = chain(&[0.95, 0.9], Drafter::Suffix);
+    let unsure = chain(&[0.3, 0.2], Drafter::Suffix);
+    assert!(c.sits_out(Drafter::Draft, &sure, 8, Some(4.0)), "a 95% first token leaves 0.5 ms to gain");
+    assert!(!c.sits_out(Drafter::Draft, &unsure, 8, Some(4.0)), "a 30% one leaves 7 ms");
+    assert!(!c.sits_out(Drafter::Draft, &TokenTree::default(), 8, Some(4.0)), "nothing proposed");
+    assert!(!c.sits_out(Drafter::Draft, &sure, 8, None), "levels not measured yet");
+    // a new request: it starts one level deep again and its first round decides afresh
+    c.begin_request();
+    c.wants(Drafter::Draft, None);
+    let plan = c.choose(&[(Drafter::Draft, chain(&[0.95; 4], Drafter::Draft))], 63);
+    let drafting = Drafting { drafter: Drafter::Draft, ms: 15.0, idle_ms: 0.0, deepest: None };
+    c.observe(&plan, &[false; 3], 4, steep_cost().verify_ms(4), &[drafting]);
+    assert!(!c.pays(Drafter::Draft), "one losing first round is enough");
+}
+
+#[test]
 fn a_draft_model_is_priced_at_the_speed_of_its_round() {
     // the same rounds as above, after the machine ran at half speed for a while and is back to
     // full speed: the 3 steps saved are worth 30 ms now, not what steps took before
