@@ -314,7 +314,7 @@ impl Controller {
                 best[n.depth] = best[n.depth].max(sure[i]);
             }
         }
-        let step = self.step_now.unwrap_or(self.cost.verify_ms(1));
+        let step = self.step_ms();
         let adds: f64 = best[1..].iter().map(|b| 1.0 - b).sum();
         adds * step < depth as f64 * level_ms
     }
@@ -343,9 +343,14 @@ impl Controller {
     /// spent on drafts that at best broke even; where levels are cheap (a GPU) this is
     /// `min_score`. No optimism: the level is paid whatever the calibration learns from it.
     pub fn min_expand_score(&self, d: Drafter, level_ms: Option<f64>) -> f32 {
-        let step = self.step_now.unwrap_or(self.cost.verify_ms(1));
+        let step = self.step_ms();
         let price = self.cost.verify_ms(2) / self.cost.verify_ms(1) - 1.0 + level_ms.unwrap_or(0.0) / step;
         self.min_score(d).max(self.lowest_score_worth(d, price, false))
+    }
+
+    /// A plain step at the machine's current speed (the cost model's until a round has run).
+    fn step_ms(&self) -> f64 {
+        self.step_now.unwrap_or_else(|| self.cost.verify_ms(1))
     }
 
     /// The lowest score (to a bin's width) whose calibrated acceptance covers `price`.
