@@ -83,6 +83,10 @@ pub struct GenerateParams {
     pub chat: bool,
     /// Stop at the model's end-of-text / end-of-turn tokens.
     pub stop_at_eos: bool,
+    /// Stop strings: generation ends where the text first contains one, and `Output::text`
+    /// (and what `generate` streams) ends just before it. Tokens a speculative round accepted
+    /// past it are dropped, so the KV cache keeps only what was given out.
+    pub stop: Vec<String>,
     /// Speculative decoding (lossless: greedy output is unchanged, sampled output keeps its
     /// distribution).
     pub speculate: SpecMode,
@@ -102,6 +106,7 @@ impl Default for GenerateParams {
             seed: 0,
             chat: false,
             stop_at_eos: true,
+            stop: Vec::new(),
             speculate: SpecMode::Auto,
             tree_budget: 8,
             max_depth: 8,
@@ -110,12 +115,16 @@ impl Default for GenerateParams {
 }
 
 impl GenerateParams {
-    fn check(&self) -> Result<()> {
+    /// Refuses values no generation can use, with the flag to fix.
+    pub fn check(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::msg("--temperature must be a finite number >= 0"));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::msg("--top-p must be in (0, 1]"));
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::msg("a --stop string is empty; give at least one character"));
         }
         Ok(())
     }
@@ -132,7 +141,7 @@ pub struct Stats {
     pub prefill_ms: f64,
     /// The rest of the generation.
     pub decode_ms: f64,
-    /// "stop" (end token), "length" (max_tokens or context), "cancelled".
+    /// "stop" (end token or stop string), "length" (max_tokens or context), "cancelled".
     pub finish_reason: String,
 }
 
@@ -365,16 +374,24 @@ impl Engine {
     ) -> Result<Output> {
         let ids = self.encode_prompt(prompt, params.chat)?;
         let mut dec = StreamDecoder::new();
+        let mut stop = crate::stop::StopFilter::new(&params.stop);
         let tokenizer = self.tokenizer.clone();
+        let mut going = true;
         let out = self.generate_tokens(&ids, params, &CancelToken::default(), |id| {
-            let piece = dec.push(&tokenizer, id);
-            piece.is_empty() || on_text(&piece)
+            let piece = stop.push(&dec.push(&tokenizer, id)).to_string();
+            going = piece.is_empty() || on_text(&piece);
+            going
         })?;
+        // text held back as the possible start of a stop string that never came
+        let rest = stop.finish();
+        if going && !rest.is_empty() {
+            on_text(rest);
+        }
         Ok(out)
     }
 
-    /// Generates from token ids. `on_token` sees every generated token (stop tokens excluded) and
-    /// returns false to stop.
+    /// Generates from token ids. `on_token` sees every generated token (end tokens excluded; the
+    /// token that completes a stop string included) and returns false to stop.
     pub fn generate_tokens(
         &mut self,
         prompt: &[u32],
@@ -495,6 +512,8 @@ impl Engine {
         let t1 = Instant::now();
         let mut context = prompt.to_vec();
         let mut tokens = Vec::new();
+        // with stop strings: the text so far, to look for them after every committed token
+        let mut stop_text = (!params.stop.is_empty()).then(|| (StreamDecoder::new(), String::new()));
         let mut pending = vec![next];
         let finish = 'generation: loop {
             for t in pending.drain(..) {
@@ -509,6 +528,15 @@ impl Engine {
                 context.push(t);
                 if !on_token(t) || cancel.is_cancelled() {
                     break 'generation "cancelled";
+                }
+                if let Some((dec, text)) = stop_text.as_mut() {
+                    let from = text.len();
+                    text.push_str(&dec.push(&self.tokenizer, t));
+                    if crate::stop::find(&params.stop, text, from).is_some() {
+                        // the rest of this round's tokens are dropped: n_past counts their
+                        // slots, but the KV prefix below keeps only committed tokens
+                        break 'generation "stop";
+                    }
                 }
                 if tokens.len() >= params.max_tokens {
                     break 'generation "length";
@@ -553,7 +581,10 @@ impl Engine {
             spec_stats.controller = Some(c.stats.since(before));
         }
         self.autosave_head();
-        let text = self.tokenizer.decode(&tokens);
+        let mut text = self.tokenizer.decode(&tokens);
+        if let Some(at) = crate::stop::find(&params.stop, &text, 0) {
+            text.truncate(at);
+        }
         Ok(Output { text, tokens, stats, spec: speculate.then_some(spec_stats) })
     }
 

@@ -9,6 +9,7 @@ pub mod model;
 pub mod pull;
 pub mod sampler;
 pub mod spec;
+pub mod stop;
 pub mod train;
 pub mod util;
 

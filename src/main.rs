@@ -178,6 +178,9 @@ struct GenArgs {
     /// Wrap the prompt in the model's chat template
     #[arg(long)]
     chat: bool,
+    /// End the answer where its text first contains this string (not printed; repeatable)
+    #[arg(long, value_name = "STRING")]
+    stop: Vec<String>,
     #[command(flatten)]
     spec: SpecArgs,
 }
@@ -372,6 +375,7 @@ impl SampleArgs {
             seed: self.seed,
             chat,
             stop_at_eos: true,
+            stop: Vec::new(),
             speculate: spec.speculate,
             tree_budget: spec.tree_budget,
             max_depth: spec.max_depth,
@@ -380,8 +384,11 @@ impl SampleArgs {
 }
 
 impl GenArgs {
-    fn params(&self) -> GenerateParams {
-        self.sample.params(self.chat, &self.spec)
+    /// The generation's parameters, checked before any model is loaded.
+    fn params(&self) -> Result<GenerateParams> {
+        let p = GenerateParams { stop: self.stop.clone(), ..self.sample.params(self.chat, &self.spec) };
+        p.check()?;
+        Ok(p)
     }
 }
 
@@ -512,9 +519,10 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
         }
         Cmd::Run(a) => {
+            let params = a.params()?;
             let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
             let mut stdout = std::io::stdout();
-            let out = engine.generate(&a.prompt, &a.params(), |t| {
+            let out = engine.generate(&a.prompt, &params, |t| {
                 let _ = stdout.write_all(t.as_bytes());
                 let _ = stdout.flush();
                 true
@@ -525,8 +533,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Chat(a) => chat(a)?,
         Cmd::Generate { gen_args: a, json } => {
+            let params = a.params()?;
             let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
-            let out = engine.generate(&a.prompt, &a.params(), |_| true)?;
+            let out = engine.generate(&a.prompt, &params, |_| true)?;
             if json {
                 let s = &out.stats;
                 let v = serde_json::json!({

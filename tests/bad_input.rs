@@ -199,14 +199,15 @@ fn cli_errors_are_one_line_with_non_zero_exit() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    // sizes of zero are refused before any model is looked for
-    for (args, flag) in [
-        (vec!["generate", "no-such-model", "hi", "--ctx", "0"], "--ctx"),
-        (vec!["bench-spec", "no-such-model", "--per-category", "0"], "--per-category"),
+    // sizes of zero and empty stop strings are refused before any model is looked for
+    for (args, start) in [
+        (vec!["generate", "no-such-model", "hi", "--ctx", "0"], "--ctx must be"),
+        (vec!["bench-spec", "no-such-model", "--per-category", "0"], "--per-category must be"),
+        (vec!["run", "no-such-model", "hi", "--stop", ""], "a --stop string is empty"),
     ] {
         let (code, _, err) = augur(&args);
         assert_eq!(code, 1, "{args:?}: {err}");
-        assert!(err.starts_with(&format!("augur: error: {flag} must be")), "{args:?}: {err}");
+        assert!(err.starts_with(&format!("augur: error: {start}")), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
     }
     // a file that is not GGUF

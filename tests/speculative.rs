@@ -190,6 +190,65 @@ fn speculation_drafts_no_further_than_max_tokens() {
     assert!(accepted > 5, "only {accepted} drafts accepted: the test must exercise acceptance near the end");
 }
 
+/// Stop strings with speculation: a round that accepted tokens past a stop string commits none
+/// of them. The text ends just before the stop, what `generate` streams is that text and no
+/// piece of the stop, the tokens are plain decoding's up to there, and the KV entries the
+/// dropped tokens left behind do not leak into the next generation.
+#[test]
+fn stop_strings_end_speculative_rounds_where_plain_decoding_ends() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 512, ..Default::default() }).unwrap();
+    let prompt = "Repeat this line five times: the quick brown fox jumps over the lazy dog.";
+    let plain = GenerateParams {
+        max_tokens: 48,
+        chat: true,
+        stop_at_eos: false,
+        speculate: SpecMode::Off,
+        ..Default::default()
+    };
+    let full = e.generate(prompt, &plain, |_| true).unwrap();
+    let chars: Vec<(usize, char)> = full.text.char_indices().collect();
+    assert!(chars.len() > 40, "the plain answer is too short to cut: {:?}", full.text);
+    let mut dropped = 0;
+    for (k, frac) in [0.3, 0.5, 0.7, 0.9].iter().enumerate() {
+        // a 4-character stop string from this far into the answer; it ends the text where it
+        // first occurs
+        let i = (chars.len() as f64 * frac) as usize;
+        let (at, end) = (chars[i].0, chars.get(i + 4).map_or(full.text.len(), |c| c.0));
+        let stop = full.text[at..end].to_string();
+        let want = &full.text[..full.text.find(&stop).unwrap()];
+        for mode in [SpecMode::Off, SpecMode::Suffix, SpecMode::Auto] {
+            let p = GenerateParams {
+                speculate: mode,
+                tree_budget: 8,
+                max_depth: 8,
+                stop: vec![stop.clone(), "never in this answer: \u{1F980}".to_string()],
+                ..plain.clone()
+            };
+            let mut streamed = String::new();
+            let got = e
+                .generate(prompt, &p, |piece| {
+                    streamed.push_str(piece);
+                    true
+                })
+                .unwrap();
+            let what = format!("{mode:?}, stop {stop:?} (cut {k})");
+            assert_eq!(got.text, want, "{what}");
+            assert_eq!(streamed, want, "{what}: streamed text");
+            assert_eq!(got.stats.finish_reason, "stop", "{what}");
+            assert_eq!(got.tokens[..], full.tokens[..got.tokens.len()], "{what}: tokens");
+            if let Some(s) = got.spec {
+                // tokens the rounds committed: the prefill's, then each round's accepted and bonus
+                dropped += 1 + s.rounds + s.accepted - got.tokens.len();
+            }
+        }
+        // the next generation starts from the KV entries of what was given out only
+        let again = e.generate(prompt, &plain, |_| true).unwrap();
+        assert_eq!(again.tokens, full.tokens, "after stop {stop:?}");
+    }
+    assert!(dropped > 0, "no round accepted tokens past a stop string: the test must exercise that");
+}
+
 /// With its cost calibration kept from an earlier run, `auto` starts decoding before its row
 /// blocks are compiled (a thread compiles them) and plans only trees whose passes are: the
 /// output is still plain decoding's.
