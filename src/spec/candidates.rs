@@ -21,6 +21,29 @@ pub struct Candidate {
     pub slot: Option<usize>,
 }
 
+/// The price of a level to a drafter that expands its tree level by level in passes of its own
+/// (a draft model, the draft head): the least score of a node worth expanding into the next
+/// level (`Speculator::set_expand_confidence`) and what a level's pass has taken, exponentially
+/// weighted (`Speculator::level_ms`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LevelPrice {
+    pub expand_confidence: f32,
+    pub level_ms: Option<f64>,
+}
+
+impl LevelPrice {
+    /// The least score of a node expanded into the next level, for a drafter whose own floor
+    /// is `min_confidence`.
+    pub fn floor(&self, min_confidence: f32) -> f32 {
+        min_confidence.max(self.expand_confidence)
+    }
+
+    /// A level's pass took `ms`.
+    pub fn record(&mut self, ms: f64) {
+        self.level_ms = Some(self.level_ms.map_or(ms, |l| l + 0.3 * (ms - l)));
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Candidates {
     pub nodes: Vec<Candidate>,

@@ -16,7 +16,7 @@
 //! when sampling too.
 
 use super::Speculator;
-use super::candidates::{self, Candidates};
+use super::candidates::{self, Candidates, LevelPrice};
 use super::tree::{Drafter, TokenTree};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::CANDIDATES;
@@ -35,10 +35,7 @@ pub struct DraftModelSpeculator {
     fed: Vec<u32>,
     width: usize,
     min_confidence: f32,
-    /// Least score of a node expanded into a further level (`Speculator::set_expand_confidence`),
-    /// and what a level's pass has taken, exponentially weighted.
-    expand_confidence: f32,
-    level_ms: Option<f64>,
+    level_price: LevelPrice,
     /// Deepest level of the last proposal: at most that many drafts and the bonus token can have
     /// been committed since, if it drafted in the round before.
     last_depth: usize,
@@ -89,8 +86,7 @@ impl DraftModelSpeculator {
             fed: Vec::new(),
             width: DEFAULT_WIDTH,
             min_confidence: 0.0,
-            expand_confidence: 0.0,
-            level_ms: None,
+            level_price: LevelPrice::default(),
             last_depth: 0,
             idle_ms: 0.0,
             deepest: None,
@@ -160,8 +156,7 @@ impl DraftModelSpeculator {
         // visibility mask of each tree slot the draft model has written this round
         let mut masks: Vec<[u32; 2]> = Vec::new();
         for depth in 1..max_depth {
-            let min = self.min_confidence.max(self.expand_confidence);
-            let level = cands.level(depth, budget, self.width, min);
+            let level = cands.level(depth, budget, self.width, self.level_price.floor(self.min_confidence));
             let used_slots = masks.len();
             if level.is_empty()
                 || used_slots + level.len() > 64
@@ -198,7 +193,7 @@ impl DraftModelSpeculator {
             }
             let ms = t.elapsed().as_secs_f64() * 1e3;
             self.deepest = Some((depth + 1, ms));
-            self.level_ms = Some(self.level_ms.map_or(ms, |l| l + 0.3 * (ms - l)));
+            self.level_price.record(ms);
         }
         Ok(cands.best_tree(budget, self.min_confidence, Drafter::Draft).0)
     }
@@ -271,11 +266,11 @@ impl Speculator for DraftModelSpeculator {
     }
 
     fn set_expand_confidence(&mut self, c: f32) {
-        self.expand_confidence = c;
+        self.level_price.expand_confidence = c;
     }
 
     fn level_ms(&self) -> Option<f64> {
-        self.level_ms
+        self.level_price.level_ms
     }
 
     fn feed_ms_per_token(&self) -> Option<f64> {

@@ -13,7 +13,7 @@
 //! change only between rounds, so a round always drafts with one consistent head.
 
 use super::Speculator;
-use super::candidates::{self, Candidates};
+use super::candidates::{self, Candidates, LevelPrice};
 use super::tree::{Drafter, TokenTree};
 use crate::error::Result;
 use crate::gpu::kernels::CANDIDATES;
@@ -126,10 +126,8 @@ pub struct HeadSpeculator {
     staging: wgpu::Buffer,
     pub opts: HeadOptions,
     min_confidence: f32,
-    /// `Speculator::set_expand_confidence`, and what a level's pass took (exponentially
-    /// weighted): each level runs the target's LM head over its rows.
-    expand_confidence: f32,
-    level_ms: Option<f64>,
+    /// Each level runs the target's LM head over its rows.
+    level_price: LevelPrice,
     /// `Speculator::deepest_level` of the last proposal.
     deepest: Option<(usize, f64)>,
     /// prev_h holds the target's hidden state before the current root.
@@ -188,8 +186,7 @@ impl HeadSpeculator {
             staging,
             opts,
             min_confidence: 0.0,
-            expand_confidence: 0.0,
-            level_ms: None,
+            level_price: LevelPrice::default(),
             deepest: None,
             have_prev: false,
             step: 0,
@@ -439,8 +436,7 @@ impl HeadSpeculator {
         cands.add(None, first, calib);
         let mut used = 1;
         for depth in 1..max_depth {
-            let min = self.min_confidence.max(self.expand_confidence);
-            let level = cands.level(depth, budget, self.opts.width, min);
+            let level = cands.level(depth, budget, self.opts.width, self.level_price.floor(self.min_confidence));
             if level.is_empty() || used + level.len() > TREE_SLOTS {
                 break;
             }
@@ -461,7 +457,7 @@ impl HeadSpeculator {
             }
             let ms = t.elapsed().as_secs_f64() * 1e3;
             self.deepest = Some((depth + 1, ms));
-            self.level_ms = Some(self.level_ms.map_or(ms, |l| l + 0.3 * (ms - l)));
+            self.level_price.record(ms);
         }
         let (tree, picked) = cands.best_tree(budget, self.min_confidence, Drafter::Head);
         // verify row 0 is the root, whose prediction sits in slot 0
@@ -498,11 +494,11 @@ impl Speculator for HeadSpeculator {
     }
 
     fn set_expand_confidence(&mut self, c: f32) {
-        self.expand_confidence = c;
+        self.level_price.expand_confidence = c;
     }
 
     fn level_ms(&self) -> Option<f64> {
-        self.level_ms
+        self.level_price.level_ms
     }
 
     fn finish(&mut self, _context: &[u32], _prompt_len: usize) {}
