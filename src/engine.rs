@@ -370,14 +370,26 @@ impl Engine {
         &mut self,
         prompt: &str,
         params: &GenerateParams,
-        mut on_text: impl FnMut(&str) -> bool,
+        on_text: impl FnMut(&str) -> bool,
     ) -> Result<Output> {
         let ids = self.encode_prompt(prompt, params.chat)?;
+        self.generate_text(&ids, params, &CancelToken::default(), on_text)
+    }
+
+    /// Generates from token ids, calling `on_text` with each new piece of text (never a piece of
+    /// a stop string); it returns false to stop, as does `cancel` from another thread.
+    pub fn generate_text(
+        &mut self,
+        ids: &[u32],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Output> {
         let mut dec = StreamDecoder::new();
         let mut stop = crate::stop::StopFilter::new(&params.stop);
         let tokenizer = self.tokenizer.clone();
         let mut going = true;
-        let out = self.generate_tokens(&ids, params, &CancelToken::default(), |id| {
+        let out = self.generate_tokens(ids, params, cancel, |id| {
             let piece = stop.push(&dec.push(&tokenizer, id)).to_string();
             going = piece.is_empty() || on_text(&piece);
             going

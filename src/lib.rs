@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod model;
 pub mod pull;
 pub mod sampler;
+pub mod serve;
 pub mod spec;
 pub mod stop;
 pub mod train;

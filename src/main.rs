@@ -36,6 +36,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
+    /// /health); requests are answered one at a time, streamed with "stream": true
+    Serve(ServeArgs),
     /// Measure prefill and decode speed, per-kernel times and the cost of M-token passes
     Bench {
         #[command(flatten)]
@@ -192,6 +195,22 @@ struct ChatArgs {
     /// A system message in place of the model's default one
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    sample: SampleArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (0.0.0.0 opens it to the network: there is no authentication)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Defaults for what a request does not set
     #[command(flatten)]
     sample: SampleArgs,
     #[command(flatten)]
@@ -496,6 +515,29 @@ fn chat(a: ChatArgs) -> Result<()> {
     save_head(&engine, head_path)
 }
 
+/// `augur serve`: the OpenAI-compatible HTTP API until the process is stopped.
+fn serve(a: ServeArgs) -> Result<()> {
+    let defaults = a.sample.params(false, &a.spec);
+    defaults.check()?;
+    // bound before the model loads: a port in use is reported at once
+    let addr = format!("{}:{}", a.host, a.port);
+    let listener = std::net::TcpListener::bind(&addr)
+        .map_err(|e| Error::msg(format!("could not listen on {addr} ({e}); pick another --port or --host")))?;
+    let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
+    // a server runs until it is killed: a learning draft head is saved as it goes
+    engine.set_head_autosave(head_path, std::time::Duration::from_secs(120));
+    // a catalog id names the model as the user does; a file, by its name
+    let name = match std::path::Path::new(&a.model.model).extension() {
+        Some(_) => model_stem(&engine),
+        None => a.model.model.clone(),
+    };
+    eprintln!(
+        "augur: serving {name} on http://{addr}/v1 (completions, chat/completions, models; /health); Ctrl-C stops"
+    );
+    let opts = augur::serve::ServeOptions { defaults, log: true, ..augur::serve::ServeOptions::new(name) };
+    augur::serve::serve(listener, engine, opts)
+}
+
 fn main() {
     if std::env::var_os("NODEVICE_SELECT").is_none() {
         // quiets a Mesa layer warning on stderr
@@ -532,6 +574,7 @@ fn run(cli: Cli) -> Result<()> {
             save_head(&engine, head_path)?;
         }
         Cmd::Chat(a) => chat(a)?,
+        Cmd::Serve(a) => serve(a)?,
         Cmd::Generate { gen_args: a, json } => {
             let params = a.params()?;
             let (mut engine, head_path) = a.model.engine_with(&a.spec)?;

@@ -204,6 +204,7 @@ fn cli_errors_are_one_line_with_non_zero_exit() {
         (vec!["generate", "no-such-model", "hi", "--ctx", "0"], "--ctx must be"),
         (vec!["bench-spec", "no-such-model", "--per-category", "0"], "--per-category must be"),
         (vec!["run", "no-such-model", "hi", "--stop", ""], "a --stop string is empty"),
+        (vec!["serve", "no-such-model", "--top-p", "0"], "--top-p must be"),
     ] {
         let (code, _, err) = augur(&args);
         assert_eq!(code, 1, "{args:?}: {err}");
@@ -224,6 +225,13 @@ fn cli_errors_are_one_line_with_non_zero_exit() {
     let (code, _, err) = augur(&["generate", model.to_str().unwrap(), &long, "--ctx", "32"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("context"), "{err}");
+    // a port already taken, refused before the model loads
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, _, err) = augur(&["serve", "no-such-model", "--port", &port]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("augur: error: could not listen on 127.0.0.1:"), "{err}");
+    assert!(err.contains("--port") && err.trim_end().lines().count() == 1, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
