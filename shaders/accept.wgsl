@@ -2,15 +2,20 @@
 // row, no drafts) and for verified token trees alike, so that the host reads back only ids.
 //
 // Row 0 of the pass is the root (the last committed token); rows 1.. are drafted nodes, with
-// parents[r] their parent row. From the root, at each visited row:
-//   greedy (temperature <= 0): the row's argmax (lowest index on ties); a child carrying it is
-//     accepted and the walk goes on from it, else the argmax is the bonus token;
+// parents[r] their parent row. From the root, at each visited row the walk takes the token plain
+// decoding would produce at that position, y, and accepts the first child carrying it (going on
+// from there), or ends with y as the bonus token:
+//   greedy (temperature <= 0): y is the row's argmax (lowest index on ties);
 //   sampling: p = softmax(logits / T) restricted to the top_k largest and to the smallest top
-//     set holding top_p of the mass. Children are tried in row order: child x is accepted with
-//     probability p(x) / (mass left); on rejection x's mass is removed (p <- norm(max(0, p - q))
-//     with q one-hot: every draft is a fixed proposal, whatever produced it). If none is
-//     accepted, the bonus token is drawn from what is left. This leaves the distribution of the
-//     output exactly p at every step (lossless).
+//     set holding top_p of the mass, and y is drawn from p by inverse CDF with the uniform of
+//     the generated token's index (the pass's draw plus the depth), the one a plain pass at that
+//     position uses.
+// Since the rows' logits are the ones plain decoding computes there, the output is plain
+// decoding's for the same seed, token for token, whatever was drafted. Every draft is a fixed
+// proposal (q one-hot), and this is recursive rejection sampling with its decisions coupled
+// through one uniform per position: child x1 is accepted with probability p(x1); given that y is
+// not x1, y follows norm(p - q1), which accepts x2 with probability p(x2) / (1 - p(x1)); and so
+// on, with the bonus drawn from what is left. So acceptance rates are those of that rule.
 // Output in `result`: [0] accepted count k, [1..=k] accepted rows in path order,
 // [RESULT_BONUS] bonus token, [RESULT_TOKENS + i] accepted tokens. tokens[0] receives the bonus:
 // the next pass's root, already on the GPU. The CPU twin is src/sampler.rs.
@@ -25,7 +30,6 @@ const MAX_DEPTH: u32 = 32u;
 const RESULT_BONUS: u32 = 33u;
 const RESULT_TOKENS: u32 = 34u;
 const NONE: u32 = 0xffffffffu;
-const MAX_REMOVED: u32 = 64u;
 const ITERS: u32 = 28u;
 
 // Test-only: accept every drafted child whose token is in the kept set, ignoring p. Exists so
@@ -53,14 +57,12 @@ var<workgroup> red_u: array<u32, WG>;
 var<workgroup> shared_f: f32;
 var<workgroup> shared_u: u32;
 var<workgroup> next_row: u32;
-var<workgroup> left_mass: f32;
-var<workgroup> removed: array<u32, MAX_REMOVED>;
-var<workgroup> n_removed: u32;
 var<workgroup> pick: u32;
 
-// Uniform in [0, 1) for this pass's (seed, draw) and a decision number.
-fn uniform01(salt: u32) -> f32 {
-    return f32(hash(pass_.seed ^ hash(pass_.draw ^ hash(salt))) >> 8u) * (1.0 / 16777216.0);
+// Uniform in [0, 1) for the generated token with this index (the pass's draw is its root's),
+// the same whichever pass and depth sample it (sampler.rs: uniform(seed, index, 0)).
+fn uniform_at(index: u32) -> f32 {
+    return f32(hash(pass_.seed ^ hash(index ^ hash(0u))) >> 8u) * (1.0 / 16777216.0);
 }
 
 fn total_f(v: f32, tid: u32) -> f32 {
@@ -89,13 +91,64 @@ fn total_u(v: u32, tid: u32) -> u32 {
     return workgroupUniformLoad(&shared_u);
 }
 
-fn is_removed(t: u32) -> bool {
-    for (var i = 0u; i < min(n_removed, MAX_REMOVED); i++) {
-        if (removed[i] == t) {
-            return true;
-        }
+// A token drawn from the row at `base`, kept set {z >= thr}, by inverse CDF in index order with
+// uniform `u0`: each invocation sums a contiguous chunk, a prefix over chunks finds the one
+// holding the draw, and it walks its chunk. The same for every lane.
+fn draw_token(base: u32, mx: f32, inv_t: f32, thr: f32, u0: f32, tid: u32) -> u32 {
+    let v = p.vocab;
+    let chunk = (v + WG - 1u) / WG;
+    let c0 = min(tid * chunk, v);
+    let c1 = min(c0 + chunk, v);
+    var s = 0.0;
+    for (var i = c0; i < c1; i++) {
+        let z = (logits[base + i] - mx) * inv_t;
+        s += select(0.0, exp(z), z >= thr);
     }
-    return false;
+    red_f[tid] = s;
+    workgroupBarrier();
+    if (tid == 0u) {
+        var total = 0.0;
+        for (var i = 0u; i < WG; i++) {
+            total += red_f[i];
+        }
+        let u = u0 * total;
+        var acc = 0.0;
+        var owner = WG;
+        var last_kept = 0u;
+        for (var i = 0u; i < WG; i++) {
+            let here = red_f[i];
+            red_f[i] = acc;
+            if (owner == WG && u < acc + here && here > 0.0) {
+                owner = i;
+            }
+            if (here > 0.0) {
+                last_kept = i;
+            }
+            acc += here;
+        }
+        // rounding can put u at the total: the last kept token then
+        shared_u = select(owner, last_kept, owner == WG);
+        shared_f = u;
+        pick = NONE;
+    }
+    let owner = workgroupUniformLoad(&shared_u);
+    let u = workgroupUniformLoad(&shared_f);
+    if (tid == owner) {
+        var acc = red_f[tid];
+        var last = NONE;
+        for (var i = c0; i < c1; i++) {
+            let z = (logits[base + i] - mx) * inv_t;
+            if (z >= thr) {
+                last = i;
+                acc += exp(z);
+                if (u < acc) {
+                    break;
+                }
+            }
+        }
+        pick = last;
+    }
+    return workgroupUniformLoad(&pick);
 }
 
 // The max (as bits) and argmax (lowest index on ties) of LM-head row `row`, for every lane.
@@ -159,9 +212,8 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         let mx = bitcast<f32>(b.x);
         let amax = b.y;
 
-        // the kept set {z >= thr} and its mass, z = (l - mx) / T <= 0
+        // the kept set {z >= thr}, z = (l - mx) / T <= 0
         var thr = -1.0e30;
-        var mass = 1.0;
         if (sampling) {
             if (pass_.top_k > 0u && pass_.top_k < v) {
                 // largest thr with count(z >= thr) >= top_k
@@ -181,13 +233,13 @@ fn main(@builtin(local_invocation_index) tid: u32) {
                 }
                 thr = lo;
             }
-            var s = 0.0;
-            for (var i = tid; i < v; i += WG) {
-                let z = (logits[base + i] - mx) * inv_t;
-                s += select(0.0, exp(z), z >= thr);
-            }
-            mass = total_f(s, tid);
             if (pass_.top_p < 1.0) {
+                var s = 0.0;
+                for (var i = tid; i < v; i += WG) {
+                    let z = (logits[base + i] - mx) * inv_t;
+                    s += select(0.0, exp(z), z >= thr);
+                }
+                let mass = total_f(s, tid);
                 // largest thr2 >= thr with mass(z >= thr2) >= top_p * mass
                 var lo = max(thr, -1.0e4);
                 var hi = 0.0;
@@ -206,51 +258,34 @@ fn main(@builtin(local_invocation_index) tid: u32) {
                     }
                 }
                 thr = max(thr, lo);
-                var s3 = 0.0;
-                for (var i = tid; i < v; i += WG) {
-                    let z = (logits[base + i] - mx) * inv_t;
-                    s3 += select(0.0, exp(z), z >= thr);
-                }
-                mass = total_f(s3, tid);
             }
         }
 
-        // try the children of `cur` in row order
+        // The token plain decoding samples at this position: the argmax, or a draw from the
+        // kept set by the position's own uniform. A child carrying it is accepted, so the output
+        // is plain decoding's for the seed whatever was drafted (see the header).
+        var y = amax;
+        if (sampling) {
+            y = draw_token(base, mx, inv_t, thr, uniform_at(pass_.draw + depth), tid);
+        }
         if (tid == 0u) {
             var child = NONE;
-            var left = mass;
-            n_removed = 0u;
             // the tree's rows are the LM head's rows (a pass of one row has no drafts)
             for (var r = 1u; r < pass_.lm_rows; r++) {
                 if (parents[r] != cur) {
                     continue;
                 }
                 let x = tokens[r];
-                if (!sampling) {
-                    if (x == amax) {
-                        child = r;
-                        break;
-                    }
-                    continue;
+                var take = x == y;
+                if (BROKEN_RULE && sampling) {
+                    take = (logits[base + x] - mx) * inv_t >= thr;
                 }
-                let z = (logits[base + x] - mx) * inv_t;
-                let px = select(0.0, exp(z), z >= thr);
-                if (BROKEN_RULE && px > 0.0) {
+                if (take) {
                     child = r;
                     break;
                 }
-                if (uniform01(depth * 64u + r) * left < px) {
-                    child = r;
-                    break;
-                }
-                left -= px;
-                if (n_removed < MAX_REMOVED) {
-                    removed[n_removed] = x;
-                }
-                n_removed += 1u;
             }
             next_row = child;
-            left_mass = max(left, 0.0);
             if (child != NONE) {
                 result[1u + k] = child;
                 result[RESULT_TOKENS + k] = tokens[child];
@@ -262,64 +297,9 @@ fn main(@builtin(local_invocation_index) tid: u32) {
             k += 1u;
             continue;
         }
-
         // no child accepted: the bonus token
-        if (!sampling) {
-            if (tid == 0u) {
-                result[RESULT_BONUS] = amax;
-            }
-            break;
-        }
-        let left = workgroupUniformLoad(&left_mass);
-        let u = uniform01(depth * 64u) * left;
-        // each invocation owns a contiguous chunk; a prefix over chunks finds the owner
-        let chunk = (v + WG - 1u) / WG;
-        let c0 = min(tid * chunk, v);
-        let c1 = min(c0 + chunk, v);
-        var s = 0.0;
-        for (var i = c0; i < c1; i++) {
-            let z = (logits[base + i] - mx) * inv_t;
-            if (z >= thr && !is_removed(i)) {
-                s += exp(z);
-            }
-        }
-        red_f[tid] = s;
-        workgroupBarrier();
         if (tid == 0u) {
-            var acc = 0.0;
-            var owner = WG;
-            for (var i = 0u; i < WG; i++) {
-                let here = red_f[i];
-                red_f[i] = acc;
-                if (owner == WG && u < acc + here && here > 0.0) {
-                    owner = i;
-                }
-                acc += here;
-            }
-            shared_u = owner;
-            pick = amax; // if rounding put u past the mass left: the most likely token
-        }
-        let owner = workgroupUniformLoad(&shared_u);
-        if (tid == owner) {
-            var acc = red_f[tid];
-            var last = NONE;
-            for (var i = c0; i < c1; i++) {
-                let z = (logits[base + i] - mx) * inv_t;
-                if (z >= thr && !is_removed(i)) {
-                    last = i;
-                    acc += exp(z);
-                    if (u < acc) {
-                        break;
-                    }
-                }
-            }
-            if (last != NONE) {
-                pick = last;
-            }
-        }
-        let bonus = workgroupUniformLoad(&pick);
-        if (tid == 0u) {
-            result[RESULT_BONUS] = bonus;
+            result[RESULT_BONUS] = y;
         }
         break;
     }

@@ -558,7 +558,8 @@ impl Engine {
             if n_past >= max_ctx {
                 break 'generation "length";
             }
-            sampling.draw += 1;
+            // the uniform of each generated token is keyed by its index (accept.wgsl)
+            sampling.draw = tokens.len() as u32;
             if let Some(d) = drafter {
                 let wanted = params.max_tokens - tokens.len();
                 let (new, accepted) =

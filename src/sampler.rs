@@ -9,8 +9,8 @@ pub fn hash(x: u32) -> u32 {
     (w >> 22) ^ w
 }
 
-/// The uniform in [0, 1) for (seed, draw) and decision `salt`, as the kernel computes it (a plain
-/// pass draws its token with salt 0).
+/// The uniform in [0, 1) for (seed, draw) and decision `salt`, as the kernel computes it: the
+/// generated token with index `draw` is drawn with salt 0, by whichever pass samples it.
 pub fn uniform(seed: u32, draw: u32, salt: u32) -> f64 {
     (hash(seed ^ hash(draw ^ hash(salt))) >> 8) as f64 / 16777216.0
 }

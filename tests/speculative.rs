@@ -1,5 +1,5 @@
-//! Speculative decoding is lossless: greedy output with speculation is token for token the output
-//! of plain decoding, for the suffix speculator, for random tree shapes (widths, depths, right
+//! Speculative decoding is lossless: greedy output with speculation (and sampled output, for a
+//! seed) is token for token the output of plain decoding, for the suffix speculator, for random tree shapes (widths, depths, right
 //! and wrong branches) and for a draft model, on 24-28 prompts (Spec-Bench categories and code)
 //! with SmolLM2-135M. The draft model in CI is SmolLM2 with 4 of its 30 layers skipped (layer
 //! skipping, as in self-speculative decoding): same vocabulary, cheaper, and right about half
@@ -103,6 +103,50 @@ fn greedy_speculation_is_identical_to_plain_decoding() {
     // the test must exercise acceptance, not only rejection
     assert!(accepted_suffix > 100, "suffix speculation accepted only {accepted_suffix} tokens in {rounds} rounds");
     assert!(accepted_random > 100, "random trees accepted only {accepted_random} tokens");
+}
+
+/// Sampling with speculation gives, for a seed, plain sampling's very tokens: each position draws
+/// with its own uniform whichever pass samples it, and a drafted child is accepted only when it
+/// carries that draw (accept.wgsl). For the suffix speculator, random trees and the controller,
+/// with temperature, top-k and top-p.
+#[test]
+fn sampled_speculation_gives_plain_samplings_tokens_for_a_seed() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 512, ..Default::default() }).unwrap();
+    let c = CancelToken::default();
+    let (mut accepted, mut rounds) = (0, 0);
+    for (i, (cat, p)) in prompts().iter().step_by(4).enumerate() {
+        let (temperature, top_k, top_p) = [(0.7, 0, 1.0), (1.0, 40, 0.95), (0.5, 0, 0.9)][i % 3];
+        let plain = GenerateParams {
+            max_tokens: 32,
+            chat: true,
+            temperature,
+            top_k,
+            top_p,
+            seed: 1000 + i as u64,
+            speculate: SpecMode::Off,
+            ..Default::default()
+        };
+        let ids = e.encode_prompt(p, true).unwrap();
+        let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+        for mode in [SpecMode::Suffix, SpecMode::Auto] {
+            let spec = GenerateParams { speculate: mode, tree_budget: 6, max_depth: 6, ..plain.clone() };
+            let got = e.generate_tokens(&ids, &spec, &c, |_| true).unwrap();
+            assert_eq!(got.tokens, want.tokens, "[{cat}] {mode:?} changed the sampled output of {p:?}");
+            let s = got.spec.unwrap();
+            (accepted, rounds) = (accepted + s.accepted, rounds + s.rounds);
+        }
+        let saved = e.suffix.take();
+        e.suffix =
+            Some(Box::new(RandomTrees { reference: want.tokens.clone(), prompt_len: 0, rng: Rng(i as u64 + 7) }));
+        let random = GenerateParams { speculate: SpecMode::Suffix, tree_budget: 8, max_depth: 5, ..plain.clone() };
+        let got = e.generate_tokens(&ids, &random, &c, |_| true).unwrap();
+        e.suffix = saved;
+        assert_eq!(got.tokens, want.tokens, "[{cat}] random trees changed the sampled output of {p:?}");
+        let s = got.spec.unwrap();
+        (accepted, rounds) = (accepted + s.accepted, rounds + s.rounds);
+    }
+    assert!(accepted > 100, "only {accepted} drafts accepted in {rounds} rounds: acceptance went unexercised");
 }
 
 /// The same with the kernels real GPUs get (matmul_split.wgsl, attention_split.wgsl, which split

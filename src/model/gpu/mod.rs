@@ -264,7 +264,9 @@ pub struct Sampling {
     /// 1 = off.
     pub top_p: f32,
     pub seed: u32,
-    /// Round counter: with the seed it keys every random decision of the round.
+    /// Index of the generated token the pass's root row samples (0 for the first): with the
+    /// seed it keys the uniform of that token, and the root's depth-d descendant uses index
+    /// draw + d, so a token gets the same uniform whichever pass samples it.
     pub draw: u32,
 }
 
