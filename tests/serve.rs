@@ -132,6 +132,23 @@ fn completions_answer_what_plain_decoding_gives_whole_and_streamed() {
 }
 
 #[test]
+fn sampled_answers_repeat_with_a_seed_and_vary_without_one() {
+    let _one = serial();
+    let ask = |seed: Option<u64>| {
+        let mut body = json!({ "prompt": "My favourite animal is", "max_tokens": 12, "temperature": 1.5 });
+        if let Some(s) = seed {
+            body["seed"] = json!(s);
+        }
+        let (status, got) = post("/v1/completions", &body);
+        assert_eq!(status, 200, "{got}");
+        got["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(ask(Some(7)), ask(Some(7)));
+    let unseeded: std::collections::HashSet<String> = (0..4).map(|_| ask(None)).collect();
+    assert!(unseeded.len() > 1, "four unseeded answers were all {unseeded:?}");
+}
+
+#[test]
 fn chat_completions_answer_the_conversation_in_the_chat_template() {
     let _one = serial();
     let messages = [

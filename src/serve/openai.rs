@@ -118,9 +118,12 @@ fn params(o: &Map<String, Value>, defaults: &GenerateParams, chat: bool) -> Resu
     if let Some(k) = uint(o, "top_k")? {
         p.top_k = k.min(u32::MAX as u64) as u32;
     }
-    if let Some(s) = uint(o, "seed")? {
-        p.seed = s;
-    }
+    // without a seed each request samples afresh, as clients of the API expect (the command
+    // line's --seed 0 default is for reproducible runs)
+    p.seed = match uint(o, "seed")? {
+        Some(s) => s,
+        None => fresh_seed(),
+    };
     p.stop = match o.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -160,6 +163,12 @@ fn params(o: &Map<String, Value>, defaults: &GenerateParams, chat: bool) -> Resu
         return Err("`top_p` must be in (0, 1]".into());
     }
     Ok(p)
+}
+
+/// A seed no earlier request had (in all likelihood): std's per-map random keys, hashed.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// A field the engine only honours at one value.
@@ -219,6 +228,9 @@ mod tests {
         assert_eq!(r.params.stop, vec!["\n".to_string()]);
         let r = completion(br#"{"prompt": ["Hi"], "temperature": 0.5, "stream": true}"#, &defaults()).unwrap();
         assert_eq!((r.params.max_tokens, r.params.temperature, r.stream), (99, 0.5, true));
+        // no seed: a new one each request
+        let again = completion(br#"{"prompt": "Hi", "temperature": 0.5}"#, &defaults()).unwrap();
+        assert_ne!(r.params.seed, again.params.seed);
     }
 
     #[test]
