@@ -235,7 +235,7 @@ impl Engine {
         });
         let result_staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("accept readback"),
-            size: (RESULT_LEN * 4) as u64,
+            size: (RESULT_LEN * 4) as u64 + crate::model::gpu::ACCEPT_TIME_BYTES,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -581,7 +581,9 @@ impl Engine {
         // their slots even when the request ended before all of them were taken
         self.kv_prefix = Some((context[..n_past.min(context.len())].to_vec(), self.model.passes()));
         let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-        spec_stats.other_ms = (decode_ms - spec_stats.draft_ms - spec_stats.verify_ms - spec_stats.train_ms).max(0.0);
+        spec_stats.other_ms =
+            (decode_ms - spec_stats.draft_ms - spec_stats.verify_ms - spec_stats.accept_ms - spec_stats.train_ms)
+                .max(0.0);
         let stats = Stats {
             prompt_tokens: prompt.len(),
             cached_prompt_tokens: cached,
@@ -670,16 +672,25 @@ impl Engine {
         };
         let gpu = &self.model.gpu;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.model.encode(&mut enc, &spec, None)?;
+        let timed = self.model.encode_timing_accept(&mut enc, &spec)?;
         if let Some(h) = &self.head {
             h.encode_after_verify(&mut enc, &self.model, m, root);
         }
-        enc.copy_buffer_to_buffer(&self.model.result, 0, &self.result_staging, 0, (RESULT_LEN * 4) as u64);
+        let result_bytes = (RESULT_LEN * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.model.result, 0, &self.result_staging, 0, result_bytes);
+        if timed {
+            self.model.copy_accept_time(&mut enc, &self.result_staging, result_bytes);
+        }
         gpu.queue.submit([enc.finish()]);
-        let r: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.result_staging, (RESULT_LEN * 4) as u64));
+        let read = result_bytes + if timed { crate::model::gpu::ACCEPT_TIME_BYTES } else { 0 };
+        let bytes = map_read(gpu, &self.result_staging, read);
+        let r: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..result_bytes as usize]);
         self.simulate.delay(m);
         let verify_ms = verify_t.elapsed().as_secs_f64() * 1e3;
-        stats.verify_ms += verify_ms;
+        // the acceptance's own GPU time, when timed, out of the verification's
+        let accept_ms = if timed { self.model.accept_ms(&bytes[result_bytes as usize..]).min(verify_ms) } else { 0.0 };
+        stats.accept_ms += accept_ms;
+        stats.verify_ms += verify_ms - accept_ms;
         let k = r[0] as usize;
         if k > tree.len() {
             return Err(Error::Gpu(format!("acceptance returned {k} tokens for a tree of {}", tree.len())));

@@ -255,6 +255,15 @@ fn cli_generate_json_has_the_documented_fields() {
     }
     assert_eq!(v["generated_tokens"], 8);
     assert!(v["text"].as_str().unwrap().starts_with(" the city of Nova Haven"));
+    // speculation (auto, the default): counts, tau, and the time split of issue 3
+    let spec = &v["spec"];
+    for k in ["rounds", "drafted", "accepted", "tau", "acceptance_by_depth", "per_speculator", "controller"] {
+        assert!(spec.get(k).is_some(), "missing spec.{k} in {out}");
+    }
+    for k in ["draft", "verify", "accept", "train", "other"] {
+        assert!(spec["time_ms"][k].as_f64().is_some_and(|t| t >= 0.0), "spec.time_ms.{k} in {out}");
+    }
+    assert!(spec["time_ms"]["verify"].as_f64().unwrap() > 0.0, "{out}");
 }
 
 /// Learning's bad input: an empty or malformed corpus is refused in one line; a head that cannot

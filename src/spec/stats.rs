@@ -20,7 +20,11 @@ pub struct SpecStats {
     /// Drafted and accepted nodes per speculator.
     pub per_drafter: std::collections::BTreeMap<String, DrafterCounts>,
     pub draft_ms: f64,
+    /// Verification passes, without their acceptance when it was timed.
     pub verify_ms: f64,
+    /// Acceptance and KV compaction on the GPU, from timestamp queries (0 where the device has
+    /// none: then it is in verify_ms).
+    pub accept_ms: f64,
     /// Draft-head training between rounds.
     pub train_ms: f64,
     pub other_ms: f64,
@@ -86,7 +90,13 @@ impl SpecStats {
             "acceptance_by_depth": self.acceptance_by_depth(),
             "rounds_with_draft": self.rounds_with_draft,
             "per_speculator": self.per_drafter,
-            "time_ms": { "draft": self.draft_ms, "verify": self.verify_ms, "train": self.train_ms, "other": self.other_ms },
+            "time_ms": {
+                "draft": self.draft_ms,
+                "verify": self.verify_ms,
+                "accept": self.accept_ms,
+                "train": self.train_ms,
+                "other": self.other_ms,
+            },
             "controller": self.controller.as_ref().map(|c| {
                 let share: std::collections::BTreeMap<&String, f64> =
                     c.drafted_rounds.iter().map(|(k, v)| (k, *v as f64 / c.rounds.max(1) as f64)).collect();

@@ -304,10 +304,24 @@ pub struct GpuModel {
     /// Matmuls read x through a uniform binding when the rows they read fit in this many bytes
     /// of it (UNIFORM_X_BYTES; 0 when the device does not, or a test takes the storage path).
     uniform_x_bytes: u64,
+    /// Timestamps around a tree pass's acceptance and compaction (`encode_timing_accept`), when
+    /// the device has timestamp queries: the accept share of a round's time.
+    accept_timer: Option<AcceptTimer>,
     /// Passes encoded so far: every pass writes KV slots, so whoever keeps track of what the
     /// cache holds (the engine, between turns of a chat) can tell whether anyone else ran one.
     passes: std::sync::atomic::AtomicU64,
 }
+
+/// Two timestamps and the buffer they resolve into.
+struct AcceptTimer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    /// Nanoseconds per tick.
+    period_ns: f64,
+}
+
+/// Bytes `copy_accept_time` writes: the two timestamps.
+pub const ACCEPT_TIME_BYTES: u64 = 16;
 
 /// The order of the QKV matmul's outputs that puts a NEOX model's rotated pairs (i, i + d/2) of
 /// each query and key head side by side, at (2i, 2i + 1); values keep their order.
@@ -513,6 +527,20 @@ impl GpuModel {
             Dispatch { pipeline: topk_p.clone(), bind: g.bind(&topk_p, &[&pass_buf, &topk_prm, &logits, &candidates]) };
         keep.extend([topk_prm, attn_prm, compact_prm, x.clone(), qkv, att, hidden, rope, dummy, dummy_rw, part_states]);
         let gpu_uniform_x = gpu.uniform_x;
+        let accept_timer = gpu.timestamps.then(|| AcceptTimer {
+            set: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("accept time"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("accept time resolve"),
+                size: ACCEPT_TIME_BYTES,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            period_ns: gpu.queue.get_timestamp_period() as f64,
+        });
         Ok(GpuModel {
             gpu,
             cfg: c,
@@ -540,6 +568,7 @@ impl GpuModel {
             out_gamma,
             _keep: keep,
             uniform_x_bytes: if gpu_uniform_x { UNIFORM_X_BYTES } else { 0 },
+            accept_timer,
             passes: Default::default(),
         })
     }
@@ -576,6 +605,41 @@ impl GpuModel {
     /// Writes the pass uniform (and tree data) for the next submission and records the pass's
     /// dispatches into `enc`. One pass per submission: the uniform is per submission.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec, prof: Option<&mut Profiler>) -> Result<()> {
+        self.encode_pass(enc, spec, prof, false)
+    }
+
+    /// `encode` with the acceptance and compaction dispatches in a compute pass of their own
+    /// between two timestamps, when the device has them and the pass accepts. Returns whether it
+    /// timed them: then `copy_accept_time` can copy the timestamps out in the same submission.
+    pub fn encode_timing_accept(&self, enc: &mut wgpu::CommandEncoder, spec: &PassSpec) -> Result<bool> {
+        let timed = self.accept_timer.is_some() && spec.accept.is_some();
+        self.encode_pass(enc, spec, None, timed)?;
+        Ok(timed)
+    }
+
+    /// Copies the timestamps of the last timed acceptance (`encode_timing_accept`) into `dst`
+    /// at `offset` (ACCEPT_TIME_BYTES).
+    pub fn copy_accept_time(&self, enc: &mut wgpu::CommandEncoder, dst: &wgpu::Buffer, offset: u64) {
+        if let Some(t) = &self.accept_timer {
+            enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, dst, offset, ACCEPT_TIME_BYTES);
+        }
+    }
+
+    /// Milliseconds between the two timestamps `copy_accept_time` copied out.
+    pub fn accept_ms(&self, bytes: &[u8]) -> f64 {
+        let (Some(t), Some(b)) = (&self.accept_timer, bytes.get(..ACCEPT_TIME_BYTES as usize)) else { return 0.0 };
+        let ts: [u64; 2] = bytemuck::pod_read_unaligned(b);
+        ts[1].saturating_sub(ts[0]) as f64 * t.period_ns / 1e6
+    }
+
+    fn encode_pass(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        spec: &PassSpec,
+        prof: Option<&mut Profiler>,
+        time_accept: bool,
+    ) -> Result<()> {
         let m = spec.m;
         self.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if m == 0 || m > self.max_batch {
@@ -636,14 +700,38 @@ impl GpuModel {
         let plan = self.plan(spec);
         match prof {
             None => {
+                // the forward pass, then (timed) acceptance and compaction: the plan ends with them
+                let tail = match (time_accept, &self.accept_timer) {
+                    (true, Some(_)) => {
+                        plan.iter().rev().take_while(|d| matches!(d.label, "accept" | "kv_compact")).count()
+                    }
+                    _ => 0,
+                };
+                let (forward, accept) = plan.split_at(plan.len() - tail);
                 let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("forward"),
                     timestamp_writes: None,
                 });
-                for d in &plan {
+                for d in forward {
                     cp.set_pipeline(&d.pipeline.pipeline);
                     cp.set_bind_group(0, d.bind, &[]);
                     cp.dispatch_workgroups(d.size[0], d.size[1], d.size[2]);
+                }
+                drop(cp);
+                if let (false, Some(t)) = (accept.is_empty(), &self.accept_timer) {
+                    let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("accept"),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &t.set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        }),
+                    });
+                    for d in accept {
+                        cp.set_pipeline(&d.pipeline.pipeline);
+                        cp.set_bind_group(0, d.bind, &[]);
+                        cp.dispatch_workgroups(d.size[0], d.size[1], d.size[2]);
+                    }
                 }
             }
             Some(p) => {
