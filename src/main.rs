@@ -82,6 +82,17 @@ enum Cmd {
         /// measured ones), unmeasured, so that the suffix store holds a history as a user's does
         #[arg(long, default_value_t = 0)]
         history: usize,
+        /// Sample (both arms with the same seed; 0 = greedy)
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// 0 = off
+        #[arg(long, default_value_t = 0)]
+        top_k: u32,
+        /// 1 = off
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[command(flatten)]
         spec: SpecArgs,
     },
@@ -615,7 +626,22 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = model.engine()?;
             bench::run(&mut engine, runs.max(1), prompt_tokens.max(1), gen_tokens.max(2))?;
         }
-        Cmd::BenchSpec { model, workload, questions, sources, per_category, max_tokens, turns, history, spec } => {
+        Cmd::BenchSpec {
+            model,
+            workload,
+            questions,
+            sources,
+            per_category,
+            max_tokens,
+            turns,
+            history,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            spec,
+        } => {
+            GenerateParams { temperature, top_p, ..Default::default() }.check()?;
             if turns == Some(0) {
                 return Err(Error::msg("--turns must be at least 1 (or left out for all turns)"));
             }
@@ -651,6 +677,10 @@ fn run(cli: Cli) -> Result<()> {
                 budget: spec.tree_budget,
                 depth: spec.max_depth,
                 max_turns: turns.unwrap_or(usize::MAX),
+                temperature,
+                top_k,
+                top_p,
+                seed,
             };
             bench::spec_run(&mut engine, &mut plain, without.as_mut(), &items, &history, &run)?;
         }

@@ -449,6 +449,12 @@ pub struct SpecRun {
     pub depth: usize,
     /// Turns of each conversation run.
     pub max_turns: usize,
+    /// Sampling (temperature 0: greedy). Both arms sample with the same seed, so a lossless run
+    /// gives identical outputs here too.
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed: u64,
 }
 
 /// A conversation's next prompt, cut to half the context so that the answer fits.
@@ -482,16 +488,31 @@ pub fn spec_run(
     run: &SpecRun,
 ) -> Result<()> {
     use crate::spec::SpecMode;
-    let SpecRun { max_tokens, mode, budget, depth, max_turns } = *run;
+    let SpecRun { max_tokens, mode, budget, depth, max_turns, temperature, top_k, top_p, seed } = *run;
     let gpu = engine.gpu().clone();
+    let decoding = match temperature > 0.0 {
+        false => "greedy".to_string(),
+        true => format!("sampled (temperature {temperature}, top-k {top_k}, top-p {top_p}, seed {seed})"),
+    };
     println!(
-        "device: {}\nmodel:  {}\n{} prompts, {max_tokens} tokens each, greedy, chat template, --speculate {mode:?} (tree budget {budget}, depth {depth})",
+        "device: {}\nmodel:  {}\n{} prompts, {max_tokens} tokens each, {decoding}, chat template, --speculate {mode:?} (tree budget {budget}, depth {depth})",
         gpu.describe(),
         engine.source,
         items.len()
     );
     engine.suffix = Some(Box::new(crate::spec::suffix::SuffixSpeculator::in_memory()));
-    let base = GenerateParams { max_tokens, chat: true, tree_budget: budget, max_depth: depth, ..Default::default() };
+    let base = GenerateParams {
+        max_tokens,
+        chat: true,
+        tree_budget: budget,
+        max_depth: depth,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        ..Default::default()
+    };
+    base.check()?;
     let mut cats: Vec<(String, CatTotals)> = Vec::new();
     // over the whole run: verified and accepted nodes per speculator, and (auto) the rounds in
     // which each expensive speculator was asked to draft
