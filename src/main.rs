@@ -216,11 +216,15 @@ struct ChatArgs {
 struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Address to listen on (0.0.0.0 opens it to the network: there is no authentication)
+    /// Address to listen on (0.0.0.0 opens it to the network; see --api-key)
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health (AUGUR_API_KEY in the
+    /// environment does the same, without the key in the process list)
+    #[arg(long)]
+    api_key: Option<String>,
     /// Defaults for what a request does not set
     #[command(flatten)]
     sample: SampleArgs,
@@ -530,10 +534,17 @@ fn chat(a: ChatArgs) -> Result<()> {
 fn serve(a: ServeArgs) -> Result<()> {
     let defaults = a.sample.params(false, &a.spec);
     defaults.check()?;
+    let api_key = a.api_key.clone().or_else(|| std::env::var("AUGUR_API_KEY").ok());
+    if api_key.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::msg("the API key is empty; give one (--api-key or AUGUR_API_KEY) or leave it out"));
+    }
     // bound before the model loads: a port in use is reported at once
     let addr = format!("{}:{}", a.host, a.port);
     let listener = std::net::TcpListener::bind(&addr)
         .map_err(|e| Error::msg(format!("could not listen on {addr} ({e}); pick another --port or --host")))?;
+    if api_key.is_none() && listener.local_addr().is_ok_and(|l| !l.ip().is_loopback()) {
+        eprintln!("augur: warning: {addr} is reachable from other machines and no API key is set (--api-key)");
+    }
     let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
     // a server runs until it is killed: a learning draft head is saved as it goes
     engine.set_head_autosave(head_path, std::time::Duration::from_secs(120));
@@ -545,7 +556,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     eprintln!(
         "augur: serving {name} on http://{addr}/v1 (completions, chat/completions, models; /health); Ctrl-C stops"
     );
-    let opts = augur::serve::ServeOptions { defaults, log: true, ..augur::serve::ServeOptions::new(name) };
+    let opts = augur::serve::ServeOptions { defaults, log: true, api_key, ..augur::serve::ServeOptions::new(name) };
     augur::serve::serve(listener, engine, opts)
 }
 

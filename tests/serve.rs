@@ -285,3 +285,25 @@ fn a_client_that_leaves_mid_stream_stops_its_generation() {
         cached - prompt_tokens
     );
 }
+
+#[test]
+fn with_an_api_key_only_health_answers_without_it() {
+    common::setup_env();
+    let engine =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 64, ..Default::default() }).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let opts = ServeOptions { api_key: Some("s3cret".into()), ..ServeOptions::new("smollm2-135m") };
+    let addr = spawn(listener, engine, opts).unwrap();
+    let ask = |auth: &str, path: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\n{auth}\r\n").unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap()
+    };
+    assert_eq!(ask("", "/v1/models"), 401);
+    assert_eq!(ask("Authorization: Bearer wrong\r\n", "/v1/models"), 401);
+    assert_eq!(ask("Authorization: s3cret\r\n", "/v1/models"), 401);
+    assert_eq!(ask("Authorization: Bearer s3cret\r\n", "/v1/models"), 200);
+    assert_eq!(ask("", "/health"), 200);
+}

@@ -12,6 +12,8 @@ pub struct Request {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// The Authorization header's value, if sent.
+    pub authorization: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -65,6 +67,7 @@ pub fn read_request(r: &mut impl BufRead, max_body: usize) -> Result<Option<Requ
         return Err(Reject::new(505, "only HTTP/1.x is served"));
     }
     let mut content_length = None;
+    let mut authorization = None;
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(bad("a header line has no `:`"));
@@ -72,6 +75,8 @@ pub fn read_request(r: &mut impl BufRead, max_body: usize) -> Result<Option<Requ
         let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
         if name == "content-length" {
             content_length = Some(value.parse::<usize>().map_err(|_| bad("Content-Length is not a number"))?);
+        } else if name == "authorization" {
+            authorization = Some(value.to_string());
         } else if name == "transfer-encoding" && !value.eq_ignore_ascii_case("identity") {
             return Err(Reject::new(411, "chunked request bodies are not supported; send a Content-Length"));
         }
@@ -83,13 +88,14 @@ pub fn read_request(r: &mut impl BufRead, max_body: usize) -> Result<Option<Requ
     let mut body = vec![0; length];
     r.read_exact(&mut body).map_err(|_| bad("the request body is shorter than its Content-Length"))?;
     let path = target.split('?').next().unwrap_or_default().to_string();
-    Ok(Some(Request { method: method.to_string(), path, body }))
+    Ok(Some(Request { method: method.to_string(), path, authorization, body }))
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         411 => "Length Required",
@@ -152,10 +158,13 @@ mod tests {
 
     #[test]
     fn reads_a_post_with_its_body() {
-        let r = parse("POST /v1/completions?x=1 HTTP/1.1\r\nHost: a\r\ncontent-length: 7\r\n\r\n{\"a\":1}trailing")
-            .unwrap()
-            .unwrap();
+        let r = parse(
+            "POST /v1/completions?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer k\r\ncontent-length: 7\r\n\r\n{\"a\":1}trailing",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/v1/completions"));
+        assert_eq!(r.authorization.as_deref(), Some("Bearer k"));
         assert_eq!(r.body, b"{\"a\":1}");
     }
 

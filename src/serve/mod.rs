@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// One line per request on stderr.
     pub log: bool,
+    /// When set, every endpoint but /health wants `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl ServeOptions {
@@ -48,6 +50,7 @@ impl ServeOptions {
             max_body: 8 << 20,
             max_connections: 64,
             log: false,
+            api_key: None,
         }
     }
 }
@@ -147,6 +150,14 @@ fn connection(shared: &Shared, stream: TcpStream) {
             return;
         }
     };
+    if let Some(key) = &shared.opts.api_key
+        && req.path != "/health"
+        && !req.authorization.as_deref().and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|k| same(k, key))
+    {
+        let msg = "missing or wrong API key; send the server's --api-key as `Authorization: Bearer KEY`";
+        let _ = http::write_json(&mut w, 401, &http::error_body(401, msg));
+        return;
+    }
     let defaults = &shared.opts.defaults;
     let _ = match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/health") => http::write_json(&mut w, 200, &json!({ "status": "ok" })),
@@ -164,6 +175,11 @@ fn connection(shared: &Shared, stream: TcpStream) {
             http::write_json(&mut w, 404, &http::error_body(404, &msg))
         }
     };
+}
+
+/// Compares keys in time that depends on their lengths only.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 fn models(shared: &Shared) -> Value {
