@@ -546,8 +546,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         eprintln!("augur: warning: {addr} is reachable from other machines and no API key is set (--api-key)");
     }
     let (mut engine, head_path) = a.model.engine_with(&a.spec)?;
-    // a server runs until it is killed: a learning draft head is saved as it goes
-    engine.set_head_autosave(head_path, std::time::Duration::from_secs(120));
+    // a server runs for long: a learning draft head is saved as it goes, and when it stops
+    engine.set_head_autosave(head_path.clone(), std::time::Duration::from_secs(120));
     // a catalog id names the model as the user does; a file, by its name
     let name = match std::path::Path::new(&a.model.model).extension() {
         Some(_) => model_stem(&engine),
@@ -557,7 +557,21 @@ fn serve(a: ServeArgs) -> Result<()> {
         "augur: serving {name} on http://{addr}/v1 (completions, chat/completions, models; /health); Ctrl-C stops"
     );
     let opts = augur::serve::ServeOptions { defaults, log: true, api_key, ..augur::serve::ServeOptions::new(name) };
-    augur::serve::serve(listener, engine, opts)
+    let server = augur::serve::spawn(listener, engine, opts)?;
+    // Ctrl-C: end the answer in progress, save what the draft head learned, quit; a second
+    // Ctrl-C quits at once
+    let (stop, stopped) = std::sync::mpsc::channel();
+    let pressed = std::sync::atomic::AtomicBool::new(false);
+    let _ = ctrlc::set_handler(move || {
+        if pressed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        let _ = stop.send(());
+    });
+    let _ = stopped.recv();
+    eprintln!("augur: stopping (Ctrl-C again quits at once)");
+    let engine = server.shutdown();
+    save_head(&engine, head_path)
 }
 
 fn main() {

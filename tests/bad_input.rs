@@ -205,7 +205,7 @@ fn cli_errors_are_one_line_with_non_zero_exit() {
         (vec!["bench-spec", "no-such-model", "--per-category", "0"], "--per-category must be"),
         (vec!["run", "no-such-model", "hi", "--stop", ""], "a --stop string is empty"),
         (vec!["serve", "no-such-model", "--top-p", "0"], "--top-p must be"),
-        (vec!["bench-spec", "no-such-model", "--temperature", "-1"], "--temperature must be"),
+        (vec!["bench-spec", "no-such-model", "--temperature=-1"], "--temperature must be"),
     ] {
         let (code, _, err) = augur(&args);
         assert_eq!(code, 1, "{args:?}: {err}");

@@ -26,7 +26,7 @@ fn server() -> SocketAddr {
             Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: CTX, ..Default::default() }).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let defaults = GenerateParams { max_tokens: 24, ..Default::default() };
-        spawn(listener, engine, ServeOptions { defaults, ..ServeOptions::new("smollm2-135m") }).unwrap()
+        spawn(listener, engine, ServeOptions { defaults, ..ServeOptions::new("smollm2-135m") }).unwrap().addr()
     })
 }
 
@@ -287,16 +287,18 @@ fn a_client_that_leaves_mid_stream_stops_its_generation() {
 }
 
 #[test]
-fn with_an_api_key_only_health_answers_without_it() {
+fn with_an_api_key_only_health_answers_without_it_and_shutdown_returns_the_engine() {
     common::setup_env();
     let engine =
         Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 64, ..Default::default() }).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let opts = ServeOptions { api_key: Some("s3cret".into()), ..ServeOptions::new("smollm2-135m") };
-    let addr = spawn(listener, engine, opts).unwrap();
+    let server = spawn(listener, engine, opts).unwrap();
+    let addr = server.addr();
     let ask = |auth: &str, path: &str| {
         let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\n{auth}\r\n").unwrap();
+        let (method, body) = if path.ends_with("completions") { ("POST", r#"{"prompt": "Hi"}"#) } else { ("GET", "") };
+        write!(s, "{method} {path} HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut response = String::new();
         s.read_to_string(&mut response).unwrap();
         response.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap()
@@ -306,4 +308,11 @@ fn with_an_api_key_only_health_answers_without_it() {
     assert_eq!(ask("Authorization: s3cret\r\n", "/v1/models"), 401);
     assert_eq!(ask("Authorization: Bearer s3cret\r\n", "/v1/models"), 200);
     assert_eq!(ask("", "/health"), 200);
+    let key = "Authorization: Bearer s3cret\r\n";
+    assert_eq!(ask(key, "/v1/completions"), 200);
+    // shut down: the engine comes back (to save what it learned) and generation is refused
+    let engine = server.shutdown();
+    assert_eq!(engine.model.max_ctx, 64);
+    assert_eq!(ask(key, "/v1/completions"), 503);
+    assert_eq!(ask(key, "/v1/models"), 200);
 }

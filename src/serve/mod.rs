@@ -8,6 +8,7 @@
 //! order: one model on one GPU decodes fastest alone, and the engine keeps the KV entries of its
 //! last answer, so a chat client that sends the whole conversation each turn prefills only the
 //! new message. A client that goes away mid-answer stops its generation at the next token.
+//! `Server::shutdown` ends the answer in progress and hands the engine back.
 
 pub mod http;
 pub mod openai;
@@ -72,55 +73,76 @@ enum Event {
 struct Shared {
     opts: ServeOptions,
     tokenizer: Arc<Tokenizer>,
-    jobs: flume::Sender<Job>,
+    /// Requests for the engine thread; None tells it to stop.
+    jobs: flume::Sender<Option<Job>>,
     requests: AtomicU64,
     open: AtomicUsize,
+    /// Set by `Server::shutdown`: the answer in progress ends and queued ones are dropped.
+    stopping: CancelToken,
 }
 
-/// Serves on `listener` until the process ends.
-pub fn serve(listener: TcpListener, engine: Engine, opts: ServeOptions) -> Result<()> {
-    let shared = start(engine, opts);
-    for stream in listener.incoming() {
-        match stream {
-            Ok(s) => accept(&shared, s),
-            Err(e) => eprintln!("augur: could not accept a connection: {e}"),
+/// A running server: where it listens, and how to stop it.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    engine: std::thread::JoinHandle<Engine>,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops generating and hands the engine back (to save what its draft head learned): the
+    /// answer in progress ends at its next token, requests still queued and any that come later
+    /// are answered 503.
+    pub fn shutdown(self) -> Engine {
+        self.shared.stopping.cancel();
+        let _ = self.shared.jobs.send(None);
+        match self.engine.join() {
+            Ok(engine) => engine,
+            Err(panic) => std::panic::resume_unwind(panic),
         }
     }
-    Ok(())
 }
 
-/// Serves on `listener` from background threads and returns the address at once (tests, apps
-/// that embed the server).
-pub fn spawn(listener: TcpListener, engine: Engine, opts: ServeOptions) -> Result<SocketAddr> {
+/// Serves on `listener` from background threads (a thread accepting connections, one per
+/// connection, one for the engine) and returns at once.
+pub fn spawn(listener: TcpListener, mut engine: Engine, opts: ServeOptions) -> Result<Server> {
     let addr = listener.local_addr().map_err(|e| Error::msg(format!("the listener has no address: {e}")))?;
-    let shared = start(engine, opts);
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            accept(&shared, s);
-        }
-    });
-    Ok(addr)
-}
-
-/// Starts the engine thread.
-fn start(mut engine: Engine, opts: ServeOptions) -> Arc<Shared> {
-    let (jobs, queue) = flume::unbounded::<Job>();
+    let (jobs, queue) = flume::unbounded::<Option<Job>>();
+    let stopping = CancelToken::default();
     let tokenizer = engine.tokenizer.clone();
-    std::thread::spawn(move || {
-        for job in queue.iter() {
-            if job.events.is_disconnected() {
-                continue; // its client left while it waited
+    let worker = {
+        let stopping = stopping.clone();
+        std::thread::spawn(move || {
+            for job in queue.iter() {
+                let Some(job) = job else { break };
+                if stopping.is_cancelled() || job.events.is_disconnected() {
+                    continue; // dropped: its client gets a 503, or has left
+                }
+                let events = job.events.clone();
+                let done = engine.generate_text(&job.ids, &job.params, &stopping, |piece| {
+                    // false once the connection's thread has gone: the client left
+                    events.send(Event::Text(piece.to_string())).is_ok()
+                });
+                let _ = job.events.send(Event::Done(done.map(Box::new)));
             }
-            let events = job.events.clone();
-            let cancel = CancelToken::default();
-            let done = engine.generate_text(&job.ids, &job.params, &cancel, |piece| {
-                // false once the connection's thread has gone: the client left
-                events.send(Event::Text(piece.to_string())).is_ok()
-            });
-            let _ = job.events.send(Event::Done(done.map(Box::new)));
+            engine
+        })
+    };
+    let shared =
+        Arc::new(Shared { opts, tokenizer, jobs, requests: AtomicU64::new(0), open: AtomicUsize::new(0), stopping });
+    let acceptor = shared.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(s) => accept(&acceptor, s),
+                Err(e) => eprintln!("augur: could not accept a connection: {e}"),
+            }
         }
     });
-    Arc::new(Shared { opts, tokenizer, jobs, requests: AtomicU64::new(0), open: AtomicUsize::new(0) })
+    Ok(Server { addr, shared, engine: worker })
 }
 
 fn accept(shared: &Arc<Shared>, stream: TcpStream) {
@@ -222,8 +244,8 @@ fn generation(
         Err(e) => return fail(w, 400, &e.to_string()),
     };
     let (events, answers) = flume::unbounded();
-    if shared.jobs.send(Job { ids, params: req.params, events }).is_err() {
-        return fail(w, 503, "the engine has stopped; restart the server");
+    if shared.stopping.is_cancelled() || shared.jobs.send(Some(Job { ids, params: req.params, events })).is_err() {
+        return fail(w, 503, "the server is stopping");
     }
     let n = shared.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let reply = Reply {
@@ -236,7 +258,7 @@ fn generation(
     let first = match answers.recv() {
         Ok(Event::Done(Err(e))) => return fail(w, status_of(&e), &e.to_string()),
         Ok(e) => e,
-        Err(_) => return fail(w, 503, "the engine has stopped; restart the server"),
+        Err(_) => return fail(w, 503, "the server is stopping"),
     };
     let events = std::iter::once(first).chain(answers.iter());
     let out = if req.stream { stream(&reply, events, w) } else { whole(&reply, events, w) };
