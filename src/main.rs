@@ -542,6 +542,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     let addr = format!("{}:{}", a.host, a.port);
     let listener = std::net::TcpListener::bind(&addr)
         .map_err(|e| Error::msg(format!("could not listen on {addr} ({e}); pick another --port or --host")))?;
+    // the address bound (--port 0 takes a free port)
+    let addr = listener.local_addr().map_or(addr, |a| a.to_string());
     if api_key.is_none() && listener.local_addr().is_ok_and(|l| !l.ip().is_loopback()) {
         eprintln!("augur: warning: {addr} is reachable from other machines and no API key is set (--api-key)");
     }

@@ -186,6 +186,54 @@ fn cli_chat_ctrl_c_stops_the_answer_not_the_chat() {
     assert!(reports[1].contains("cached"), "the next turn follows the stopped answer: {err}");
 }
 
+/// `augur serve` as a user runs it: on a free port, a learning draft head, a request answered,
+/// then Ctrl-C while a long answer streams: it ends, the head is saved, the exit is clean.
+#[cfg(unix)]
+#[test]
+fn cli_serve_answers_and_stops_on_ctrl_c_saving_the_head() {
+    use std::io::{BufRead, Read, Write};
+    let model = common::model_path("smollm2-135m");
+    let home = std::env::temp_dir().join(format!("augur-serve-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["serve", model.to_str().unwrap(), "--port", "0", "--ctx", "512", "--speculate", "head"])
+        .env("AUGUR_HOME", &home)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    let addr = banner.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("{banner}"));
+    let post = |body: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        s
+    };
+    let mut answer = String::new();
+    post(r#"{"prompt": "Once upon a time,", "max_tokens": 8}"#).read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"completion_tokens\":8"), "{answer}");
+    // a long answer streaming, then Ctrl-C
+    let mut long = std::io::BufReader::new(post(r#"{"prompt": "A story:", "max_tokens": 400, "stream": true}"#));
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(long.read_line(&mut line).unwrap() > 0, "the stream ended before its first event");
+    }
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    long.read_to_string(&mut rest).unwrap(); // the stream ends: its answer was cut short
+    assert!(rest.matches("data: ").count() < 390, "the answer ran on after Ctrl-C");
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    let saved = home.join("heads").join("SmolLM2-135M-Instruct.Q4_1.safetensors").exists();
+    let _ = std::fs::remove_dir_all(&home);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("augur: stopping"), "{err}");
+    assert!(saved, "the draft head was not saved: {err}");
+}
+
 #[test]
 fn cli_errors_are_one_line_with_non_zero_exit() {
     for args in [
