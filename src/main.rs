@@ -246,8 +246,9 @@ struct SampleArgs {
     /// 1 = off
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed for sampling [default: 0; serve: a fresh one for each request that gives none]
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -406,7 +407,7 @@ impl SampleArgs {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
-            seed: self.seed,
+            seed: self.seed.unwrap_or(0),
             chat,
             stop_at_eos: true,
             stop: Vec::new(),
@@ -558,7 +559,13 @@ fn serve(a: ServeArgs) -> Result<()> {
     eprintln!(
         "augur: serving {name} on http://{addr}/v1 (completions, chat/completions, models; /health); Ctrl-C stops"
     );
-    let opts = augur::serve::ServeOptions { defaults, log: true, api_key, ..augur::serve::ServeOptions::new(name) };
+    let opts = augur::serve::ServeOptions {
+        defaults,
+        log: true,
+        api_key,
+        seed: a.sample.seed,
+        ..augur::serve::ServeOptions::new(name)
+    };
     let server = augur::serve::spawn(listener, engine, opts)?;
     // Ctrl-C: end the answer in progress, save what the draft head learned, quit; a second
     // Ctrl-C quits at once

@@ -41,6 +41,9 @@ pub struct ServeOptions {
     pub log: bool,
     /// When set, every endpoint but /health wants `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// The seed of requests that give none; None: a fresh one each, so that they sample
+    /// afresh, as clients of the API expect.
+    pub seed: Option<u64>,
 }
 
 impl ServeOptions {
@@ -52,6 +55,7 @@ impl ServeOptions {
             max_connections: 64,
             log: false,
             api_key: None,
+            seed: None,
         }
     }
 }
@@ -230,10 +234,13 @@ fn generation(
         }
         http::write_json(&mut w, status, &http::error_body(status, msg))
     };
-    let req = match parsed {
+    let mut req = match parsed {
         Ok(r) => r,
         Err(msg) => return fail(w, 400, &msg),
     };
+    if !req.seeded {
+        req.params.seed = shared.opts.seed.unwrap_or_else(openai::fresh_seed);
+    }
     let chat = matches!(req.prompt, Prompt::Chat(_));
     let text = match &req.prompt {
         Prompt::Text(t) => t.clone(),

@@ -22,6 +22,9 @@ pub struct GenerationRequest {
     pub params: GenerateParams,
     /// Answer as server-sent events, a piece of text each.
     pub stream: bool,
+    /// Whether the request gave a seed (else `params.seed` is the defaults', for the server's
+    /// policy to replace: `ServeOptions::seed`).
+    pub seeded: bool,
 }
 
 /// Reads a `/v1/completions` body.
@@ -37,7 +40,8 @@ pub fn completion(body: &[u8], defaults: &GenerateParams) -> Result<GenerationRe
     refuse_unless(&o, "echo", &Value::Bool(false))?;
     refuse_unless(&o, "suffix", &Value::Null)?;
     let params = params(&o, defaults, false)?;
-    Ok(GenerationRequest { prompt: Prompt::Text(prompt), params, stream: flag(&o, "stream")? })
+    let seeded = o.get("seed").is_some_and(|v| !v.is_null());
+    Ok(GenerationRequest { prompt: Prompt::Text(prompt), params, stream: flag(&o, "stream")?, seeded })
 }
 
 /// Reads a `/v1/chat/completions` body.
@@ -86,7 +90,8 @@ pub fn chat(body: &[u8], defaults: &GenerateParams) -> Result<GenerationRequest,
         return Err("`response_format` other than text is not supported".into());
     }
     let params = params(&o, defaults, true)?;
-    Ok(GenerationRequest { prompt: Prompt::Chat(messages), params, stream: flag(&o, "stream")? })
+    let seeded = o.get("seed").is_some_and(|v| !v.is_null());
+    Ok(GenerationRequest { prompt: Prompt::Chat(messages), params, stream: flag(&o, "stream")?, seeded })
 }
 
 fn object(body: &[u8]) -> Result<Map<String, Value>, String> {
@@ -118,12 +123,9 @@ fn params(o: &Map<String, Value>, defaults: &GenerateParams, chat: bool) -> Resu
     if let Some(k) = uint(o, "top_k")? {
         p.top_k = k.min(u32::MAX as u64) as u32;
     }
-    // without a seed each request samples afresh, as clients of the API expect (the command
-    // line's --seed 0 default is for reproducible runs)
-    p.seed = match uint(o, "seed")? {
-        Some(s) => s,
-        None => fresh_seed(),
-    };
+    if let Some(s) = uint(o, "seed")? {
+        p.seed = s;
+    }
     p.stop = match o.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -166,7 +168,7 @@ fn params(o: &Map<String, Value>, defaults: &GenerateParams, chat: bool) -> Resu
 }
 
 /// A seed no earlier request had (in all likelihood): std's per-map random keys, hashed.
-fn fresh_seed() -> u64 {
+pub fn fresh_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
@@ -224,13 +226,12 @@ mod tests {
         let r =
             completion(br#"{"prompt": "Hi", "max_tokens": 5, "stop": "\n", "seed": 7, "n": 1}"#, &defaults()).unwrap();
         assert_eq!(r.prompt, Prompt::Text("Hi".into()));
-        assert_eq!((r.params.max_tokens, r.params.seed, r.params.chat, r.stream), (5, 7, false, false));
+        assert_eq!((r.params.max_tokens, r.params.seed, r.params.chat, r.stream, r.seeded), (5, 7, false, false, true));
         assert_eq!(r.params.stop, vec!["\n".to_string()]);
         let r = completion(br#"{"prompt": ["Hi"], "temperature": 0.5, "stream": true}"#, &defaults()).unwrap();
         assert_eq!((r.params.max_tokens, r.params.temperature, r.stream), (99, 0.5, true));
-        // no seed: a new one each request
-        let again = completion(br#"{"prompt": "Hi", "temperature": 0.5}"#, &defaults()).unwrap();
-        assert_ne!(r.params.seed, again.params.seed);
+        assert!(!r.seeded);
+        assert_ne!(fresh_seed(), fresh_seed());
     }
 
     #[test]
