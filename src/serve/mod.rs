@@ -7,7 +7,7 @@
 //! engine and writes the answer as it comes. Requests are answered one at a time in arrival
 //! order: one model on one GPU decodes fastest alone, and the engine keeps the KV entries of its
 //! last answer, so a chat client that sends the whole conversation each turn prefills only the
-//! new message. A client that goes away mid-answer stops its generation at the next token.
+//! new message. A client that leaves a streamed answer stops its generation at the next token.
 //! `Server::shutdown` ends the answer in progress and hands the engine back.
 
 pub mod http;
