@@ -104,13 +104,9 @@ fn draw_token(base: u32, mx: f32, inv_t: f32, thr: f32, u0: f32, tid: u32) -> u3
         let z = (logits[base + i] - mx) * inv_t;
         s += select(0.0, exp(z), z >= thr);
     }
-    red_f[tid] = s;
-    workgroupBarrier();
+    // total_f leaves the chunk sums in red_f
+    let total = total_f(s, tid);
     if (tid == 0u) {
-        var total = 0.0;
-        for (var i = 0u; i < WG; i++) {
-            total += red_f[i];
-        }
         let u = u0 * total;
         var acc = 0.0;
         var owner = WG;

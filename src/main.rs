@@ -82,17 +82,9 @@ enum Cmd {
         /// measured ones), unmeasured, so that the suffix store holds a history as a user's does
         #[arg(long, default_value_t = 0)]
         history: usize,
-        /// Sample (both arms with the same seed; 0 = greedy)
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        /// 0 = off
-        #[arg(long, default_value_t = 0)]
-        top_k: u32,
-        /// 1 = off
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// Sampling (both arms with the same seed)
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[command(flatten)]
         spec: SpecArgs,
     },
@@ -237,6 +229,13 @@ struct SampleArgs {
     /// Most tokens generated (per answer)
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// How tokens are drawn (generation commands and bench-spec).
+#[derive(Args)]
+struct SamplingArgs {
     /// 0 = greedy
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -404,10 +403,10 @@ impl SampleArgs {
     fn params(&self, chat: bool, spec: &SpecArgs) -> GenerateParams {
         GenerateParams {
             max_tokens: self.max_tokens,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed.unwrap_or(0),
+            temperature: self.sampling.temperature,
+            top_k: self.sampling.top_k,
+            top_p: self.sampling.top_p,
+            seed: self.sampling.seed.unwrap_or(0),
             chat,
             stop_at_eos: true,
             stop: Vec::new(),
@@ -563,7 +562,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         defaults,
         log: true,
         api_key,
-        seed: a.sample.seed,
+        seed: a.sample.sampling.seed,
         ..augur::serve::ServeOptions::new(name)
     };
     let server = augur::serve::spawn(listener, engine, opts)?;
@@ -669,12 +668,11 @@ fn run(cli: Cli) -> Result<()> {
             max_tokens,
             turns,
             history,
-            temperature,
-            top_k,
-            top_p,
-            seed,
+            sampling,
             spec,
         } => {
+            let SamplingArgs { temperature, top_k, top_p, seed } = sampling;
+            let seed = seed.unwrap_or(0);
             GenerateParams { temperature, top_p, ..Default::default() }.check()?;
             if turns == Some(0) {
                 return Err(Error::msg("--turns must be at least 1 (or left out for all turns)"));
