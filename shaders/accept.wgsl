@@ -7,22 +7,27 @@
 // from there), or ends with y as the bonus token:
 //   greedy (temperature <= 0): y is the row's argmax (lowest index on ties);
 //   sampling: p = softmax(logits / T) restricted to the top_k largest and to the smallest top
-//     set holding top_p of the mass, and y is drawn from p by inverse CDF with the uniform of
-//     the generated token's index (the pass's draw plus the depth), the one a plain pass at that
-//     position uses.
+//     set holding top_p of the mass, and y is drawn from p by the Gumbel-max rule with the
+//     noise of the generated token's index (the pass's draw plus the depth), the noise a plain
+//     pass at that position uses.
 // Since the rows' logits are the ones plain decoding computes there, the output is plain
-// decoding's for the same seed, token for token, whatever was drafted. Every draft is a fixed
-// proposal (q one-hot), and this is recursive rejection sampling with its decisions coupled
-// through one uniform per position: child x1 is accepted with probability p(x1); given that y is
-// not x1, y follows norm(p - q1), which accepts x2 with probability p(x2) / (1 - p(x1)); and so
-// on, with the bonus drawn from what is left. So acceptance rates are those of that rule.
+// decoding's for the same seed, token for token, whatever was drafted: a draft decides only
+// which rows are computed, never which token a row gives. For drafts fixed before the noise
+// (q one-hot: the suffix index, a greedy drafter) this is recursive rejection sampling with its
+// decisions coupled through the position's noise: child x1 is accepted with probability p(x1);
+// given that y is not x1, y follows norm(p - q1), which accepts x2 with probability
+// p(x2) / (1 - p(x1)); and so on, with the bonus drawn from what is left. A drafter that draws
+// its drafts with the same noise from its own logits (draw_rows) is accepted wherever its
+// logits rank the perturbed tokens as the target's do, which is more often.
 // Output in `result`: [0] accepted count k, [1..=k] accepted rows in path order,
 // [RESULT_BONUS] bonus token, [RESULT_TOKENS + i] accepted tokens. tokens[0] receives the bonus:
 // the next pass's root, already on the GPU. The CPU twin is src/sampler.rs.
 //
 // Two entry points, dispatched one after the other for passes of several LM-head rows: `row_best`
 // finds every row's max and argmax at once, a workgroup a row, and `main` walks the tree with
-// them (a pass of one row, plain decoding, finds its own in `main`). (One workgroup scanning
+// them (a pass of one row, plain decoding, finds its own in `main`). A third, `draw_rows`, is for
+// drafters: it draws each row's token as `main` would, so that sampled drafts can agree with the
+// target's draw (see there). (One workgroup scanning
 // the vocabulary again at each depth of the walk was 15% of a 5-row verification on an H200.)
 
 const WG: u32 = 64u;
@@ -51,6 +56,8 @@ struct AcceptParams {
 @group(0) @binding(5) var<storage, read_write> result: array<u32>;
 // Per LM-head row: its max logit (as bits) and argmax, lowest index on ties (row_best).
 @group(0) @binding(6) var<storage, read_write> best: array<vec2<u32>>;
+// Per LM-head row of a drafter's pass: its coupled draw (draw_rows only).
+@group(0) @binding(7) var<storage, read_write> draws: array<vec4<u32>>;
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
@@ -58,11 +65,23 @@ var<workgroup> shared_f: f32;
 var<workgroup> shared_u: u32;
 var<workgroup> next_row: u32;
 var<workgroup> pick: u32;
+// The last draw's best and runner-up perturbed scores and the runner-up's id (as bits).
+var<workgroup> pick_gap: vec4<f32>;
+var<workgroup> red_g: array<f32, WG>;
+var<workgroup> red_v: array<u32, WG>;
 
-// Uniform in [0, 1) for the generated token with this index (the pass's draw is its root's),
-// the same whichever pass and depth sample it (sampler.rs: uniform(seed, index, 0)).
-fn uniform_at(index: u32) -> f32 {
-    return f32(hash(pass_.seed ^ hash(index ^ hash(0u))) >> 8u) * (1.0 / 16777216.0);
+// The noise key of the generated token with this index (the pass's draw is its root's), the
+// same whichever pass and depth sample it (sampler.rs: token_key).
+fn token_key(index: u32) -> u32 {
+    return hash(pass_.seed ^ hash(index ^ hash(0u)));
+}
+
+// Gumbel noise -ln(-ln u) of vocabulary id `i` under `key`, u uniform in (0, 1) from 24 bits of a
+// hash (sampler.rs: gumbel). Its largest value, ~17.3, caps how far below the best a token can
+// still win: a token 17 nats down (p < 4e-8 of the best's) never does.
+fn gumbel(key: u32, i: u32) -> f32 {
+    let u = (f32(hash(key ^ hash(i)) >> 8u) + 0.5) * (1.0 / 16777216.0);
+    return -log(-log(u));
 }
 
 fn total_f(v: f32, tid: u32) -> f32 {
@@ -91,60 +110,120 @@ fn total_u(v: u32, tid: u32) -> u32 {
     return workgroupUniformLoad(&shared_u);
 }
 
-// A token drawn from the row at `base`, kept set {z >= thr}, by inverse CDF in index order with
-// uniform `u0`: each invocation sums a contiguous chunk, a prefix over chunks finds the one
-// holding the draw, and it walks its chunk. The same for every lane.
-fn draw_token(base: u32, mx: f32, inv_t: f32, thr: f32, u0: f32, tid: u32) -> u32 {
-    let v = p.vocab;
-    let chunk = (v + WG - 1u) / WG;
-    let c0 = min(tid * chunk, v);
-    let c1 = min(c0 + chunk, v);
-    var s = 0.0;
-    for (var i = c0; i < c1; i++) {
+// The token drawn from the row at `base`, kept set {z >= thr}, by the Gumbel-max rule: the
+// kept token with the largest z + g, g the Gumbel noise of (token index, vocabulary id) under
+// key `key` (ties to the lowest id). That is a draw from softmax(z) over the kept set, and the
+// noise does not depend on the logits, so a drafter drawing from its own logits with the same
+// noise picks the same token wherever its logits agree with the target's to within the gap
+// between the two best perturbed scores. The draw's best and runner-up scores and the runner-up
+// id land in `pick_gap`. The same for every lane.
+fn draw_token(base: u32, mx: f32, inv_t: f32, thr: f32, key: u32, tid: u32) -> u32 {
+    var b1 = MASKED;
+    var i1 = NONE;
+    var b2 = MASKED;
+    var i2 = NONE;
+    for (var i = tid; i < p.vocab; i += WG) {
         let z = (logits[base + i] - mx) * inv_t;
-        s += select(0.0, exp(z), z >= thr);
-    }
-    // total_f leaves the chunk sums in red_f
-    let total = total_f(s, tid);
-    if (tid == 0u) {
-        let u = u0 * total;
-        var acc = 0.0;
-        var owner = WG;
-        var last_kept = 0u;
-        for (var i = 0u; i < WG; i++) {
-            let here = red_f[i];
-            red_f[i] = acc;
-            if (owner == WG && u < acc + here && here > 0.0) {
-                owner = i;
+        if (z >= thr) {
+            let g = z + gumbel(key, i);
+            // lanes walk their ids in increasing order: a tie keeps the lower one
+            if (g > b1) {
+                b2 = b1;
+                i2 = i1;
+                b1 = g;
+                i1 = i;
+            } else if (g > b2) {
+                b2 = g;
+                i2 = i;
             }
-            if (here > 0.0) {
-                last_kept = i;
-            }
-            acc += here;
         }
-        // rounding can put u at the total: the last kept token then
-        shared_u = select(owner, last_kept, owner == WG);
-        shared_f = u;
-        pick = NONE;
     }
-    let owner = workgroupUniformLoad(&shared_u);
-    let u = workgroupUniformLoad(&shared_f);
-    if (tid == owner) {
-        var acc = red_f[tid];
-        var last = NONE;
-        for (var i = c0; i < c1; i++) {
-            let z = (logits[base + i] - mx) * inv_t;
-            if (z >= thr) {
-                last = i;
-                acc += exp(z);
-                if (u < acc) {
-                    break;
+    red_f[tid] = b1;
+    red_u[tid] = i1;
+    red_g[tid] = b2;
+    red_v[tid] = i2;
+    workgroupBarrier();
+    if (tid == 0u) {
+        var w1 = MASKED;
+        var j1 = NONE;
+        var w2 = MASKED;
+        var j2 = NONE;
+        for (var l = 0u; l < WG; l++) {
+            // each lane's best, then its runner-up, merged into the overall top two
+            for (var c = 0u; c < 2u; c++) {
+                let g = select(red_f[l], red_g[l], c == 1u);
+                let i = select(red_u[l], red_v[l], c == 1u);
+                if (i == NONE) {
+                    continue;
+                }
+                if (g > w1 || (g == w1 && i < j1)) {
+                    w2 = w1;
+                    j2 = j1;
+                    w1 = g;
+                    j1 = i;
+                } else if (g > w2 || (g == w2 && i < j2)) {
+                    w2 = g;
+                    j2 = i;
                 }
             }
         }
-        pick = last;
+        pick = j1;
+        pick_gap = vec4<f32>(w1, w2, bitcast<f32>(j2), 0.0);
     }
     return workgroupUniformLoad(&pick);
+}
+
+// The kept set's threshold on z = (l - mx) / T <= 0 for the row at `base` (every token with
+// z >= thr is kept): the largest thr keeping top_k tokens, raised to the largest keeping top_p of
+// their mass. The same for every lane.
+fn kept_threshold(base: u32, mx: f32, inv_t: f32, tid: u32) -> f32 {
+    let v = p.vocab;
+    var thr = -1.0e30;
+    if (pass_.top_k > 0u && pass_.top_k < v) {
+        // largest thr with count(z >= thr) >= top_k
+        var lo = -1.0e4;
+        var hi = 0.0;
+        for (var it = 0u; it < ITERS; it++) {
+            let mid = 0.5 * (lo + hi);
+            var c = 0u;
+            for (var i = tid; i < v; i += WG) {
+                c += select(0u, 1u, (logits[base + i] - mx) * inv_t >= mid);
+            }
+            if (total_u(c, tid) >= pass_.top_k) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        thr = lo;
+    }
+    if (pass_.top_p < 1.0) {
+        var s = 0.0;
+        for (var i = tid; i < v; i += WG) {
+            let z = (logits[base + i] - mx) * inv_t;
+            s += select(0.0, exp(z), z >= thr);
+        }
+        let mass = total_f(s, tid);
+        // largest thr2 >= thr with mass(z >= thr2) >= top_p * mass
+        var lo = max(thr, -1.0e4);
+        var hi = 0.0;
+        let want = pass_.top_p * mass;
+        for (var it = 0u; it < ITERS; it++) {
+            let mid = 0.5 * (lo + hi);
+            var s2 = 0.0;
+            for (var i = tid; i < v; i += WG) {
+                let z = (logits[base + i] - mx) * inv_t;
+                s2 += select(0.0, exp(z), z >= mid);
+            }
+            if (total_f(s2, tid) >= want) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        thr = max(thr, lo);
+    }
+    return thr;
 }
 
 // The max (as bits) and argmax (lowest index on ties) of LM-head row `row`, for every lane.
@@ -191,7 +270,6 @@ fn row_best(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) tid: u32) {
-    let v = p.vocab;
     let sampling = pass_.temperature > 0.0;
     let inv_t = select(1.0, 1.0 / pass_.temperature, sampling);
     var cur = 0u;
@@ -211,50 +289,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         // the kept set {z >= thr}, z = (l - mx) / T <= 0
         var thr = -1.0e30;
         if (sampling) {
-            if (pass_.top_k > 0u && pass_.top_k < v) {
-                // largest thr with count(z >= thr) >= top_k
-                var lo = -1.0e4;
-                var hi = 0.0;
-                for (var it = 0u; it < ITERS; it++) {
-                    let mid = 0.5 * (lo + hi);
-                    var c = 0u;
-                    for (var i = tid; i < v; i += WG) {
-                        c += select(0u, 1u, (logits[base + i] - mx) * inv_t >= mid);
-                    }
-                    if (total_u(c, tid) >= pass_.top_k) {
-                        lo = mid;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                thr = lo;
-            }
-            if (pass_.top_p < 1.0) {
-                var s = 0.0;
-                for (var i = tid; i < v; i += WG) {
-                    let z = (logits[base + i] - mx) * inv_t;
-                    s += select(0.0, exp(z), z >= thr);
-                }
-                let mass = total_f(s, tid);
-                // largest thr2 >= thr with mass(z >= thr2) >= top_p * mass
-                var lo = max(thr, -1.0e4);
-                var hi = 0.0;
-                let want = pass_.top_p * mass;
-                for (var it = 0u; it < ITERS; it++) {
-                    let mid = 0.5 * (lo + hi);
-                    var s2 = 0.0;
-                    for (var i = tid; i < v; i += WG) {
-                        let z = (logits[base + i] - mx) * inv_t;
-                        s2 += select(0.0, exp(z), z >= mid);
-                    }
-                    if (total_f(s2, tid) >= want) {
-                        lo = mid;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                thr = max(thr, lo);
-            }
+            thr = kept_threshold(base, mx, inv_t, tid);
         }
 
         // The token plain decoding samples at this position: the argmax, or a draw from the
@@ -262,7 +297,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         // is plain decoding's for the seed whatever was drafted (see the header).
         var y = amax;
         if (sampling) {
-            y = draw_token(base, mx, inv_t, thr, uniform_at(pass_.draw + depth), tid);
+            y = draw_token(base, mx, inv_t, thr, token_key(pass_.draw + depth), tid);
         }
         if (tid == 0u) {
             var child = NONE;
@@ -302,5 +337,44 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     if (tid == 0u) {
         result[0] = k;
         tokens[0] = result[RESULT_BONUS];
+    }
+}
+
+// The scale, in units of z (logit / T), of the gap between a coupled draw's best and runner-up
+// perturbed scores: at a gap of 0 the target's draw is taken to be either of the two, and the
+// chance that it is the runner-up falls as e^(-gap / COUPLING_SPREAD) / 2.
+const COUPLING_SPREAD: f32 = 1.0;
+
+// A drafter's coupled draw, for sampled decoding: each LM-head row's token drawn exactly as
+// `main` draws one, with the noise of generated-token index pass_.draw (a drafting level's rows
+// all sit at one depth), from the drafter's own logits. Where the target's logits there differ
+// from the drafter's by less than the gap between the two best perturbed scores, the target's
+// draw is the same token, so the child carrying it is accepted: sampled drafts agree about as
+// often as greedy ones, instead of at the rate p(x) of a fixed guess x. Acceptance is unchanged
+// (`main` never looks at how a draft was made), so this changes only what is proposed.
+// draws[row] = (token, bits of its score 1 - e^(-gap / COUPLING_SPREAD) / 2, runner-up token,
+// 0): the score is a prior that the controller's calibration maps to realised acceptance, and
+// the runner-up is the likeliest token where the draw misses.
+@compute @workgroup_size(64)
+fn draw_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    if (wid.x >= pass_.lm_rows || pass_.temperature <= 0.0) {
+        return;
+    }
+    let row = wid.x;
+    let base = row * p.row_stride;
+    let b = row_max(row, tid);
+    let mx = bitcast<f32>(b.x);
+    let inv_t = 1.0 / pass_.temperature;
+    let thr = kept_threshold(base, mx, inv_t, tid);
+    let y = draw_token(base, mx, inv_t, thr, token_key(pass_.draw), tid);
+    if (tid == 0u) {
+        let gap = pick_gap;
+        let runner_up = bitcast<u32>(gap.z);
+        // a lone kept token cannot be missed
+        var score = 1.0;
+        if (runner_up != NONE) {
+            score = 1.0 - 0.5 * exp(-(gap.x - gap.y) / COUPLING_SPREAD);
+        }
+        draws[row] = vec4<u32>(y, bitcast<u32>(clamp(score, 0.0, 1.0)), runner_up, 0u);
     }
 }

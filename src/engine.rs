@@ -207,6 +207,9 @@ pub struct Engine {
     /// `AUGUR_TRACE` set: one line per speculative round on stderr (what was drafted, by whom,
     /// what was accepted, what it cost), for seeing where a round's time goes.
     trace: bool,
+    /// `AUGUR_COUPLED_DRAFTS=0`: drafters propose their top tokens when sampling too, rather
+    /// than drawing with the target's noise (for measuring what the coupling gains).
+    uncoupled: bool,
     /// The draft model sits this request out: the controller would not let it draft in the
     /// first round, so it fed no prompt (feeding it later would cost what drafting saves).
     draft_sits_out: bool,
@@ -260,6 +263,7 @@ impl Engine {
             last_head_save: Instant::now(),
             kv_prefix: None,
             trace: std::env::var_os("AUGUR_TRACE").is_some(),
+            uncoupled: std::env::var_os("AUGUR_COUPLED_DRAFTS").is_some_and(|v| v == "0"),
             draft_sits_out: false,
         })
     }
@@ -488,7 +492,7 @@ impl Engine {
                 tree: None,
                 logits_rows: if last { chunk.len() - 1..chunk.len() } else { 0..0 },
                 accept: last.then_some(sampling),
-                compact: false,
+                ..Default::default()
             };
             if last {
                 next = self.step(&spec)?;
@@ -558,7 +562,7 @@ impl Engine {
             if n_past >= max_ctx {
                 break 'generation "length";
             }
-            // the uniform of each generated token is keyed by its index (accept.wgsl)
+            // the sampling noise of each generated token is keyed by its index (accept.wgsl)
             sampling.draw = tokens.len() as u32;
             if let Some(d) = drafter {
                 let wanted = params.max_tokens - tokens.len();
@@ -568,8 +572,14 @@ impl Engine {
                 n_past += 1 + accepted;
             } else {
                 // acceptance left the last token in tokens[0]: no host write needed
-                let spec =
-                    PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, accept: Some(sampling), compact: false };
+                let spec = PassSpec {
+                    m: 1,
+                    n_past,
+                    tree: None,
+                    logits_rows: 0..1,
+                    accept: Some(sampling),
+                    ..Default::default()
+                };
                 pending = vec![self.step(&spec)?];
                 n_past += 1;
             }
@@ -631,7 +641,8 @@ impl Engine {
         let (tree, plan) = if params.speculate == SpecMode::Auto {
             // only trees whose pass is compiled (see generate)
             let budget = budget.min(self.model.gpu.kernels.ready_rows().saturating_sub(1));
-            let (plan, drafted) = self.plan_round(context, budget, depth);
+            let drafting = if self.uncoupled { Sampling::default() } else { sampling };
+            let (plan, drafted) = self.plan_round(context, budget, depth, drafting);
             (plan.tree.clone(), Some((plan, drafted)))
         } else {
             if let Some(h) = self.head.as_mut() {
@@ -644,6 +655,7 @@ impl Engine {
             }
             .expect("drafter_for picks a speculator that exists");
             speculator.set_min_confidence(0.1);
+            speculator.set_sampling(if self.uncoupled { Sampling::default() } else { sampling });
             let mut tree = speculator.propose(context, budget, depth);
             tree.truncate(budget);
             (tree, None)
@@ -669,6 +681,7 @@ impl Engine {
             logits_rows: 0..m,
             accept: Some(sampling),
             compact: branches,
+            coupled: None,
         };
         let gpu = &self.model.gpu;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -771,8 +784,15 @@ impl Engine {
 
     /// The controller's round: every speculator it wants drafts (the suffix index always: it
     /// costs microseconds), it picks the tree, and the draft head learns which verified rows
-    /// are its own. Returns the plan and how long each expensive speculator drafted.
-    fn plan_round(&mut self, context: &[u32], budget: usize, depth: usize) -> (Plan, Vec<Drafting>) {
+    /// are its own. Returns the plan and how long each expensive speculator drafted. `sampling`
+    /// is what drafters that draw with the target's noise draw with (`Speculator::set_sampling`).
+    fn plan_round(
+        &mut self,
+        context: &[u32],
+        budget: usize,
+        depth: usize,
+        sampling: Sampling,
+    ) -> (Plan, Vec<Drafting>) {
         let c = self.controller.as_mut().expect("made before the first auto round");
         let mut proposals = Vec::new();
         let mut drafted = Vec::new();
@@ -794,6 +814,7 @@ impl Engine {
                 && let Some(lookahead) = c.wants(d, s.feed_ms_per_token())
             {
                 let t = Instant::now();
+                s.set_sampling(sampling);
                 s.set_min_confidence(c.min_score(d));
                 s.set_expand_confidence(c.min_expand_score(d, s.level_ms()));
                 let tree = s.propose(context, budget, depth.min(lookahead));

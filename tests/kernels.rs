@@ -43,14 +43,7 @@ fn tiny_model_matches_cpu_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
         gm.set_tokens(&prompt);
         let got = gpu_logits(
             &gm,
-            &PassSpec {
-                m: prompt.len(),
-                n_past: 0,
-                tree: None,
-                logits_rows: 0..prompt.len(),
-                accept: None,
-                compact: false,
-            },
+            &PassSpec { m: prompt.len(), n_past: 0, tree: None, logits_rows: 0..prompt.len(), ..Default::default() },
         );
         for (i, &t) in prompt.iter().enumerate() {
             let want = cpu.step(t);
@@ -60,10 +53,7 @@ fn tiny_model_matches_cpu_reference_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
         }
         for (n_past, t) in (prompt.len()..).zip([11u32, 12, 13]) {
             gm.set_tokens(&[t]);
-            let got = gpu_logits(
-                &gm,
-                &PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, accept: None, compact: false },
-            );
+            let got = gpu_logits(&gm, &PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, ..Default::default() });
             let want = cpu.step(t);
             let e = rel_l2(&got, &want);
             assert!(e < 1e-4, "seed {seed} decode at {n_past}: rel L2 {e}");
@@ -124,18 +114,13 @@ fn forward_is_batch_invariant_on(gpu: &std::sync::Arc<augur::gpu::Gpu>) {
             .enumerate()
             .map(|(i, &t)| {
                 gm.set_tokens(&[t]);
-                gpu_logits(
-                    &gm,
-                    &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false },
-                )
+                gpu_logits(&gm, &PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, ..Default::default() })
             })
             .collect();
         for m in [2, 3, 5, 8, 9, 11] {
             gm.set_tokens(&prompt[..m]);
-            let batched = gpu_logits(
-                &gm,
-                &PassSpec { m, n_past: 0, tree: None, logits_rows: 0..m, accept: None, compact: false },
-            );
+            let batched =
+                gpu_logits(&gm, &PassSpec { m, n_past: 0, tree: None, logits_rows: 0..m, ..Default::default() });
             for (i, alone) in alone.iter().enumerate().take(m) {
                 let row = &batched[i * cfg.vocab..(i + 1) * cfg.vocab];
                 assert!(
@@ -168,7 +153,7 @@ fn forward_is_the_same_with_and_without_subgroups() {
         let logits = |g: &std::sync::Arc<augur::gpu::Gpu>| {
             let gm = GpuModel::new(g.clone(), &cfg, &w, 64, 16).unwrap();
             gm.set_tokens(&prompt);
-            let spec = |m, n_past| PassSpec { m, n_past, tree: None, logits_rows: 0..m, accept: None, compact: false };
+            let spec = |m, n_past| PassSpec { m, n_past, tree: None, logits_rows: 0..m, ..Default::default() };
             let mut out = gpu_logits(&gm, &spec(prompt.len(), 0));
             gm.set_tokens(&[11]);
             out.extend(gpu_logits(&gm, &spec(1, prompt.len())));
@@ -317,8 +302,7 @@ fn tree_mask_attention_matches_path_reference_on(gpu: &std::sync::Arc<augur::gpu
             positions[i] = (prefix.len() + p.len() - 1) as u32;
         }
         gm.set_tokens(&prefix);
-        gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, accept: None, compact: false })
-            .unwrap();
+        gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, ..Default::default() }).unwrap();
         gm.set_tokens(&tokens);
         let got = gpu_logits(
             &gm,
@@ -332,8 +316,7 @@ fn tree_mask_attention_matches_path_reference_on(gpu: &std::sync::Arc<augur::gpu
                     parents: vec![u32::MAX; n],
                 }),
                 logits_rows: 0..n,
-                accept: None,
-                compact: false,
+                ..Default::default()
             },
         );
         for i in 0..n {
@@ -426,8 +409,7 @@ fn tree_grown_over_several_passes_matches_path_reference_on(gpu: &std::sync::Arc
     let mut rng = Rng(31);
     let prefix: Vec<u32> = (0..6).map(|_| (rng.next() % 320) as u32).collect();
     gm.set_tokens(&prefix);
-    gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, accept: None, compact: false })
-        .unwrap();
+    gm.run(&PassSpec { m: prefix.len(), n_past: 0, tree: None, logits_rows: 0..0, ..Default::default() }).unwrap();
     let base = prefix.len();
     // nodes: (token, parent node, tree slot, mask); level 0 hangs off the last prefix token
     let mut paths: Vec<Vec<u32>> = Vec::new();
@@ -459,14 +441,7 @@ fn tree_grown_over_several_passes_matches_path_reference_on(gpu: &std::sync::Arc
         gm.set_tokens(&tokens);
         let got = gpu_logits(
             &gm,
-            &PassSpec {
-                m: width,
-                n_past: base + first,
-                tree: Some(rows),
-                logits_rows: 0..width,
-                accept: None,
-                compact: false,
-            },
+            &PassSpec { m: width, n_past: base + first, tree: Some(rows), logits_rows: 0..width, ..Default::default() },
         );
         for r in 0..width {
             let mut cpu = CpuModel::new(&cfg, &w, 64);
@@ -604,8 +579,10 @@ fn sampler_greedy_is_argmax() {
     }
 }
 
-/// With temperature/top-k/top-p the kernel's draw lands in the CPU twin's interval for the same
-/// u (within float rounding of the cumulative sums), and never on a token the filters drop.
+/// With temperature/top-k/top-p the kernel draws the CPU twin's token (the kept token with the
+/// largest logit / T plus the same Gumbel noise; f32 against f64 may part on a near tie), and
+/// never a token the filters drop. (`sampler`'s own test checks that the twin's draws follow the
+/// filtered softmax.)
 #[test]
 fn sampler_matches_cpu_twin() {
     let mut rng = Rng(17);
@@ -614,16 +591,15 @@ fn sampler_matches_cpu_twin() {
     for (temp, top_k, top_p) in [(1.0f32, 0u32, 1.0f32), (0.7, 40, 1.0), (1.3, 0, 0.9), (0.8, 20, 0.5)] {
         let p = augur::sampler::distribution(&logits, temp, top_k, top_p);
         let mut agree = 0;
+        let mut distinct = std::collections::HashSet::new();
         for draw in 0..60 {
             let got = rig.sample(temp, top_k, top_p, 1234, draw) as usize;
             assert!(p[got] > 0.0, "temp {temp} top_k {top_k} top_p {top_p}: kernel chose dropped token {got}");
-            let u = augur::sampler::uniform(1234, draw, 0);
-            let lo: f64 = p[..got].iter().sum();
-            let hi = lo + p[got];
-            assert!(u >= lo - 1e-4 && u < hi + 1e-4, "draw {draw}: u={u} outside [{lo}, {hi}) of token {got}");
             agree += (got as u32 == augur::sampler::sample_cpu(&logits, temp, top_k, top_p, 1234, draw)) as u32;
+            distinct.insert(got);
         }
         assert!(agree >= 58, "only {agree}/60 draws agree with the CPU twin");
+        assert!(distinct.len() >= 5, "temp {temp}: 60 draws gave only {} tokens", distinct.len());
     }
 }
 

@@ -35,8 +35,7 @@ fn greedy_matches_reference(model: &LoadedModel, gm: &GpuModel, prompts: &[&str]
             n_past: 0,
             tree: None,
             logits_rows: ids.len() - 1..ids.len(),
-            accept: None,
-            compact: false,
+            ..Default::default()
         })
         .unwrap();
         let mut n_past = ids.len();
@@ -48,8 +47,7 @@ fn greedy_matches_reference(model: &LoadedModel, gm: &GpuModel, prompts: &[&str]
             assert_eq!(t, want[i], "{p:?} step {i}: GPU chose {t}, reference {}", want[i]);
             if i + 1 < n {
                 gm.set_tokens(&[t]);
-                gm.run(&PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, accept: None, compact: false })
-                    .unwrap();
+                gm.run(&PassSpec { m: 1, n_past, tree: None, logits_rows: 0..1, ..Default::default() }).unwrap();
                 n_past += 1;
             }
         }
@@ -98,12 +96,11 @@ fn smollm2_forward_is_batch_invariant() {
     let ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog near").unwrap();
     let v = m.config.vocab;
     gm.set_tokens(&ids);
-    gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: 0..ids.len(), accept: None, compact: false })
-        .unwrap();
+    gm.run(&PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: 0..ids.len(), ..Default::default() }).unwrap();
     let batched = gm.read_logits(ids.len());
     for (i, &t) in ids.iter().enumerate() {
         gm.set_tokens(&[t]);
-        gm.run(&PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, accept: None, compact: false }).unwrap();
+        gm.run(&PassSpec { m: 1, n_past: i, tree: None, logits_rows: 0..1, ..Default::default() }).unwrap();
         let alone = gm.read_logits(1);
         let same = batched[i * v..(i + 1) * v].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "row {i} of {} differs from the same token alone", ids.len());
@@ -256,7 +253,7 @@ fn chat_turns_reuse_the_cache_and_answer_as_a_fresh_engine_would() {
 
     // another pass on the model overwrites slots: nothing is reused after it
     e.model.set_tokens(&ids1[..4]);
-    e.model.run(&PassSpec { m: 4, n_past: 0, tree: None, logits_rows: 0..1, accept: None, compact: false }).unwrap();
+    e.model.run(&PassSpec { m: 4, n_past: 0, tree: None, logits_rows: 0..1, ..Default::default() }).unwrap();
     let again = e.generate_tokens(&ids2, &params(SpecMode::Off), &c, |_| true).unwrap();
     assert_eq!(again.stats.cached_prompt_tokens, 0);
     assert_eq!(again.tokens, b2.tokens);

@@ -30,27 +30,14 @@ fn greedy(m: &LoadedModel, prompt: &str, n: usize) -> Vec<u32> {
     let ids = m.tokenizer.encode(prompt).unwrap();
     gm.set_tokens(&ids);
     let mut out = Vec::new();
-    let mut spec = PassSpec {
-        m: ids.len(),
-        n_past: 0,
-        tree: None,
-        logits_rows: ids.len() - 1..ids.len(),
-        accept: None,
-        compact: false,
-    };
+    let mut spec =
+        PassSpec { m: ids.len(), n_past: 0, tree: None, logits_rows: ids.len() - 1..ids.len(), ..Default::default() };
     for _ in 0..n {
         gm.run(&spec).unwrap();
         let t = augur::model::cpu::argmax(&gm.read_logits(1));
         out.push(t);
         gm.set_tokens(&[t]);
-        spec = PassSpec {
-            m: 1,
-            n_past: spec.n_past + spec.m,
-            tree: None,
-            logits_rows: 0..1,
-            accept: None,
-            compact: false,
-        };
+        spec = PassSpec { m: 1, n_past: spec.n_past + spec.m, tree: None, logits_rows: 0..1, ..Default::default() };
     }
     out
 }

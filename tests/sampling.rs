@@ -64,8 +64,15 @@ impl Rig {
         let gm = &self.gm;
         gm.set_tokens(&CONTEXT);
         let n = CONTEXT.len();
-        gm.run(&PassSpec { m: n, n_past: 0, tree: None, logits_rows: n - 1..n, accept: Some(s(0)), compact: false })
-            .unwrap();
+        gm.run(&PassSpec {
+            m: n,
+            n_past: 0,
+            tree: None,
+            logits_rows: n - 1..n,
+            accept: Some(s(0)),
+            ..Default::default()
+        })
+        .unwrap();
         let t1 = read_result(gm)[RESULT_BONUS];
         let mut out = vec![t1];
         let mut n_past = n;
@@ -116,6 +123,7 @@ impl Rig {
                 // the root samples the token with index out.len()
                 accept: Some(s(out.len() as u32)),
                 compact: branches,
+                coupled: None,
             })
             .unwrap();
             let r = read_result(gm);
@@ -208,7 +216,7 @@ fn speculative_sampling_keeps_the_distribution_and_a_broken_rule_is_caught() {
         }
     }
     // more: with the same seed, speculation gives plain decoding's very tokens, since each
-    // position draws with its own uniform whatever pass samples it
+    // position draws with its own noise whatever pass samples it
     for drafts in [Drafts::FixedTree, Drafts::Sampled] {
         for seed in 0..100 {
             assert_eq!(rig.run(seed, drafts), rig.run(seed, Drafts::None), "seed {seed}");

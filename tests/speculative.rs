@@ -106,7 +106,7 @@ fn greedy_speculation_is_identical_to_plain_decoding() {
 }
 
 /// Sampling with speculation gives, for a seed, plain sampling's very tokens: each position draws
-/// with its own uniform whichever pass samples it, and a drafted child is accepted only when it
+/// with its own noise whichever pass samples it, and a drafted child is accepted only when it
 /// carries that draw (accept.wgsl). For the suffix speculator, random trees and the controller,
 /// with temperature, top-k and top-p.
 #[test]
@@ -373,6 +373,50 @@ fn draft_model_speculation_is_identical_to_plain_decoding() {
     assert!(rejected_rounds > 10, "only {rejected_rounds} rounds rejected the first draft");
 }
 
+/// When sampling, a draft model draws each draft with the Gumbel noise the target will use at
+/// that position (accept.wgsl draw_rows), so where their logits agree so do their draws: with
+/// the target itself as the draft model every drafted depth the walk reaches is accepted, at
+/// three temperature / top-k / top-p settings, and the output is plain sampling's. A fixed guess
+/// (the draft's most likely token, as greedy drafting proposes) would be accepted only at the
+/// rate p(x), about half the time here.
+#[test]
+fn sampled_drafts_coupled_to_the_targets_noise_are_accepted_where_the_models_agree() {
+    let mut e =
+        Engine::load(&model_path("smollm2-135m"), &EngineOptions { max_ctx: 512, ..Default::default() }).unwrap();
+    e.attach_draft(smollm_skipping(0..0)).unwrap();
+    let c = CancelToken::default();
+    let (mut attempted, mut accepted) = (0, 0);
+    for (i, (cat, p)) in prompts().iter().step_by(6).take(3).enumerate() {
+        let (temperature, top_k, top_p) = [(1.0, 0, 1.0), (0.7, 40, 1.0), (0.8, 0, 0.9)][i];
+        let plain = GenerateParams {
+            max_tokens: 32,
+            chat: true,
+            temperature,
+            top_k,
+            top_p,
+            seed: 500 + i as u64,
+            speculate: SpecMode::Off,
+            ..Default::default()
+        };
+        let ids = e.encode_prompt(p, true).unwrap();
+        let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
+        let params = GenerateParams { speculate: SpecMode::Draft, tree_budget: 6, max_depth: 6, ..plain.clone() };
+        let got = e.generate_tokens(&ids, &params, &c, |_| true).unwrap();
+        assert_eq!(got.tokens, want.tokens, "[{cat}] coupled drafts changed the sampled output of {p:?}");
+        let s = got.spec.unwrap();
+        assert_eq!(
+            s.accepted_by_depth, s.attempted_by_depth,
+            "[{cat}] T={temperature} top-k {top_k} top-p {top_p}: a draft drawn with the target's own noise from the target's own logits was rejected"
+        );
+        attempted += s.attempted_by_depth.iter().sum::<usize>();
+        accepted += s.accepted;
+    }
+    assert!(
+        attempted >= 30 && accepted >= 60,
+        "too little was drafted to tell ({accepted} accepted at {attempted} depths)"
+    );
+}
+
 /// A draft model with another vocabulary is refused with a message that says what to do, and
 /// `--speculate draft` without one is a clear error.
 #[test]
@@ -432,6 +476,18 @@ fn head_speculation_with_online_learning_is_identical_to_plain_decoding() {
         train_ms += got.spec.as_ref().unwrap().train_ms;
         decode_ms += got.stats.decode_ms;
     }
+    // sampled, the head draws its drafts with the target's noise (coupled): still plain sampling
+    let mut coupled_drafts = 0;
+    for (i, (cat, p)) in prompts().iter().step_by(5).take(2).enumerate() {
+        let sampled = GenerateParams { temperature: 0.8, top_p: 0.95, seed: 40 + i as u64, ..plain.clone() };
+        let ids = e.encode_prompt(p, true).unwrap();
+        let want = e.generate_tokens(&ids, &sampled, &c, |_| true).unwrap();
+        let got =
+            e.generate_tokens(&ids, &GenerateParams { speculate: SpecMode::Head, ..sampled }, &c, |_| true).unwrap();
+        assert_eq!(got.tokens, want.tokens, "[{cat}] sampled head speculation changed the output of {p:?}");
+        coupled_drafts += got.spec.unwrap().drafted;
+    }
+    assert!(coupled_drafts > 0, "the head drafted nothing when sampling");
     let h = e.head.as_ref().unwrap();
     assert!(h.stats.train_steps > 0, "the head never trained");
     assert!(h.stats.loss.is_finite());

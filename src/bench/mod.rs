@@ -64,8 +64,14 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
     let time_pass = |m: usize, verify: bool| -> Result<f64> {
         let tree =
             verify.then(|| crate::spec::TokenTree::chain(&prompt[1..m], crate::spec::Drafter::Suffix).rows(n_past));
-        let spec =
-            PassSpec { m, n_past, tree, logits_rows: 0..m, accept: verify.then(Default::default), compact: false };
+        let spec = PassSpec {
+            m,
+            n_past,
+            tree,
+            logits_rows: 0..m,
+            accept: verify.then(Default::default),
+            ..Default::default()
+        };
         model.set_tokens(&prompt[..m.min(prompt.len())]);
         let t0 = Instant::now();
         model.run(&spec)?;
@@ -143,7 +149,7 @@ pub fn run(engine: &mut Engine, runs: usize, prompt_tokens: usize, gen_tokens: u
                     tree,
                     logits_rows: if verify { 0..m } else { m - 1..m },
                     accept: verify.then(Default::default),
-                    compact: false,
+                    ..Default::default()
                 };
                 model.set_tokens(&prompt[..m]);
                 let mut enc = gpu.device.create_command_encoder(&Default::default());

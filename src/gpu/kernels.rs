@@ -406,6 +406,17 @@ pub const MATMUL_BINDS_UNIFORM_X: [Bind; 13] = {
 /// accept.wgsl's bindings: pass, params, logits, parents, tokens, result, each row's best logit.
 pub const ACCEPT_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
+/// accept.wgsl's draw_rows: the acceptance bindings and the draws it writes.
+pub const DRAW_BINDS: [Bind; 8] = [
+    Bind::Uniform,
+    Bind::Uniform,
+    Bind::Read,
+    Bind::Read,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+    Bind::ReadWrite,
+];
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const TOPK_BINDS: [Bind; 4] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite];
 pub const HEAD_BINDS: [Bind; 14] = [
@@ -575,6 +586,11 @@ impl Kernels {
     /// Every LM-head row's max and argmax, for `accept` (accept.wgsl's other entry point).
     pub fn row_best(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
         self.get(gpu, "row_best".into(), || gpu.pipeline("row_best", &source(ACCEPT), "row_best", &ACCEPT_BINDS, &[]))
+    }
+
+    /// Each LM-head row's token drawn as `accept` draws one, for a drafter (accept.wgsl draw_rows).
+    pub fn draw_rows(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {
+        self.get(gpu, "draw_rows".into(), || gpu.pipeline("draw_rows", &source(ACCEPT), "draw_rows", &DRAW_BINDS, &[]))
     }
 
     pub fn kv_compact(&self, gpu: &Gpu) -> std::sync::Arc<Pipeline> {

@@ -6,6 +6,7 @@
 
 use super::tree::{Drafter, TokenTree};
 use crate::gpu::kernels::CANDIDATES;
+use crate::model::gpu::DRAW_BYTES;
 
 /// A drafted token before the tree is chosen.
 #[derive(Debug, Clone)]
@@ -56,6 +57,40 @@ pub fn parse(raw: &[u32]) -> Vec<Vec<(u32, f32)>> {
         .collect()
 }
 
+/// A drafter's draw of one row with the noise the target will use at that position (accept.wgsl
+/// draw_rows): the token, its chance of matching the target's draw, and the runner-up of the
+/// draw (the likeliest token where it misses).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoupledDraw {
+    pub token: u32,
+    pub score: f32,
+    pub runner_up: Option<u32>,
+}
+
+impl CoupledDraw {
+    /// draw_rows' readback (DRAW_BYTES a row) as one draw per row; None where a row drew no
+    /// token of the vocabulary.
+    pub fn parse(raw: &[u32], vocab: usize) -> Vec<Option<CoupledDraw>> {
+        let ok = |t: u32| (t as usize) < vocab;
+        raw.chunks(DRAW_BYTES / 4)
+            .map(|d| {
+                ok(d[0]).then(|| CoupledDraw {
+                    token: d[0],
+                    score: f32::from_bits(d[1]).clamp(0.0, 1.0),
+                    runner_up: ok(d[2]).then_some(d[2]),
+                })
+            })
+            .collect()
+    }
+
+    /// The row's children: the draw, and the runner-up with the chance that the draw misses.
+    /// The drafter's top candidates are left out: with the draw coupled, they are the target's
+    /// token only where the runner-up is not.
+    pub fn children(&self) -> Vec<(u32, f32)> {
+        std::iter::once((self.token, self.score)).chain(self.runner_up.map(|r| (r, 1.0 - self.score))).collect()
+    }
+}
+
 impl Candidates {
     /// Adds the children `row` of `parent` (None: the root), probabilities times `scale`.
     pub fn add(&mut self, parent: Option<usize>, row: Vec<(u32, f32)>, scale: f32) {
@@ -101,5 +136,25 @@ impl Candidates {
             picked.push(i);
         }
         (tree, picked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A coupled draw leads its row and the runner-up takes the rest of the chance; a row that
+    /// drew nothing (an id past the vocabulary) gives no draw, and a lone kept token no runner-up.
+    #[test]
+    fn coupled_draws_parse_into_children() {
+        let raw = [7, 0.8f32.to_bits(), 9, 0, u32::MAX, 0, 0, 0, 3, 1.0f32.to_bits(), u32::MAX, 0];
+        let d = CoupledDraw::parse(&raw, 10);
+        assert_eq!(d[0], Some(CoupledDraw { token: 7, score: 0.8, runner_up: Some(9) }));
+        assert_eq!(d[1], None);
+        assert_eq!(d[2], Some(CoupledDraw { token: 3, score: 1.0, runner_up: None }));
+        let c = d[0].unwrap().children();
+        assert_eq!(c.iter().map(|x| x.0).collect::<Vec<_>>(), [7, 9]);
+        assert!((c[0].1 + c[1].1 - 1.0).abs() < 1e-6 && c[0].1 > c[1].1);
+        assert_eq!(d[2].unwrap().children(), [(3, 1.0)]);
     }
 }

@@ -229,8 +229,14 @@ fn verification_pass(model: &GpuModel, m: usize, n_past: usize) -> Result<()> {
     let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
     let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
     let tree = super::TokenTree::chain(&tokens[1..], super::Drafter::Suffix);
-    let spec =
-        PassSpec { m, n_past, tree: Some(tree.rows(n_past)), logits_rows: 0..m, accept: Some(greedy), compact: false };
+    let spec = PassSpec {
+        m,
+        n_past,
+        tree: Some(tree.rows(n_past)),
+        logits_rows: 0..m,
+        accept: Some(greedy),
+        ..Default::default()
+    };
     model.set_tokens(&tokens);
     model.run(&spec)
 }

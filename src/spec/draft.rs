@@ -13,16 +13,20 @@
 //! another level's pass (`Speculator::set_expand_confidence`).
 //!
 //! Drafts are fixed proposals (q one-hot in the acceptance rule), so verification stays lossless
-//! when sampling too.
+//! when sampling too. When the target samples, each expanded row's first child is the draft
+//! model's own draw with the uniform the target will use at that position (accept.wgsl
+//! draw_rows), scored by how far that draw sits from its interval's edges; the top candidates
+//! follow as siblings, their probabilities scaled by the chance that the draw misses. With
+//! greedy decoding the top candidates alone (the first is the draft's argmax).
 
 use super::Speculator;
-use super::candidates::{self, Candidates, LevelPrice};
+use super::candidates::{self, Candidates, CoupledDraw, LevelPrice};
 use super::tree::{Drafter, TokenTree};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::CANDIDATES;
 use crate::gpu::map_read;
 use crate::model::LoadedModel;
-use crate::model::gpu::{GpuModel, PassSpec, TreeRows};
+use crate::model::gpu::{DRAW_BYTES, GpuModel, PassSpec, Sampling, TreeRows};
 use std::sync::Arc;
 
 /// Nodes expanded per level: more finds more siblings, but each pass costs more rows.
@@ -46,6 +50,8 @@ pub struct DraftModelSpeculator {
     /// (a prefix shared with the cache is kept).
     feed_ms: Option<f64>,
     last_fed: usize,
+    /// How the target samples this round (`Speculator::set_sampling`).
+    sampling: Sampling,
     /// Where the model came from (for messages).
     pub source: String,
 }
@@ -76,7 +82,7 @@ impl DraftModelSpeculator {
         let model = GpuModel::new(gpu.clone(), &draft.config, &draft.weights, target.max_ctx, target.max_batch)?;
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("candidates readback"),
-            size: (model.max_batch * CANDIDATES * 8) as u64,
+            size: (model.max_batch * (CANDIDATES * 8 + DRAW_BYTES)) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -92,22 +98,39 @@ impl DraftModelSpeculator {
             deepest: None,
             feed_ms: None,
             last_fed: 0,
+            sampling: Sampling::default(),
             source: draft.source,
         })
     }
 
-    /// Runs one pass and returns the top candidates of its LM-head rows: [row][CANDIDATES].
-    fn candidates(&self, spec: &PassSpec) -> Result<Vec<Vec<(u32, f32)>>> {
+    /// Runs one pass whose LM-head rows predict the generated token `depth` places after the
+    /// round's root, and returns each row's children: [row][CANDIDATES] top candidates, led by
+    /// the coupled draw when the target samples (see the module notes).
+    fn candidates(&self, spec: &PassSpec, depth: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         let gpu = &self.model.gpu;
         let rows = spec.logits_rows.len();
         let bytes = (rows * CANDIDATES * 8) as u64;
+        let coupled = (self.sampling.temperature > 0.0)
+            .then_some(Sampling { draw: self.sampling.draw.wrapping_add(depth as u32), ..self.sampling });
+        let spec = PassSpec { coupled, ..spec.clone() };
+        let draw_bytes = if coupled.is_some() { (rows * DRAW_BYTES) as u64 } else { 0 };
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.model.encode(&mut enc, spec, None)?;
-        self.model.encode_candidates(&mut enc, rows);
+        self.model.encode(&mut enc, &spec, None)?;
+        self.model.encode_candidates(&mut enc, rows, coupled.is_some());
         enc.copy_buffer_to_buffer(&self.model.candidates, 0, &self.staging, 0, bytes);
+        if draw_bytes > 0 {
+            enc.copy_buffer_to_buffer(self.model.draws(), 0, &self.staging, bytes, draw_bytes);
+        }
         gpu.queue.submit([enc.finish()]);
-        let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes));
-        Ok(candidates::parse(&raw))
+        let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes + draw_bytes));
+        let (top, draws) = raw.split_at(rows * CANDIDATES * 2);
+        let mut out = candidates::parse(top);
+        for (row, d) in out.iter_mut().zip(CoupledDraw::parse(draws, self.model.cfg.vocab)) {
+            if let Some(d) = d {
+                *row = d.children();
+            }
+        }
+        Ok(out)
     }
 
     /// Feeds the committed tokens the draft cache lacks; returns the candidates after the last.
@@ -127,11 +150,10 @@ impl DraftModelSpeculator {
                 n_past: self.fed.len(),
                 tree: None,
                 logits_rows: if last { chunk.len() - 1..chunk.len() } else { 0..0 },
-                accept: None,
-                compact: false,
+                ..Default::default()
             };
             if last {
-                out = self.candidates(&spec)?.remove(0);
+                out = self.candidates(&spec, 0)?.remove(0);
             } else {
                 self.model.run(&spec)?;
             }
@@ -184,11 +206,10 @@ impl DraftModelSpeculator {
                 n_past: base + used_slots,
                 tree: Some(rows),
                 logits_rows: 0..level.len(),
-                accept: None,
-                compact: false,
+                ..Default::default()
             };
             let t = std::time::Instant::now();
-            for (&i, row) in level.iter().zip(self.candidates(&spec)?) {
+            for (&i, row) in level.iter().zip(self.candidates(&spec, depth)?) {
                 cands.add(Some(i), row, 1.0);
             }
             let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -213,9 +234,16 @@ impl Speculator for DraftModelSpeculator {
             let tree = TokenTree::chain(&tokens[1..], Drafter::Draft);
             for (tree, logits_rows) in [(Some(tree.rows(0)), 0..m), (None, m - 1..m)] {
                 self.model.set_tokens(&tokens);
-                self.candidates(&PassSpec { m, n_past: 0, tree, logits_rows, accept: None, compact: false })?;
+                self.candidates(&PassSpec { m, n_past: 0, tree, logits_rows, ..Default::default() }, 0)?;
             }
         }
+        // and the coupled draw of a sampled round
+        let sampling = std::mem::replace(&mut self.sampling, Sampling { temperature: 1.0, ..Default::default() });
+        self.model.set_tokens(&[100]);
+        let one = PassSpec { m: 1, logits_rows: 0..1, ..Default::default() };
+        let warmed = self.candidates(&one, 0);
+        self.sampling = sampling;
+        warmed?;
         self.fed.clear();
         Ok(())
     }
@@ -249,6 +277,10 @@ impl Speculator for DraftModelSpeculator {
                 TokenTree::default()
             }
         }
+    }
+
+    fn set_sampling(&mut self, s: Sampling) {
+        self.sampling = s;
     }
 
     fn set_min_confidence(&mut self, c: f32) {

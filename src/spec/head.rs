@@ -13,12 +13,12 @@
 //! change only between rounds, so a round always drafts with one consistent head.
 
 use super::Speculator;
-use super::candidates::{self, Candidates, LevelPrice};
+use super::candidates::{self, Candidates, CoupledDraw, LevelPrice};
 use super::tree::{Drafter, TokenTree};
 use crate::error::Result;
 use crate::gpu::kernels::CANDIDATES;
 use crate::gpu::map_read;
-use crate::model::gpu::{GpuModel, LmHeadRig};
+use crate::model::gpu::{DRAW_BYTES, GpuModel, LmHeadRig, Sampling};
 use crate::train::checkpoint::{HeadFile, HeadMeta, ReplayState};
 use crate::train::gpu::GpuHead;
 use crate::train::guard::{GuardAction, LossGuard};
@@ -145,6 +145,9 @@ pub struct HeadSpeculator {
     /// The head's top guess after this round's root (when it probed), and the root.
     root_top1: Option<(u32, f32)>,
     root: u32,
+    /// How the target samples this round (`Speculator::set_sampling`): when it samples, each
+    /// expanded row's first child is the head's coupled draw (as the draft model's).
+    sampling: Sampling,
     pub stats: HeadStats,
 }
 
@@ -172,7 +175,7 @@ impl HeadSpeculator {
         let tree_y = gpu.storage_zeroed("head tree y", (TREE_SLOTS * dims.d * 4) as u64);
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("head candidates readback"),
-            size: (lm.rows * CANDIDATES * 8) as u64,
+            size: (lm.rows * (CANDIDATES * 8 + DRAW_BYTES)) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -197,6 +200,7 @@ impl HeadSpeculator {
             guard: LossGuard::default(),
             root_top1: None,
             root: 0,
+            sampling: Sampling::default(),
             stats: HeadStats::default(),
         })
     }
@@ -279,7 +283,7 @@ impl HeadSpeculator {
     /// Records into a verify submission (after acceptance): top-k of every verified row, then
     /// the accepted path into the replay ring and the new prev_h.
     pub fn encode_after_verify(&self, enc: &mut wgpu::CommandEncoder, target: &GpuModel, rows: usize, root: u32) {
-        target.encode_candidates(enc, rows);
+        target.encode_candidates(enc, rows, false);
         self.replay.encode_record(enc, self.have_prev, root, self.row_slots.as_deref().unwrap_or(&[]));
     }
 
@@ -381,9 +385,11 @@ impl HeadSpeculator {
         self.rng
     }
 
-    /// One drafting level: for each (input slot, token) row, the head's prediction goes to
-    /// `tree_y[out slot]` and its top candidates come back. Input slot None = prev_h.
-    fn expand(&self, rows: &[(Option<usize>, u32, usize)]) -> Result<Vec<Vec<(u32, f32)>>> {
+    /// One drafting level, its rows predicting the generated token `depth` places after the
+    /// round's root: for each (input slot, token) row, the head's prediction goes to
+    /// `tree_y[out slot]` and its top candidates come back, with its coupled draw when the target
+    /// samples. Input slot None = prev_h.
+    fn expand(&self, rows: &[(Option<usize>, u32, usize)], depth: usize) -> Result<Level> {
         let gpu = &self.head.gpu;
         let d4 = (self.head.dims.d * 4) as u64;
         let w = rows.len();
@@ -402,15 +408,23 @@ impl HeadSpeculator {
         for (r, &(_, _, dst)) in rows.iter().enumerate() {
             enc.copy_buffer_to_buffer(&self.head.act, y0 + r as u64 * d4, &self.tree_y, dst as u64 * d4, d4);
         }
-        self.lm.encode(&mut enc, w);
+        let coupled = (self.sampling.temperature > 0.0)
+            .then_some(Sampling { draw: self.sampling.draw.wrapping_add(depth as u32), ..self.sampling });
+        self.lm.encode(&mut enc, w, coupled);
         let bytes = (w * CANDIDATES * 8) as u64;
         enc.copy_buffer_to_buffer(&self.lm.candidates, 0, &self.staging, 0, bytes);
+        let draw_bytes = if coupled.is_some() { (w * DRAW_BYTES) as u64 } else { 0 };
+        if draw_bytes > 0 {
+            enc.copy_buffer_to_buffer(self.lm.draws(), 0, &self.staging, bytes, draw_bytes);
+        }
         // expansion slots of one level are consecutive
         let first = rows[0].2 as u64 * (CANDIDATES * 8) as u64;
         enc.copy_buffer_to_buffer(&self.lm.candidates, 0, &self.tree_cands, first, bytes);
         gpu.queue.submit([enc.finish()]);
-        let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes));
-        Ok(candidates::parse(&raw))
+        let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes + draw_bytes));
+        let (top, draws) = raw.split_at(w * CANDIDATES * 2);
+        let draws = (draw_bytes > 0).then(|| CoupledDraw::parse(draws, self.lm.vocab));
+        Ok(Level { top: candidates::parse(top), draws })
     }
 
     fn draft(&mut self, context: &[u32], budget: usize, max_depth: usize) -> Result<TokenTree> {
@@ -422,18 +436,20 @@ impl HeadSpeculator {
         }
         // slot 0: the root's prediction (input: prev_h)
         let t = Instant::now();
-        let first = self.expand(&[(None, root, 0)])?.remove(0);
+        let level = self.expand(&[(None, root, 0)], 0)?;
         self.deepest = Some((1, t.elapsed().as_secs_f64() * 1e3));
-        self.root_top1 = first.first().copied();
+        self.root_top1 = level.top[0].first().copied();
         self.root = root;
         if !trusted {
             self.row_slots = Some(vec![0]); // the probe's guesses still teach the head
             return Ok(TokenTree::default());
         }
         // calibrate: the head's own probabilities scaled by how often its top guess is right
+        // (a coupled draw's score is its own estimate)
         let calib = (self.stats.agreement / self.stats.top1_prob.max(1e-3)).min(1.5) as f32;
         let mut cands = Candidates::default();
-        cands.add(None, first, calib);
+        let coupled = level.draws.is_some();
+        cands.add(None, level.children(0), if coupled { 1.0 } else { calib });
         let mut used = 1;
         for depth in 1..max_depth {
             let level = cands.level(depth, budget, self.opts.width, self.level_price.floor(self.min_confidence));
@@ -452,8 +468,9 @@ impl HeadSpeculator {
             }
             used += level.len();
             let t = Instant::now();
-            for (&i, row) in level.iter().zip(self.expand(&rows)?) {
-                cands.add(Some(i), row, 1.0);
+            let expanded = self.expand(&rows, depth)?;
+            for (r, &i) in level.iter().enumerate() {
+                cands.add(Some(i), expanded.children(r), 1.0);
             }
             let ms = t.elapsed().as_secs_f64() * 1e3;
             self.deepest = Some((depth + 1, ms));
@@ -465,6 +482,23 @@ impl HeadSpeculator {
             std::iter::once(0).chain(picked.iter().map(|&i| cands.nodes[i].slot.map_or(u32::MAX, |s| s as u32)));
         self.row_slots = Some(row_slots.collect());
         Ok(tree)
+    }
+}
+
+/// What one drafting level read back: each row's top candidates and, when the target samples,
+/// its coupled draw (token, score, runner-up).
+struct Level {
+    top: Vec<Vec<(u32, f32)>>,
+    draws: Option<Vec<Option<CoupledDraw>>>,
+}
+
+impl Level {
+    /// Row `r`'s children: its coupled draw's when there is one.
+    fn children(&self, r: usize) -> Vec<(u32, f32)> {
+        match self.draws.as_ref().and_then(|d| d[r]) {
+            Some(d) => d.children(),
+            None => self.top[r].clone(),
+        }
     }
 }
 
@@ -487,6 +521,10 @@ impl Speculator for HeadSpeculator {
 
     fn deepest_level(&self) -> Option<(usize, f64)> {
         self.deepest
+    }
+
+    fn set_sampling(&mut self, s: Sampling) {
+        self.sampling = s;
     }
 
     fn set_min_confidence(&mut self, c: f32) {

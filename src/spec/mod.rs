@@ -53,6 +53,12 @@ pub trait Speculator {
     /// A tree of at most `budget` nodes and `max_depth` levels continuing `context` (every
     /// committed token of the request; the last one is the tree's root).
     fn propose(&mut self, context: &[u32], budget: usize, max_depth: usize) -> TokenTree;
+    /// How the target picks this round's tokens (`draw`: the index of the generated token the
+    /// root's row produces). A drafter with a distribution of its own can draw each draft as the
+    /// target will, with the same uniform for the same position (accept.wgsl draw_rows): where the
+    /// two distributions agree, so do the draws, and sampled drafts are accepted as often as
+    /// greedy ones.
+    fn set_sampling(&mut self, _s: crate::model::gpu::Sampling) {}
     /// Leave out drafts whose estimated acceptance is below `c` (0..1).
     fn set_min_confidence(&mut self, _c: f32) {}
     /// A speculator that drafts level by level in passes of its own: expand a node into the

@@ -234,6 +234,9 @@ pub struct PassSpec {
     /// Move the accepted path's KV rows into place afterwards (needed only when the tree
     /// branches: a chain's accepted prefix is already where plain decoding would put it).
     pub compact: bool,
+    /// A drafter's pass that samples: the sampling (with `draw` the generated-token index its
+    /// rows predict) for the coupled draws `encode_candidates` adds. Ignored with `accept`.
+    pub coupled: Option<Sampling>,
 }
 
 /// The rows of a token-tree pass: row i's visibility over the tree's slots (bit j = KV slot
@@ -252,6 +255,8 @@ pub struct TreeRows {
 pub const RESULT_BONUS: usize = 33;
 pub const RESULT_TOKENS: usize = 34;
 pub const RESULT_LEN: usize = 72;
+/// Bytes per row of `GpuModel::draws`.
+pub const DRAW_BYTES: usize = 16;
 /// Deepest path the acceptance kernel walks.
 pub const MAX_ACCEPT_DEPTH: usize = 32;
 
@@ -265,8 +270,8 @@ pub struct Sampling {
     pub top_p: f32,
     pub seed: u32,
     /// Index of the generated token the pass's root row samples (0 for the first): with the
-    /// seed it keys the uniform of that token, and the root's depth-d descendant uses index
-    /// draw + d, so a token gets the same uniform whichever pass samples it.
+    /// seed it keys the sampling noise of that token, and the root's depth-d descendant uses
+    /// index draw + d, so a token gets the same noise whichever pass samples it.
     pub draw: u32,
 }
 
@@ -293,6 +298,8 @@ pub struct GpuModel {
     accept_params: wgpu::Buffer,
     /// Each LM-head row's max logit and argmax (accept.wgsl row_best).
     best: wgpu::Buffer,
+    /// accept.wgsl draw_rows on this model's buffers, made when a drafter first samples.
+    draw_rows: std::sync::OnceLock<DrawRows>,
     embed: Vec<Dispatch>,
     layers: Vec<LayerSites>,
     lm_head: MatmulSite,
@@ -310,6 +317,38 @@ pub struct GpuModel {
     /// Passes encoded so far: every pass writes KV slots, so whoever keeps track of what the
     /// cache holds (the engine, between turns of a chat) can tell whether anyone else ran one.
     passes: std::sync::atomic::AtomicU64,
+}
+
+/// A drafter's coupled draws (accept.wgsl draw_rows) and the buffer they land in.
+struct DrawRows {
+    dispatch: Dispatch,
+    draws: wgpu::Buffer,
+    /// Buffers of its bindings made for it alone.
+    _keep: Vec<wgpu::Buffer>,
+}
+
+impl DrawRows {
+    /// draw_rows over `rows` rows of `logits`; `spare` fills the acceptance bindings it does not
+    /// use (parents, tokens, result, best).
+    fn new(
+        g: &Gpu,
+        pass_buf: &wgpu::Buffer,
+        accept_params: &wgpu::Buffer,
+        logits: &wgpu::Buffer,
+        spare: [&wgpu::Buffer; 4],
+        rows: usize,
+    ) -> DrawRows {
+        let draws = g.storage_zeroed("coupled draws", (rows * DRAW_BYTES) as u64);
+        let p = g.kernels.draw_rows(g);
+        let binds = [pass_buf, accept_params, logits, spare[0], spare[1], spare[2], spare[3], &draws];
+        DrawRows { dispatch: Dispatch { pipeline: p.clone(), bind: g.bind(&p, &binds) }, draws, _keep: Vec::new() }
+    }
+
+    fn record(&self, cp: &mut wgpu::ComputePass, rows: usize) {
+        cp.set_pipeline(&self.dispatch.pipeline.pipeline);
+        cp.set_bind_group(0, &self.dispatch.bind, &[]);
+        cp.dispatch_workgroups(rows as u32, 1, 1);
+    }
 }
 
 /// Two timestamps and the buffer they resolve into.
@@ -559,6 +598,7 @@ impl GpuModel {
             accept,
             accept_params: accept_prm,
             best,
+            draw_rows: std::sync::OnceLock::new(),
             row_best,
             embed,
             layers,
@@ -675,7 +715,7 @@ impl GpuModel {
             return Err(Error::msg("tree acceptance needs logits for every row of a tree pass"));
         }
         let lm_rows = spec.logits_rows.len();
-        let s = spec.accept.unwrap_or_default();
+        let s = spec.accept.or(spec.coupled).unwrap_or_default();
         let u = PassUniform {
             m: m as u32,
             n_past: spec.n_past as u32,
@@ -802,13 +842,31 @@ impl GpuModel {
     }
 
     /// Records, after `encode`, a pass that writes the top CANDIDATES tokens and probabilities
-    /// of each of the `lm_rows` LM-head rows into `candidates`.
-    pub fn encode_candidates(&self, enc: &mut wgpu::CommandEncoder, lm_rows: usize) {
+    /// of each of the `lm_rows` LM-head rows into `candidates`; with `coupled` (the pass's spec
+    /// had `coupled` sampling) also each row's coupled draw into `draws()`.
+    pub fn encode_candidates(&self, enc: &mut wgpu::CommandEncoder, lm_rows: usize, coupled: bool) {
+        let draw_rows = coupled.then(|| self.draw_rows());
         let mut cp =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("topk"), timestamp_writes: None });
         cp.set_pipeline(&self.topk.pipeline.pipeline);
         cp.set_bind_group(0, &self.topk.bind, &[]);
         cp.dispatch_workgroups(lm_rows as u32, 1, 1);
+        if let Some(d) = draw_rows {
+            d.record(&mut cp, lm_rows);
+        }
+    }
+
+    fn draw_rows(&self) -> &DrawRows {
+        self.draw_rows.get_or_init(|| {
+            let spare = [&self.parents, &self.tokens, &self.result, &self.best];
+            DrawRows::new(&self.gpu, &self.pass_buf, &self.accept_params, &self.logits, spare, self.max_batch)
+        })
+    }
+
+    /// After `encode_candidates` with `coupled`: per LM-head row, its coupled draw, the bits of
+    /// its score and the runner-up token (DRAW_BYTES each; accept.wgsl draw_rows).
+    pub fn draws(&self) -> &wgpu::Buffer {
+        &self.draw_rows().draws
     }
 
     /// Runs one pass and waits for it (tests and prefill; decoding uses `encode` directly).
@@ -835,8 +893,12 @@ pub struct LmHeadRig {
     pub x: wgpu::Buffer,
     pub candidates: wgpu::Buffer,
     pub rows: usize,
+    pub vocab: usize,
     site: MatmulSite,
     topk: Dispatch,
+    logits: wgpu::Buffer,
+    /// accept.wgsl draw_rows on the rig's logits, made when the drafter first samples.
+    draw_rows: std::sync::OnceLock<DrawRows>,
     _keep: Vec<wgpu::Buffer>,
 }
 
@@ -866,24 +928,69 @@ impl GpuModel {
             x,
             candidates,
             rows,
+            vocab: c.vocab,
             site,
             topk,
-            _keep: vec![logits, dummy, dummy_rw, topk_prm],
+            logits,
+            draw_rows: std::sync::OnceLock::new(),
+            _keep: vec![dummy, dummy_rw, topk_prm],
         }
     }
 }
 
 impl LmHeadRig {
-    /// Records norm, LM head and top-k for rows 0..rows of `x` (one use per submission).
-    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, rows: usize) {
+    /// Records norm, LM head and top-k for rows 0..rows of `x` (one use per submission); with
+    /// `coupled` sampling also each row's coupled draw into `draws()` (as
+    /// `GpuModel::encode_candidates`).
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, rows: usize, coupled: Option<Sampling>) {
         assert!(rows >= 1 && rows <= self.rows, "the LM-head rig holds 1..={} rows", self.rows);
-        let u = PassUniform { m: rows as u32, lm_row0: 0, lm_rows: rows as u32, ..Default::default() };
+        let s = coupled.unwrap_or_default();
+        let u = PassUniform {
+            m: rows as u32,
+            lm_row0: 0,
+            lm_rows: rows as u32,
+            seed: s.seed,
+            draw: s.draw,
+            top_k: s.top_k,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            ..Default::default()
+        };
         self.gpu.queue.write_buffer(&self.pass_buf, 0, bytemuck::bytes_of(&u));
+        let draw_rows = coupled.map(|_| self.draw_rows());
         let mut cp =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("lm rig"), timestamp_writes: None });
         self.site.record(&mut cp, rows);
         cp.set_pipeline(&self.topk.pipeline.pipeline);
         cp.set_bind_group(0, &self.topk.bind, &[]);
         cp.dispatch_workgroups(rows as u32, 1, 1);
+        if let Some(d) = draw_rows {
+            d.record(&mut cp, rows);
+        }
+    }
+
+    fn draw_rows(&self) -> &DrawRows {
+        self.draw_rows.get_or_init(|| {
+            let g = &*self.gpu;
+            let v = self.vocab as u32;
+            let params = g.uniform("lm rig draw params", &AcceptParams { vocab: v, row_stride: v, _p: [0; 2] });
+            let spare: Vec<wgpu::Buffer> = (0..4).map(|_| g.storage_zeroed("lm rig spare", 16)).collect();
+            let mut d = DrawRows::new(
+                g,
+                &self.pass_buf,
+                &params,
+                &self.logits,
+                [&spare[0], &spare[1], &spare[2], &spare[3]],
+                self.rows,
+            );
+            d._keep = spare;
+            d._keep.push(params);
+            d
+        })
+    }
+
+    /// After `encode` with `coupled`: per row, its coupled draw (DRAW_BYTES each).
+    pub fn draws(&self) -> &wgpu::Buffer {
+        &self.draw_rows().draws
     }
 }
