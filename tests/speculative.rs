@@ -105,6 +105,20 @@ fn greedy_speculation_is_identical_to_plain_decoding() {
     assert!(accepted_random > 100, "random trees accepted only {accepted_random} tokens");
 }
 
+/// Plain sampled decoding of 32 tokens of a chat prompt at (temperature, top-k, top-p).
+fn plain_sampling((temperature, top_k, top_p): (f32, u32, f32), seed: u64) -> GenerateParams {
+    GenerateParams {
+        max_tokens: 32,
+        chat: true,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        speculate: SpecMode::Off,
+        ..Default::default()
+    }
+}
+
 /// Sampling with speculation gives, for a seed, plain sampling's very tokens: each position draws
 /// with its own noise whichever pass samples it, and a drafted child is accepted only when it
 /// carries that draw (accept.wgsl). For the suffix speculator, random trees and the controller,
@@ -116,17 +130,7 @@ fn sampled_speculation_gives_plain_samplings_tokens_for_a_seed() {
     let c = CancelToken::default();
     let (mut accepted, mut rounds) = (0, 0);
     for (i, (cat, p)) in prompts().iter().step_by(4).enumerate() {
-        let (temperature, top_k, top_p) = [(0.7, 0, 1.0), (1.0, 40, 0.95), (0.5, 0, 0.9)][i % 3];
-        let plain = GenerateParams {
-            max_tokens: 32,
-            chat: true,
-            temperature,
-            top_k,
-            top_p,
-            seed: 1000 + i as u64,
-            speculate: SpecMode::Off,
-            ..Default::default()
-        };
+        let plain = plain_sampling([(0.7, 0, 1.0), (1.0, 40, 0.95), (0.5, 0, 0.9)][i % 3], 1000 + i as u64);
         let ids = e.encode_prompt(p, true).unwrap();
         let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
         for mode in [SpecMode::Suffix, SpecMode::Auto] {
@@ -387,17 +391,8 @@ fn sampled_drafts_coupled_to_the_targets_noise_are_accepted_where_the_models_agr
     let c = CancelToken::default();
     let (mut attempted, mut accepted) = (0, 0);
     for (i, (cat, p)) in prompts().iter().step_by(6).take(3).enumerate() {
-        let (temperature, top_k, top_p) = [(1.0, 0, 1.0), (0.7, 40, 1.0), (0.8, 0, 0.9)][i];
-        let plain = GenerateParams {
-            max_tokens: 32,
-            chat: true,
-            temperature,
-            top_k,
-            top_p,
-            seed: 500 + i as u64,
-            speculate: SpecMode::Off,
-            ..Default::default()
-        };
+        let plain = plain_sampling([(1.0, 0, 1.0), (0.7, 40, 1.0), (0.8, 0, 0.9)][i], 500 + i as u64);
+        let (temperature, top_k, top_p) = (plain.temperature, plain.top_k, plain.top_p);
         let ids = e.encode_prompt(p, true).unwrap();
         let want = e.generate_tokens(&ids, &plain, &c, |_| true).unwrap();
         let params = GenerateParams { speculate: SpecMode::Draft, tree_budget: 6, max_depth: 6, ..plain.clone() };

@@ -407,16 +407,15 @@ pub const MATMUL_BINDS_UNIFORM_X: [Bind; 13] = {
 pub const ACCEPT_BINDS: [Bind; 7] =
     [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite, Bind::ReadWrite];
 /// accept.wgsl's draw_rows: the acceptance bindings and the draws it writes.
-pub const DRAW_BINDS: [Bind; 8] = [
-    Bind::Uniform,
-    Bind::Uniform,
-    Bind::Read,
-    Bind::Read,
-    Bind::ReadWrite,
-    Bind::ReadWrite,
-    Bind::ReadWrite,
-    Bind::ReadWrite,
-];
+pub const DRAW_BINDS: [Bind; 8] = {
+    let mut b = [Bind::ReadWrite; 8];
+    let mut i = 0;
+    while i < ACCEPT_BINDS.len() {
+        b[i] = ACCEPT_BINDS[i];
+        i += 1;
+    }
+    b
+};
 pub const COMPACT_BINDS: [Bind; 5] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 pub const TOPK_BINDS: [Bind; 4] = [Bind::Uniform, Bind::Uniform, Bind::Read, Bind::ReadWrite];
 pub const HEAD_BINDS: [Bind; 14] = [
