@@ -638,10 +638,11 @@ impl Engine {
         let useful = wanted.saturating_sub(1);
         let budget = params.tree_budget.min(self.model.max_batch - 1).min(63).min(room).min(useful);
         let depth = params.max_depth.min(MAX_ACCEPT_DEPTH - 1).min(useful);
+        // what drafters that draw with the target's noise draw with (AUGUR_COUPLED_DRAFTS=0: nothing)
+        let drafting = if self.uncoupled { Sampling::default() } else { sampling };
         let (tree, plan) = if params.speculate == SpecMode::Auto {
             // only trees whose pass is compiled (see generate)
             let budget = budget.min(self.model.gpu.kernels.ready_rows().saturating_sub(1));
-            let drafting = if self.uncoupled { Sampling::default() } else { sampling };
             let (plan, drafted) = self.plan_round(context, budget, depth, drafting);
             (plan.tree.clone(), Some((plan, drafted)))
         } else {
@@ -655,7 +656,7 @@ impl Engine {
             }
             .expect("drafter_for picks a speculator that exists");
             speculator.set_min_confidence(0.1);
-            speculator.set_sampling(if self.uncoupled { Sampling::default() } else { sampling });
+            speculator.set_sampling(drafting);
             let mut tree = speculator.propose(context, budget, depth);
             tree.truncate(budget);
             (tree, None)

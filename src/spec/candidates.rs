@@ -91,6 +91,24 @@ impl CoupledDraw {
     }
 }
 
+/// One row's candidates: (token, probability) pairs.
+pub type Row = Vec<(u32, f32)>;
+
+/// A drafting pass's readback: CANDIDATES (id, bits of p) pairs per row, then, when the target
+/// samples, a DRAW_BYTES coupled draw per row. Returns each row's top candidates and its
+/// children: its coupled draw's where it has one, else its top candidates.
+pub fn read_level(raw: &[u32], rows: usize, vocab: usize) -> (Vec<Row>, Vec<Row>) {
+    let (top, draws) = raw.split_at(rows * CANDIDATES * 2);
+    let top = parse(top);
+    let mut children = top.clone();
+    for (row, d) in children.iter_mut().zip(CoupledDraw::parse(draws, vocab)) {
+        if let Some(d) = d {
+            *row = d.children();
+        }
+    }
+    (top, children)
+}
+
 impl Candidates {
     /// Adds the children `row` of `parent` (None: the root), probabilities times `scale`.
     pub fn add(&mut self, parent: Option<usize>, row: Vec<(u32, f32)>, scale: f32) {

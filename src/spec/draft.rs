@@ -13,14 +13,14 @@
 //! another level's pass (`Speculator::set_expand_confidence`).
 //!
 //! Drafts are fixed proposals (q one-hot in the acceptance rule), so verification stays lossless
-//! when sampling too. When the target samples, each expanded row's first child is the draft
-//! model's own draw with the uniform the target will use at that position (accept.wgsl
-//! draw_rows), scored by how far that draw sits from its interval's edges; the top candidates
-//! follow as siblings, their probabilities scaled by the chance that the draw misses. With
-//! greedy decoding the top candidates alone (the first is the draft's argmax).
+//! when sampling too. When the target samples, an expanded row's children are instead the draft
+//! model's own draw with the noise the target will use at that position (accept.wgsl
+//! draw_rows), scored by the gap to its runner-up, and that runner-up
+//! (`candidates::CoupledDraw`). With greedy decoding they are its top candidates (the first is
+//! its argmax).
 
 use super::Speculator;
-use super::candidates::{self, Candidates, CoupledDraw, LevelPrice};
+use super::candidates::{self, Candidates, LevelPrice};
 use super::tree::{Drafter, TokenTree};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::CANDIDATES;
@@ -110,8 +110,7 @@ impl DraftModelSpeculator {
         let gpu = &self.model.gpu;
         let rows = spec.logits_rows.len();
         let bytes = (rows * CANDIDATES * 8) as u64;
-        let coupled = (self.sampling.temperature > 0.0)
-            .then_some(Sampling { draw: self.sampling.draw.wrapping_add(depth as u32), ..self.sampling });
+        let coupled = self.sampling.coupled_at(depth);
         let spec = PassSpec { coupled, ..spec.clone() };
         let draw_bytes = if coupled.is_some() { (rows * DRAW_BYTES) as u64 } else { 0 };
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -123,14 +122,7 @@ impl DraftModelSpeculator {
         }
         gpu.queue.submit([enc.finish()]);
         let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes + draw_bytes));
-        let (top, draws) = raw.split_at(rows * CANDIDATES * 2);
-        let mut out = candidates::parse(top);
-        for (row, d) in out.iter_mut().zip(CoupledDraw::parse(draws, self.model.cfg.vocab)) {
-            if let Some(d) = d {
-                *row = d.children();
-            }
-        }
-        Ok(out)
+        Ok(candidates::read_level(&raw, rows, self.model.cfg.vocab).1)
     }
 
     /// Feeds the committed tokens the draft cache lacks; returns the candidates after the last.

@@ -13,7 +13,7 @@
 //! change only between rounds, so a round always drafts with one consistent head.
 
 use super::Speculator;
-use super::candidates::{self, Candidates, CoupledDraw, LevelPrice};
+use super::candidates::{self, Candidates, LevelPrice};
 use super::tree::{Drafter, TokenTree};
 use crate::error::Result;
 use crate::gpu::kernels::CANDIDATES;
@@ -408,8 +408,7 @@ impl HeadSpeculator {
         for (r, &(_, _, dst)) in rows.iter().enumerate() {
             enc.copy_buffer_to_buffer(&self.head.act, y0 + r as u64 * d4, &self.tree_y, dst as u64 * d4, d4);
         }
-        let coupled = (self.sampling.temperature > 0.0)
-            .then_some(Sampling { draw: self.sampling.draw.wrapping_add(depth as u32), ..self.sampling });
+        let coupled = self.sampling.coupled_at(depth);
         self.lm.encode(&mut enc, w, coupled);
         let bytes = (w * CANDIDATES * 8) as u64;
         enc.copy_buffer_to_buffer(&self.lm.candidates, 0, &self.staging, 0, bytes);
@@ -422,9 +421,8 @@ impl HeadSpeculator {
         enc.copy_buffer_to_buffer(&self.lm.candidates, 0, &self.tree_cands, first, bytes);
         gpu.queue.submit([enc.finish()]);
         let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.staging, bytes + draw_bytes));
-        let (top, draws) = raw.split_at(w * CANDIDATES * 2);
-        let draws = (draw_bytes > 0).then(|| CoupledDraw::parse(draws, self.lm.vocab));
-        Ok(Level { top: candidates::parse(top), draws })
+        let (top, children) = candidates::read_level(&raw, w, self.lm.vocab);
+        Ok(Level { top, children, coupled: coupled.is_some() })
     }
 
     fn draft(&mut self, context: &[u32], budget: usize, max_depth: usize) -> Result<TokenTree> {
@@ -436,7 +434,7 @@ impl HeadSpeculator {
         }
         // slot 0: the root's prediction (input: prev_h)
         let t = Instant::now();
-        let level = self.expand(&[(None, root, 0)], 0)?;
+        let mut level = self.expand(&[(None, root, 0)], 0)?;
         self.deepest = Some((1, t.elapsed().as_secs_f64() * 1e3));
         self.root_top1 = level.top[0].first().copied();
         self.root = root;
@@ -448,8 +446,8 @@ impl HeadSpeculator {
         // (a coupled draw's score is its own estimate)
         let calib = (self.stats.agreement / self.stats.top1_prob.max(1e-3)).min(1.5) as f32;
         let mut cands = Candidates::default();
-        let coupled = level.draws.is_some();
-        cands.add(None, level.children(0), if coupled { 1.0 } else { calib });
+        let scale = if level.coupled { 1.0 } else { calib };
+        cands.add(None, level.children.swap_remove(0), scale);
         let mut used = 1;
         for depth in 1..max_depth {
             let level = cands.level(depth, budget, self.opts.width, self.level_price.floor(self.min_confidence));
@@ -468,9 +466,8 @@ impl HeadSpeculator {
             }
             used += level.len();
             let t = Instant::now();
-            let expanded = self.expand(&rows, depth)?;
-            for (r, &i) in level.iter().enumerate() {
-                cands.add(Some(i), expanded.children(r), 1.0);
+            for (&i, row) in level.iter().zip(self.expand(&rows, depth)?.children) {
+                cands.add(Some(i), row, 1.0);
             }
             let ms = t.elapsed().as_secs_f64() * 1e3;
             self.deepest = Some((depth + 1, ms));
@@ -485,21 +482,12 @@ impl HeadSpeculator {
     }
 }
 
-/// What one drafting level read back: each row's top candidates and, when the target samples,
-/// its coupled draw (token, score, runner-up).
+/// What one drafting level read back: each row's top candidates and its children (led by its
+/// coupled draw when the target samples: `candidates::read_level`).
 struct Level {
-    top: Vec<Vec<(u32, f32)>>,
-    draws: Option<Vec<Option<CoupledDraw>>>,
-}
-
-impl Level {
-    /// Row `r`'s children: its coupled draw's when there is one.
-    fn children(&self, r: usize) -> Vec<(u32, f32)> {
-        match self.draws.as_ref().and_then(|d| d[r]) {
-            Some(d) => d.children(),
-            None => self.top[r].clone(),
-        }
-    }
+    top: Vec<candidates::Row>,
+    children: Vec<candidates::Row>,
+    coupled: bool,
 }
 
 impl Speculator for HeadSpeculator {

@@ -275,6 +275,15 @@ pub struct Sampling {
     pub draw: u32,
 }
 
+impl Sampling {
+    /// What a drafter draws its rows with when they predict the generated token `depth` places
+    /// after the round's root (accept.wgsl draw_rows): this sampling at index draw + depth. None
+    /// when greedy: the drafter's top candidates already lead with its argmax.
+    pub fn coupled_at(self, depth: usize) -> Option<Sampling> {
+        (self.temperature > 0.0).then_some(Sampling { draw: self.draw.wrapping_add(depth as u32), ..self })
+    }
+}
+
 pub struct GpuModel {
     pub gpu: Arc<Gpu>,
     pub cfg: Config,
