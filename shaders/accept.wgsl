@@ -20,7 +20,8 @@
 // its drafts with the same noise from its own logits (draw_rows) is accepted wherever its
 // logits rank the perturbed tokens as the target's do, which is more often.
 // Output in `result`: [0] accepted count k, [1..=k] accepted rows in path order,
-// [RESULT_BONUS] bonus token, [RESULT_TOKENS + i] accepted tokens. tokens[0] receives the bonus:
+// [RESULT_BONUS] bonus token, [RESULT_TOKENS + i] accepted tokens, [RESULT_SLOW_FILTERS] how
+// many visited rows found their kept set by bisection (filtered_draw). tokens[0] receives the bonus:
 // the next pass's root, already on the GPU. The CPU twin is src/sampler.rs.
 //
 // Two entry points, dispatched one after the other for passes of several LM-head rows: `row_best`
@@ -36,6 +37,11 @@ const RESULT_BONUS: u32 = 33u;
 const RESULT_TOKENS: u32 = 34u;
 const NONE: u32 = 0xffffffffu;
 const ITERS: u32 = 28u;
+// result[RESULT_SLOW_FILTERS]: visited rows whose kept set took the bisection (see filtered_draw).
+const RESULT_SLOW_FILTERS: u32 = 66u;
+// Candidates each lane keeps for a sampled row's filters (filtered_draw), and all of them.
+const CAND: u32 = 8u;
+const NCAND: u32 = 512u;
 
 // Test-only: accept every drafted child whose token is in the kept set, ignoring p. Exists so
 // that the statistical test can show it detects a wrong rule.
@@ -69,6 +75,13 @@ var<workgroup> pick: u32;
 var<workgroup> pick_gap: vec4<f32>;
 var<workgroup> red_g: array<f32, WG>;
 var<workgroup> red_v: array<u32, WG>;
+// filtered_draw: every lane's candidates (z, id), and the valid ones' z and e^z by rank.
+var<workgroup> cand_z: array<f32, NCAND>;
+var<workgroup> cand_id: array<u32, NCAND>;
+var<workgroup> sorted_z: array<f32, NCAND>;
+var<workgroup> sorted_e: array<f32, NCAND>;
+// filtered_draw's threshold and whether the candidates held the kept set (1.0) or not (0.0).
+var<workgroup> filter_out: vec2<f32>;
 
 // The noise key of the generated token with this index (the pass's draw is its root's), the
 // same whichever pass and depth sample it (sampler.rs: token_key).
@@ -138,6 +151,12 @@ fn draw_token(base: u32, mx: f32, inv_t: f32, thr: f32, key: u32, tid: u32) -> u
             }
         }
     }
+    return merge_draws(b1, i1, b2, i2, tid);
+}
+
+// The workgroup's best and runner-up perturbed scores from every lane's own two (a tie to the
+// lower id): the best's id for every lane, both scores and the runner-up's id in `pick_gap`.
+fn merge_draws(b1: f32, i1: u32, b2: f32, i2: u32, tid: u32) -> u32 {
     red_f[tid] = b1;
     red_u[tid] = i1;
     red_g[tid] = b2;
@@ -171,6 +190,191 @@ fn draw_token(base: u32, mx: f32, inv_t: f32, thr: f32, key: u32, tid: u32) -> u
         pick_gap = vec4<f32>(w1, w2, bitcast<f32>(j2), 0.0);
     }
     return workgroupUniformLoad(&pick);
+}
+
+// A valid candidate (z, id) at its rank in filtered_draw's sorted copy.
+fn sort_in(rank: u32, z: f32, id: u32) {
+    if (id != NONE) {
+        sorted_z[rank] = z;
+        sorted_e[rank] = exp(z);
+    }
+}
+
+// Candidate (z, i) into a lane's best and runner-up perturbed scores if it is kept (z >= thr).
+fn draw_candidate(b1: ptr<function, f32>, i1: ptr<function, u32>, b2: ptr<function, f32>, i2: ptr<function, u32>,
+                  z: f32, i: u32, thr: f32, key: u32) {
+    if (i == NONE || z < thr) {
+        return;
+    }
+    let g = z + gumbel(key, i);
+    if (g > *b1 || (g == *b1 && i < *i1)) {
+        *b2 = *b1;
+        *i2 = *i1;
+        *b1 = g;
+        *i1 = i;
+    } else if (g > *b2 || (g == *b2 && i < *i2)) {
+        *b2 = g;
+        *i2 = i;
+    }
+}
+
+// The token plain sampling draws from the row at `base` (max logit mx): the kept set's threshold
+// thr (tokens with z = (l - mx) / T >= thr are kept, see kept_threshold) into `thr_out`, then
+// draw_token's Gumbel-max draw. Returns the token, and 1 where the threshold took the bisection.
+//
+// The filters' threshold is found from candidates, in one pass over the vocabulary instead of a
+// bisection's 28 or 56: each lane keeps its CAND largest z, so every token above t, the largest
+// of the lanes' CAND-th values, is a candidate; ranked, they give top-k's k-th value and top-p's
+// smallest top set exactly (as src/sampler.rs defines them) wherever those lie above t, and then
+// the kept set lies among the candidates too, so the draw looks only at them. A kept set that
+// reaches down to t (top-p over a flat row, more than ~300 tokens) takes the bisection and a
+// draw over the whole vocabulary. Without filters the draw is one pass as it is.
+fn filtered_draw(base: u32, mx: f32, inv_t: f32, key: u32, tid: u32, thr_out: ptr<function, f32>) -> vec2<u32> {
+    let v = p.vocab;
+    let top_k_on = pass_.top_k > 0u && pass_.top_k < v;
+    let top_p_on = pass_.top_p < 1.0;
+    if (!top_k_on && !top_p_on) {
+        *thr_out = -1.0e30;
+        return vec2<u32>(draw_token(base, mx, inv_t, -1.0e30, key, tid), 0u);
+    }
+    // this lane's CAND = 8 largest z, best first, as two vec4s (za then zb, ids ia and ib; lanes
+    // walk their ids in increasing order, so a tie keeps the lower id first), and the mass of the
+    // whole row where top-p needs it
+    var za = vec4<f32>(MASKED);
+    var zb = vec4<f32>(MASKED);
+    var ia = vec4<u32>(NONE);
+    var ib = vec4<u32>(NONE);
+    let need_mass = top_p_on && !top_k_on;
+    var s = 0.0;
+    for (var i = tid; i < v; i += WG) {
+        let z = (logits[base + i] - mx) * inv_t;
+        if (need_mass) {
+            s += exp(z);
+        }
+        if (z > zb.w) {
+            // z goes to the first slot it beats, the slots after it move down one
+            let ga = vec4<f32>(z) > za;
+            let gb = vec4<f32>(z) > zb;
+            let pga = vec4<bool>(true, ga.xyz);
+            let pgb = vec4<bool>(ga.w, gb.xyz);
+            let nza = select(za, select(vec4<f32>(z), vec4<f32>(z, za.xyz), pga), ga);
+            let nzb = select(zb, select(vec4<f32>(z), vec4<f32>(za.w, zb.xyz), pgb), gb);
+            let nia = select(ia, select(vec4<u32>(i), vec4<u32>(i, ia.xyz), pga), ga);
+            ib = select(ib, select(vec4<u32>(i), vec4<u32>(ia.w, ib.xyz), pgb), gb);
+            ia = nia;
+            za = nza;
+            zb = nzb;
+        }
+    }
+    let o = tid * CAND;
+    cand_z[o] = za.x;
+    cand_z[o + 1u] = za.y;
+    cand_z[o + 2u] = za.z;
+    cand_z[o + 3u] = za.w;
+    cand_z[o + 4u] = zb.x;
+    cand_z[o + 5u] = zb.y;
+    cand_z[o + 6u] = zb.z;
+    cand_z[o + 7u] = zb.w;
+    cand_id[o] = ia.x;
+    cand_id[o + 1u] = ia.y;
+    cand_id[o + 2u] = ia.z;
+    cand_id[o + 3u] = ia.w;
+    cand_id[o + 4u] = ib.x;
+    cand_id[o + 5u] = ib.y;
+    cand_id[o + 6u] = ib.z;
+    cand_id[o + 7u] = ib.w;
+    let none = vec4<u32>(NONE);
+    let valid_a = select(vec4<u32>(1u), vec4<u32>(0u), ia == none);
+    let valid_b = select(vec4<u32>(1u), vec4<u32>(0u), ib == none);
+    // every token of this lane above its last candidate is a candidate
+    red_f[tid] = select(zb.w, MASKED, ib.w == NONE);
+    red_g[tid] = s;
+    red_v[tid] = dot(valid_a + valid_b, vec4<u32>(1u));
+    workgroupBarrier();
+    // each candidate's rank (z descending, then id; unfilled slots rank last), and the sorted copy
+    var ra = vec4<u32>(0u);
+    var rb = vec4<u32>(0u);
+    for (var j = 0u; j < NCAND; j++) {
+        let zj = vec4<f32>(cand_z[j]);
+        let ij = vec4<u32>(cand_id[j]);
+        ra += select(vec4<u32>(0u), vec4<u32>(1u), (zj > za) | ((zj == za) & (ij < ia)));
+        rb += select(vec4<u32>(0u), vec4<u32>(1u), (zj > zb) | ((zj == zb) & (ij < ib)));
+    }
+    sort_in(ra.x, za.x, ia.x);
+    sort_in(ra.y, za.y, ia.y);
+    sort_in(ra.z, za.z, ia.z);
+    sort_in(ra.w, za.w, ia.w);
+    sort_in(rb.x, zb.x, ib.x);
+    sort_in(rb.y, zb.y, ib.y);
+    sort_in(rb.z, zb.z, ib.z);
+    sort_in(rb.w, zb.w, ib.w);
+    workgroupBarrier();
+    if (tid == 0u) {
+        var t = MASKED;
+        var mass = 0.0;
+        var n_valid = 0u;
+        for (var l = 0u; l < WG; l++) {
+            t = max(t, red_f[l]);
+            mass += red_g[l];
+            n_valid += red_v[l];
+        }
+        // sorted[0..n] are every token with z > t, in order
+        var n = 0u;
+        while (n < n_valid && sorted_z[n] > t) {
+            n++;
+        }
+        var thr = -1.0e30;
+        var ok = true;
+        if (top_k_on) {
+            if (pass_.top_k <= n) {
+                thr = sorted_z[pass_.top_k - 1u];
+                // the kept set's mass (ties at the k-th value are kept)
+                mass = 0.0;
+                for (var i = 0u; i < n && sorted_z[i] >= thr; i++) {
+                    mass += sorted_e[i];
+                }
+            } else {
+                ok = false;
+            }
+        }
+        if (ok && top_p_on) {
+            // the smallest top set holding top_p of the kept mass, ties at its last value kept
+            let want = pass_.top_p * mass;
+            var acc = 0.0;
+            var found = false;
+            for (var i = 0u; i < n && sorted_z[i] >= thr; i++) {
+                acc += sorted_e[i];
+                if (acc >= want) {
+                    thr = sorted_z[i];
+                    found = true;
+                    break;
+                }
+            }
+            ok = found;
+        }
+        filter_out = vec2<f32>(thr, select(0.0, 1.0, ok));
+    }
+    let out = workgroupUniformLoad(&filter_out);
+    if (out.y > 0.5) {
+        // the kept set {z >= thr} is among the candidates: draw from them alone
+        var b1 = MASKED;
+        var i1 = NONE;
+        var b2 = MASKED;
+        var i2 = NONE;
+        draw_candidate(&b1, &i1, &b2, &i2, za.x, ia.x, out.x, key);
+        draw_candidate(&b1, &i1, &b2, &i2, za.y, ia.y, out.x, key);
+        draw_candidate(&b1, &i1, &b2, &i2, za.z, ia.z, out.x, key);
+        draw_candidate(&b1, &i1, &b2, &i2, za.w, ia.w, out.x, key);
+        draw_candidate(&b1, &i1, &b2, &i2, zb.x, ib.x, out.x, key);
+        draw_candidate(&b1, &i1, &b2, &i2, zb.y, ib.y, out.x, key);
+        draw_candidate(&b1, &i1, &b2, &i2, zb.z, ib.z, out.x, key);
+        draw_candidate(&b1, &i1, &b2, &i2, zb.w, ib.w, out.x, key);
+        *thr_out = out.x;
+        return vec2<u32>(merge_draws(b1, i1, b2, i2, tid), 0u);
+    }
+    let thr = kept_threshold(base, mx, inv_t, tid);
+    *thr_out = thr;
+    return vec2<u32>(draw_token(base, mx, inv_t, thr, key, tid), 1u);
 }
 
 // The kept set's threshold on z = (l - mx) / T <= 0 for the row at `base` (every token with
@@ -274,6 +478,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     let inv_t = select(1.0, 1.0 / pass_.temperature, sampling);
     var cur = 0u;
     var k = 0u;
+    var slow = 0u;
     for (var depth = 0u; depth < MAX_DEPTH; depth++) {
         let base = cur * p.row_stride;
         // max and argmax of the row (lowest index on ties), from row_best
@@ -286,18 +491,16 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         let mx = bitcast<f32>(b.x);
         let amax = b.y;
 
-        // the kept set {z >= thr}, z = (l - mx) / T <= 0
+        // The token plain decoding samples at this position: the argmax, or a draw from the
+        // kept set {z >= thr}, z = (l - mx) / T <= 0, with the position's own noise. A child
+        // carrying it is accepted, so the output is plain decoding's for the seed whatever was
+        // drafted (see the header).
+        var y = amax;
         var thr = -1.0e30;
         if (sampling) {
-            thr = kept_threshold(base, mx, inv_t, tid);
-        }
-
-        // The token plain decoding samples at this position: the argmax, or a draw from the
-        // kept set by the position's own uniform. A child carrying it is accepted, so the output
-        // is plain decoding's for the seed whatever was drafted (see the header).
-        var y = amax;
-        if (sampling) {
-            y = draw_token(base, mx, inv_t, thr, token_key(pass_.draw + depth), tid);
+            let d = filtered_draw(base, mx, inv_t, token_key(pass_.draw + depth), tid, &thr);
+            y = d.x;
+            slow += d.y;
         }
         if (tid == 0u) {
             var child = NONE;
@@ -336,6 +539,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     }
     if (tid == 0u) {
         result[0] = k;
+        result[RESULT_SLOW_FILTERS] = slow;
         tokens[0] = result[RESULT_BONUS];
     }
 }
@@ -353,7 +557,7 @@ const COUPLING_SPREAD: f32 = 1.0;
 // often as greedy ones, instead of at the rate p(x) of a fixed guess x. Acceptance is unchanged
 // (`main` never looks at how a draft was made), so this changes only what is proposed.
 // draws[row] = (token, bits of its score 1 - e^(-gap / COUPLING_SPREAD) / 2, runner-up token,
-// 0): the score is a prior that the controller's calibration maps to realised acceptance, and
+// 1 where the filters took the bisection): the score is a prior that the controller's calibration maps to realised acceptance, and
 // the runner-up is the likeliest token where the draw misses.
 @compute @workgroup_size(64)
 fn draw_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -365,8 +569,9 @@ fn draw_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let b = row_max(row, tid);
     let mx = bitcast<f32>(b.x);
     let inv_t = 1.0 / pass_.temperature;
-    let thr = kept_threshold(base, mx, inv_t, tid);
-    let y = draw_token(base, mx, inv_t, thr, token_key(pass_.draw), tid);
+    var thr = -1.0e30;
+    let d = filtered_draw(base, mx, inv_t, token_key(pass_.draw), tid, &thr);
+    let y = d.x;
     if (tid == 0u) {
         let gap = pick_gap;
         let runner_up = bitcast<u32>(gap.z);
@@ -375,6 +580,6 @@ fn draw_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         if (runner_up != NONE) {
             score = 1.0 - 0.5 * exp(-(gap.x - gap.y) / COUPLING_SPREAD);
         }
-        draws[row] = vec4<u32>(y, bitcast<u32>(clamp(score, 0.0, 1.0)), runner_up, 0u);
+        draws[row] = vec4<u32>(y, bitcast<u32>(clamp(score, 0.0, 1.0)), runner_up, d.y);
     }
 }

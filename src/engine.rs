@@ -15,7 +15,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions, map_read};
 use crate::model::LoadedModel;
-use crate::model::gpu::{GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_TOKENS, Sampling};
+use crate::model::gpu::{
+    GpuModel, MAX_ACCEPT_DEPTH, PassSpec, RESULT_BONUS, RESULT_LEN, RESULT_SLOW_FILTERS, RESULT_TOKENS, Sampling,
+};
 use crate::model::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use crate::spec::controller::{Controller, Drafting, Plan};
 use crate::spec::cost::SimulatedDevice;
@@ -761,11 +763,12 @@ impl Engine {
             let mut committed: Vec<u32> = r[RESULT_TOKENS..RESULT_TOKENS + k].to_vec();
             committed.push(r[RESULT_BONUS]);
             eprintln!(
-                "round: nodes {} (suffix {} draft {} head {}) accepted {k} draft {:.2}ms{drafted_ms} verify {verify_ms:.0}ms (expected {predicted_ms:.0}) p [{}]{declined} drafted {:?} committed {:?}",
+                "round: nodes {} (suffix {} draft {} head {}) accepted {k} (filters bisected {}) draft {:.2}ms{drafted_ms} verify {verify_ms:.0}ms (expected {predicted_ms:.0}) p [{}]{declined} drafted {:?} committed {:?}",
                 tree.len(),
                 by(Drafter::Suffix),
                 by(Drafter::Draft),
                 by(Drafter::Head),
+                r[RESULT_SLOW_FILTERS],
                 (verify_t - spec_t).as_secs_f64() * 1e3,
                 p.join(" "),
                 self.tokenizer.decode(&chain),

@@ -547,6 +547,10 @@ impl SamplerRig {
         }
     }
     fn sample(&self, temperature: f32, top_k: u32, top_p: f32, seed: u32, draw: u32) -> u32 {
+        self.sample_path(temperature, top_k, top_p, seed, draw).0
+    }
+    /// The token, and whether the filters' threshold took the bisection over the whole vocabulary.
+    fn sample_path(&self, temperature: f32, top_k: u32, top_p: f32, seed: u32, draw: u32) -> (u32, bool) {
         let u = PassUniform { m: 1, lm_rows: 1, temperature, top_k, top_p, seed, draw, ..Default::default() };
         self.gpu.queue.write_buffer(&self.pass, 0, bytemuck::bytes_of(&u));
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
@@ -565,7 +569,7 @@ impl SamplerRig {
         let b = u32::from_le_bytes(self.gpu.read(&self.tokens, 4).try_into().unwrap());
         assert_eq!(r[0], 0, "no drafts, nothing accepted");
         assert_eq!(r[augur::model::gpu::RESULT_BONUS], b, "chosen and next-input token differ");
-        b
+        (b, r[augur::model::gpu::RESULT_SLOW_FILTERS] != 0)
     }
 }
 
@@ -600,6 +604,53 @@ fn sampler_matches_cpu_twin() {
         }
         assert!(agree >= 58, "only {agree}/60 draws agree with the CPU twin");
         assert!(distinct.len() >= 5, "temp {temp}: 60 draws gave only {} tokens", distinct.len());
+    }
+}
+
+/// The filters' threshold (top-k's k-th value, top-p's smallest top set) comes from each lane's 8
+/// best tokens in one pass wherever the kept set lies among them: there the kernel's draw is the
+/// CPU twin's exactly (the twin sorts the whole row), ties at the threshold kept, rows with fewer
+/// tokens than candidates included. A kept set reaching below the candidates (top-p over a flat
+/// row) takes the bisection over the whole vocabulary and still never draws a dropped token.
+#[test]
+fn sampling_filters_find_their_threshold_among_candidates() {
+    use augur::sampler::{distribution, sample_cpu};
+    let mut rng = Rng(23);
+    // SmolLM2's vocabulary size, 20 tokens well above the rest
+    let mut peaked = rng.vec(49152, 4.0);
+    for i in 0..20 {
+        peaked[i * 2411 + 7] += 10.0 + i as f32 * 0.25;
+    }
+    // logits on a grid of 0.5: the k-th value and top-p's last one are tied with others
+    let tied: Vec<f32> = rng.vec(2000, 6.0).iter().map(|v| (v * 2.0).round() / 2.0).collect();
+    // fewer tokens than the 512 candidates
+    let small = rng.vec(300, 3.0);
+    type Filters = (f32, u32, f32);
+    let cases: [(&str, &Vec<f32>, Vec<Filters>); 3] = [
+        ("peaked", &peaked, vec![(0.7, 40, 1.0), (0.7, 0, 0.9), (1.0, 40, 0.8), (1.5, 5, 1.0)]),
+        ("tied", &tied, vec![(1.0, 10, 1.0), (1.0, 0, 0.3), (0.5, 7, 0.95)]),
+        ("small", &small, vec![(1.0, 50, 1.0), (1.0, 0, 0.9), (2.0, 299, 0.99)]),
+    ];
+    for (name, logits, filters) in cases {
+        let rig = SamplerRig::new(logits);
+        for (t, k, p) in filters {
+            let mut distinct = std::collections::HashSet::new();
+            for draw in 0..30 {
+                let (got, bisected) = rig.sample_path(t, k, p, 99, draw);
+                assert!(!bisected, "{name} T {t} top-k {k} top-p {p}: the kept set lies among the candidates");
+                assert_eq!(got, sample_cpu(logits, t, k, p, 99, draw), "{name} T {t} top-k {k} top-p {p} draw {draw}");
+                distinct.insert(got);
+            }
+            assert!(distinct.len() >= 3, "{name} T {t} top-k {k} top-p {p}: 30 draws gave {distinct:?}");
+        }
+    }
+    let flat = rng.vec(3000, 4.0);
+    let rig = SamplerRig::new(&flat);
+    let kept = distribution(&flat, 1.3, 0, 0.9);
+    for draw in 0..10 {
+        let (got, bisected) = rig.sample_path(1.3, 0, 0.9, 99, draw);
+        assert!(bisected, "top-p 0.9 at T 1.3 keeps most of a flat row: beyond the candidates");
+        assert!(kept[got as usize] > 0.0, "drew dropped token {got}");
     }
 }
 

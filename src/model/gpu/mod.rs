@@ -254,6 +254,10 @@ pub struct TreeRows {
 /// Layout of `GpuModel::result` (see accept.wgsl).
 pub const RESULT_BONUS: usize = 33;
 pub const RESULT_TOKENS: usize = 34;
+/// How many rows the last acceptance pass visited whose sampling filters took the bisection
+/// over the whole vocabulary rather than the candidates' exact threshold (accept.wgsl
+/// filtered_draw): a counter for tests and measurements.
+pub const RESULT_SLOW_FILTERS: usize = 66;
 pub const RESULT_LEN: usize = 72;
 /// Bytes per row of `GpuModel::draws`.
 pub const DRAW_BYTES: usize = 16;
