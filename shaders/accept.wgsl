@@ -192,6 +192,14 @@ fn merge_draws(b1: f32, i1: u32, b2: f32, i2: u32, tid: u32) -> u32 {
     return workgroupUniformLoad(&pick);
 }
 
+// Four of a lane's candidates into filtered_draw's shared lists at `o`.
+fn put_candidates(o: u32, z: vec4<f32>, id: vec4<u32>) {
+    for (var c = 0u; c < 4u; c++) {
+        cand_z[o + c] = z[c];
+        cand_id[o + c] = id[c];
+    }
+}
+
 // A valid candidate (z, id) at its rank in filtered_draw's sorted copy.
 fn sort_in(rank: u32, z: f32, id: u32) {
     if (id != NONE) {
@@ -266,23 +274,8 @@ fn filtered_draw(base: u32, mx: f32, inv_t: f32, key: u32, tid: u32, thr_out: pt
             zb = nzb;
         }
     }
-    let o = tid * CAND;
-    cand_z[o] = za.x;
-    cand_z[o + 1u] = za.y;
-    cand_z[o + 2u] = za.z;
-    cand_z[o + 3u] = za.w;
-    cand_z[o + 4u] = zb.x;
-    cand_z[o + 5u] = zb.y;
-    cand_z[o + 6u] = zb.z;
-    cand_z[o + 7u] = zb.w;
-    cand_id[o] = ia.x;
-    cand_id[o + 1u] = ia.y;
-    cand_id[o + 2u] = ia.z;
-    cand_id[o + 3u] = ia.w;
-    cand_id[o + 4u] = ib.x;
-    cand_id[o + 5u] = ib.y;
-    cand_id[o + 6u] = ib.z;
-    cand_id[o + 7u] = ib.w;
+    put_candidates(tid * CAND, za, ia);
+    put_candidates(tid * CAND + 4u, zb, ib);
     let none = vec4<u32>(NONE);
     let valid_a = select(vec4<u32>(1u), vec4<u32>(0u), ia == none);
     let valid_b = select(vec4<u32>(1u), vec4<u32>(0u), ib == none);
