@@ -136,20 +136,7 @@ fn draw_token(base: u32, mx: f32, inv_t: f32, thr: f32, key: u32, tid: u32) -> u
     var b2 = MASKED;
     var i2 = NONE;
     for (var i = tid; i < p.vocab; i += WG) {
-        let z = (logits[base + i] - mx) * inv_t;
-        if (z >= thr) {
-            let g = z + gumbel(key, i);
-            // lanes walk their ids in increasing order: a tie keeps the lower one
-            if (g > b1) {
-                b2 = b1;
-                i2 = i1;
-                b1 = g;
-                i1 = i;
-            } else if (g > b2) {
-                b2 = g;
-                i2 = i;
-            }
-        }
+        draw_candidate(&b1, &i1, &b2, &i2, (logits[base + i] - mx) * inv_t, i, thr, key);
     }
     return merge_draws(b1, i1, b2, i2, tid);
 }
@@ -208,7 +195,8 @@ fn sort_in(rank: u32, z: f32, id: u32) {
     }
 }
 
-// Candidate (z, i) into a lane's best and runner-up perturbed scores if it is kept (z >= thr).
+// Token i with z = (l - mx) / T into a lane's best and runner-up perturbed scores (ties to the
+// lower id) if it is kept (z >= thr).
 fn draw_candidate(b1: ptr<function, f32>, i1: ptr<function, u32>, b2: ptr<function, f32>, i2: ptr<function, u32>,
                   z: f32, i: u32, thr: f32, key: u32) {
     if (i == NONE || z < thr) {
